@@ -1,0 +1,73 @@
+// The hardmix op library: every schema, with its contract, in one place.
+//
+// Schemas are the source of truth (python/hardmix/ops.py wraps each one and
+// registers its fake kernel). Implementations register per backend:
+// csrc/ops/<op>.cpp for CPU, csrc/ops/cuda_ops.cpp for CUDA (a separate
+// shared library, loaded only on a CUDA build of torch).
+//
+// This file also holds the empty Python module `hardmix._C`: importing it is
+// what loads this shared library and runs the registrations below. It defines
+// no Python functions, so it needs only the limited API and the wheel is abi3.
+
+#include <Python.h>
+
+#include <torch/csrc/stable/library.h>
+
+extern "C" {
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT,
+      "_C",  // name
+      "hardmix native ops; they live in torch.ops.hardmix",
+      -1,       // no per-interpreter state
+      nullptr,  // no methods
+      nullptr,  // no slots
+      nullptr,  // traverse
+      nullptr,  // clear
+      nullptr,  // free
+  };
+  return PyModule_Create(&module_def);
+}
+}
+
+STABLE_TORCH_LIBRARY(hardmix, m) {
+  // uniform_fill(out, seed, step, stream, offset)
+  //   out[i] = uniform(seed, step, stream, offset + i) for every element i of
+  //   `out` in memory order: a double strictly inside (0, 1) (csrc/kernels/rng.h).
+  //   out:     float64, contiguous, any shape (numel n, may be 0), CPU or CUDA.
+  //            Mutated; nothing else is.
+  //   seed, step, stream, offset: int64, read as unsigned 64-bit two's
+  //            complement; index arithmetic wraps mod 2^64.
+  //   Deterministic: a pure function of the arguments, bit-identical on CPU,
+  //   CUDA and in hardmix.rng. O(n) work, no allocation.
+  m.def(
+      "uniform_fill(Tensor(a!) out, int seed, int step, int stream, "
+      "int offset) -> ()");
+
+  // gumbel_fill(out, seed, step, stream, offset)
+  //   out[i] = -log(-log(u)) for the same u as uniform_fill: Gumbel(0, 1)
+  //   draws, all finite (about [-3.6, 36.7]). The logarithm is hardmix's own
+  //   (rng.h: log_det), so CPU, CUDA and Python agree to the bit.
+  //   Same arguments, mutation, determinism and cost as uniform_fill.
+  m.def(
+      "gumbel_fill(Tensor(a!) out, int seed, int step, int stream, "
+      "int offset) -> ()");
+
+  // margin(logits, targets) -> margins
+  //   margins[b] = logits[b, t] - max_{j != t} logits[b, j], t = targets[b]:
+  //   the true-class logit minus the largest other logit; negative means
+  //   misclassified. NaN in a row gives NaN; infinities follow IEEE rules.
+  //   logits:  [B, C], float32 / float16 / bfloat16, C >= 2, any strides
+  //            (a view whose columns are contiguous is read in place; other
+  //            layouts are copied once).
+  //   targets: [B], int64 or int32, same device as logits, each in [0, C).
+  //            CPU: an out-of-range target is an error (nothing is written).
+  //            CUDA: checking it would need a host sync, so instead the
+  //            margin of that row is NaN.
+  //   returns: [B] float32, new tensor on the logits' device.
+  //   Mutates nothing. Deterministic (a max is order-independent; one
+  //   subtraction). Not differentiable (meant for detached logits).
+  //   Cost: O(B * C), one pass over each row; on CPU rows are split across
+  //   threads only when B * C is large enough to pay for it.
+  m.def("margin(Tensor logits, Tensor targets) -> Tensor");
+}
