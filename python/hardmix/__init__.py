@@ -4,7 +4,9 @@ While a model trains, hardmix keeps a bounded reservoir of important examples
 and mixes them into every batch beside fresh data. The per-step work runs in
 native ops registered with torch (``torch.ops.hardmix.*``); ``hardmix.ops``
 holds their typed wrappers and ``hardmix.rng`` the pure-Python mirror of the
-counter-based random numbers.
+counter-based random numbers. The policy: ``PolicyConfig`` (its knobs),
+``ReferencePolicy`` (the pure-Python specification) and ``Engine`` (the same
+policy on native ops, state in tensors).
 """
 
 import torch  # noqa: F401  (must be imported before the native library)
@@ -14,9 +16,26 @@ from . import _load
 CUDA_KERNELS = _load.load()
 """Whether this build's CUDA kernels are loaded (a CUDA torch and a CUDA build)."""
 
-from . import ops, rng  # noqa: E402
+from . import config, engine, ops, reference, rng  # noqa: E402
+from .config import PolicyConfig  # noqa: E402
+from .engine import Engine  # noqa: E402
 from .ops import gumbel, margin, uniform  # noqa: E402
+from .reference import ReferencePolicy  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["CUDA_KERNELS", "gumbel", "margin", "ops", "rng", "uniform", "__version__"]
+__all__ = [
+    "CUDA_KERNELS",
+    "Engine",
+    "PolicyConfig",
+    "ReferencePolicy",
+    "config",
+    "engine",
+    "gumbel",
+    "margin",
+    "ops",
+    "reference",
+    "rng",
+    "uniform",
+    "__version__",
+]

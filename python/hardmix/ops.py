@@ -123,5 +123,30 @@ def _fake_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.new_empty((logits.shape[0],), dtype=torch.float32)
 
 
-OPS = ("uniform_fill", "gumbel_fill", "margin")
+# --- policy ------------------------------------------------------------------
+# policy_update / policy_draw are driven by hardmix.engine.Engine, which owns
+# their state tensors; their contracts are in csrc/ops/library.cpp. Both only
+# mutate their declared (a!) arguments, so their fake kernels check nothing
+# and return nothing.
+
+
+@torch.library.register_fake("hardmix::policy_update")
+def _fake_policy_update(
+    table, pos, slots, links, free, classes_state, tree, window, counters,
+    config, seed, indices, losses, margins, classes, priorities,
+) -> None:  # fmt: skip
+    torch._check(indices.dim() == 1, lambda: f"indices must be 1-D, got {indices.dim()}-D")
+    torch._check(losses.shape == indices.shape, lambda: "losses must have one entry per index")
+
+
+@torch.library.register_fake("hardmix::policy_draw")
+def _fake_policy_draw(tree, slots, pos, counters, config, seed, exclude, out) -> None:
+    torch._check(out.dtype == torch.int64, lambda: f"out must be int64, got {out.dtype}")
+
+
+OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw")
 """Every op of the library, by name in ``torch.ops.hardmix``."""
+
+CUDA_OPS = ("uniform_fill", "gumbel_fill", "margin")
+"""The ops with a CUDA kernel. The policy ops are CPU-only so far: the GPU
+engine (state on the device, an O(R) Gumbel-top-m draw) is later work."""

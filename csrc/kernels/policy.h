@@ -1,0 +1,497 @@
+// The hardmix policy (DESIGN §2) on raw arrays: the native engine's core.
+// Torch-free; csrc/ops/policy.cpp views the engine's state tensors as a
+// PolicyView and calls update() / draw().
+//
+// The specification is python/hardmix/reference.py; every rule, formula and
+// order of floating-point operations here mirrors it, so the two agree bit for
+// bit. Read that docstring first; comments here explain the data structures.
+//
+// State (all arrays owned by the caller, i.e. by tensors in Python):
+//   table    double [N][8]   per-example dynamics (columns: config.py)
+//   pos      int32  [N]      dataset index -> slot, -1 if not a member
+//   slots    double [R][8]   member per slot: index (-1: empty), key, log p,
+//                            score step s, class, admission step, best loss
+//   links    int32  [R][4]   leftist-heap links per slot: left, right, parent,
+//                            null-path length
+//   free     int32  [R]      stack of free slots (free[0, top))
+//   classes  int64  [K][2]   per heap class: heap root slot (-1: none), count
+//   tree     double [2P]     sum tree of replay weights, P = 2^ceil(log2 R)
+//   window   double [W]      ring buffer of recent valid losses (loss_rank)
+//   counters int64  [16]     step t, t_ref, totals, window and stack cursors
+//
+// Eviction order: each heap class (one class, or one per class with quotas)
+// is a leftist heap whose root is its weakest member (lowest key; ties: higher
+// dataset index). Insert, delete-any and rescore are O(log R) worst case.
+// Replay: a sum tree over slots; successive draws without replacement set a
+// drawn leaf to 0 and restore it afterwards, O(log R) each.
+//
+// Cost of update(): O(B log R) plus O(B * W) for the loss_rank score and O(K)
+// per cross-class eviction with class quotas; an O(R) rebase of replay weights
+// every REBASE_EXPONENT / (gamma * lam) steps (amortised). No allocation
+// beyond B-sized scratch. draw(): O((E + m) log R) for E excluded indices.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "rng.h"
+
+namespace hardmix {
+namespace policy {
+
+// Shared with python/hardmix/config.py.
+constexpr uint64_t kStreamAdmit = 1;
+constexpr uint64_t kStreamReplay = 2;
+constexpr double kRebaseExponent = 64.0;
+
+enum Col { kLastLoss, kEma, kSeen, kLastSeen, kCorrect, kForget, kReplays, kQuarantine };
+constexpr int kTableCols = 8;
+enum SlotField { kIndex, kKey, kLogp, kStep, kClass, kAdmitted, kBestLoss };
+constexpr int kSlotFields = 8;
+enum Link { kLeft, kRight, kParent, kNpl };
+constexpr int kLinkFields = 4;
+enum Counter {
+  kT,
+  kTRef,
+  kNonfinite,
+  kAdmittedTotal,
+  kEvictedTotal,
+  kGraduatedTotal,
+  kQuarantinedTotal,
+  kWindowCount,
+  kWindowHead,
+  kFreeTop,
+};
+constexpr int kCounters = 16;
+enum Score { kScoreLoss, kScoreMargin, kScoreRank, kScoreForgetting, kScoreGiven };
+
+// The config vector (float64 tensor) in this order; see PolicyConfig.
+enum ConfigField {
+  kAlpha,
+  kLam,
+  kGamma,
+  kEmaBeta,
+  kGraduation,
+  kMaxReplays,
+  kQuarantineSteps,
+  kMaxNew,
+  kScore,
+  kForgetBoost,
+  kQuotas,
+  kNumClasses,
+  kRaiseNonfinite,
+};
+constexpr int kConfigFields = 16;
+
+struct Config {
+  double alpha, lam, gamma, ema_beta, graduation, forget_boost;
+  int64_t max_replays, quarantine_steps, max_new, num_classes;
+  int score;
+  bool quotas, raise_nonfinite;
+  uint64_t seed;
+
+  static Config from(const double* c, uint64_t seed) {
+    Config k;
+    k.alpha = c[kAlpha];
+    k.lam = c[kLam];
+    k.gamma = c[kGamma];
+    k.ema_beta = c[kEmaBeta];
+    k.graduation = c[kGraduation];
+    k.forget_boost = c[kForgetBoost];
+    k.max_replays = static_cast<int64_t>(c[kMaxReplays]);
+    k.quarantine_steps = static_cast<int64_t>(c[kQuarantineSteps]);
+    k.max_new = static_cast<int64_t>(c[kMaxNew]);
+    k.num_classes = static_cast<int64_t>(c[kNumClasses]);
+    k.score = static_cast<int>(c[kScore]);
+    k.quotas = c[kQuotas] != 0.0;
+    k.raise_nonfinite = c[kRaiseNonfinite] != 0.0;
+    k.seed = seed;
+    return k;
+  }
+};
+
+// One step's input, already validated by the caller. Optional arrays are null.
+struct Batch {
+  int64_t B;
+  const int64_t* indices;
+  const double* losses;
+  const double* margins;     // or null
+  const int64_t* classes;    // or null
+  const double* priorities;  // or null
+};
+
+inline double softplus(double x) {
+  if (x > 0) return x + std::log1p(std::exp(-x));
+  return std::log1p(std::exp(x));
+}
+
+inline bool finite(double x) { return std::isfinite(x); }
+
+// A non-owning view of the state arrays, with the policy's operations.
+struct PolicyView {
+  double* table;
+  int32_t* pos;
+  double* slots;
+  int32_t* links;
+  int32_t* free;
+  int64_t* classes;
+  double* tree;
+  double* window;
+  int64_t* counters;
+  int64_t N, R, K, P, W;
+  Config cfg;
+
+  // ---- accessors ----------------------------------------------------------
+  double* row(int64_t i) const { return table + i * kTableCols; }
+  double* slot(int32_t j) const { return slots + static_cast<int64_t>(j) * kSlotFields; }
+  int32_t& link(int32_t j, Link f) const { return links[static_cast<int64_t>(j) * kLinkFields + f]; }
+  int32_t npl(int32_t j) const { return j < 0 ? 0 : link(j, kNpl); }
+  int64_t& root(int64_t hc) const { return classes[hc * 2]; }
+  int64_t& count(int64_t hc) const { return classes[hc * 2 + 1]; }
+  int64_t heap_class(double cls) const { return cfg.quotas ? static_cast<int64_t>(cls) : 0; }
+
+  // a is weaker than b: lower key; ties: higher dataset index.
+  bool weaker(int32_t a, int32_t b) const {
+    const double ka = slot(a)[kKey], kb = slot(b)[kKey];
+    return ka < kb || (ka == kb && slot(a)[kIndex] > slot(b)[kIndex]);
+  }
+
+  // ---- leftist heaps over slots (root = weakest) ---------------------------
+  // Melds two heaps given by their roots; returns the new root. Recursion
+  // follows right spines only, whose length is O(log R).
+  int32_t meld(int32_t a, int32_t b) {
+    if (a < 0) return b;
+    if (b < 0) return a;
+    if (weaker(b, a)) std::swap(a, b);
+    const int32_t r = meld(link(a, kRight), b);
+    link(a, kRight) = r;
+    link(r, kParent) = a;
+    if (npl(link(a, kLeft)) < npl(link(a, kRight))) {
+      std::swap(link(a, kLeft), link(a, kRight));
+    }
+    link(a, kNpl) = npl(link(a, kRight)) + 1;
+    return a;
+  }
+
+  void heap_insert(int32_t j) {
+    const int64_t hc = heap_class(slot(j)[kClass]);
+    link(j, kLeft) = link(j, kRight) = link(j, kParent) = -1;
+    link(j, kNpl) = 1;
+    const int32_t r = meld(static_cast<int32_t>(root(hc)), j);
+    link(r, kParent) = -1;
+    root(hc) = r;
+  }
+
+  void heap_remove(int32_t j) {
+    const int64_t hc = heap_class(slot(j)[kClass]);
+    const int32_t c = meld(link(j, kLeft), link(j, kRight));
+    int32_t p = link(j, kParent);
+    if (c >= 0) link(c, kParent) = p;
+    if (p < 0) {
+      root(hc) = c;
+      return;
+    }
+    if (link(p, kLeft) == j) {
+      link(p, kLeft) = c;
+    } else {
+      link(p, kRight) = c;
+    }
+    // Restore the leftist property on the path up; stop once nothing changes.
+    while (p >= 0) {
+      if (npl(link(p, kLeft)) < npl(link(p, kRight))) {
+        std::swap(link(p, kLeft), link(p, kRight));
+      }
+      const int32_t n = npl(link(p, kRight)) + 1;
+      if (n == link(p, kNpl)) break;
+      link(p, kNpl) = n;
+      p = link(p, kParent);
+    }
+  }
+
+  // ---- sum tree -------------------------------------------------------------
+  void tree_set(int32_t j, double w) {
+    int64_t k = P + j;
+    tree[k] = w;
+    for (k /= 2; k >= 1; k /= 2) tree[k] = tree[2 * k] + tree[2 * k + 1];
+  }
+
+  int32_t tree_find(double x) const {
+    int64_t k = 1;
+    while (k < P) {
+      const double left = tree[2 * k], right = tree[2 * k + 1];
+      if (left > 0 && (x < left || right <= 0)) {
+        k = 2 * k;
+      } else {
+        x = x - left;
+        k = 2 * k + 1;
+      }
+    }
+    return static_cast<int32_t>(k - P);
+  }
+
+  double weight(int32_t j) const {
+    if (cfg.gamma == 0) return 1.0;
+    const double* s = slot(j);
+    return std::exp(cfg.gamma * (s[kLogp] + cfg.lam * static_cast<double>(
+                                                          static_cast<int64_t>(s[kStep]) - counters[kTRef])));
+  }
+
+  // ---- membership ---------------------------------------------------------
+  void place(int32_t j, int64_t index, double key, double logp, int64_t t, int64_t cls, double loss) {
+    double* s = slot(j);
+    s[kIndex] = static_cast<double>(index);
+    s[kKey] = key;
+    s[kLogp] = logp;
+    s[kStep] = static_cast<double>(t);
+    s[kClass] = static_cast<double>(cls);
+    s[kAdmitted] = static_cast<double>(t);
+    s[kBestLoss] = loss;
+    pos[index] = j;
+    count(heap_class(s[kClass])) += 1;
+    heap_insert(j);
+    tree_set(j, weight(j));
+    row(index)[kReplays] = 0.0;
+  }
+
+  void vacate(int32_t j) {
+    double* s = slot(j);
+    const int64_t index = static_cast<int64_t>(s[kIndex]);
+    heap_remove(j);
+    count(heap_class(s[kClass])) -= 1;
+    pos[index] = -1;
+    s[kIndex] = -1.0;
+    tree_set(j, 0.0);
+    row(index)[kReplays] = 0.0;
+  }
+
+  void push_free(int32_t j) { free[counters[kFreeTop]++] = j; }
+
+  void rebase_if_due() {
+    const int64_t t = counters[kT];
+    if (cfg.gamma > 0 && cfg.lam > 0 &&
+        cfg.gamma * cfg.lam * static_cast<double>(t - counters[kTRef]) > kRebaseExponent) {
+      counters[kTRef] = t;
+      for (int64_t j = 0; j < R; ++j) {
+        tree[P + j] = slot(static_cast<int32_t>(j))[kIndex] < 0 ? 0.0 : weight(static_cast<int32_t>(j));
+      }
+      for (int64_t k = P - 1; k >= 1; --k) tree[k] = tree[2 * k] + tree[2 * k + 1];
+    }
+  }
+
+  // ---- one step -------------------------------------------------------------
+  struct Entry {
+    bool valid;
+    int64_t index;
+    double loss, p, logp, key;
+    int64_t cls;
+  };
+
+  bool eligible(const Entry& e, int64_t t) const {
+    if (pos[e.index] >= 0 || row(e.index)[kQuarantine] > static_cast<double>(t) ||
+        e.key == -std::numeric_limits<double>::infinity()) {
+      return false;
+    }
+    return !(cfg.graduation > 0 && e.p < cfg.graduation);
+  }
+
+  void update(const Batch& in) {
+    const int64_t t = counters[kT];
+    rebase_if_due();
+    const uint64_t admit_key = rng::stream_key(cfg.seed, static_cast<uint64_t>(t), kStreamAdmit);
+    const int64_t win_n = counters[kWindowCount];
+
+    thread_local std::vector<Entry> entries;
+    entries.assign(static_cast<size_t>(in.B), Entry{});
+    // Pass 1: dynamics and scores.
+    for (int64_t b = 0; b < in.B; ++b) {
+      Entry& e = entries[b];
+      const int64_t i = in.indices[b];
+      const double loss = in.losses[b];
+      const double mu = in.margins ? in.margins[b] : 0.0;
+      const double given = in.priorities ? in.priorities[b] : 0.0;
+      if (!(finite(loss) && finite(mu) && finite(given))) {
+        counters[kNonfinite] += 1;
+        e.valid = false;
+        continue;
+      }
+      double* r = row(i);
+      r[kEma] = r[kSeen] == 0 ? loss : cfg.ema_beta * r[kEma] + (1.0 - cfg.ema_beta) * loss;
+      r[kLastLoss] = loss;
+      r[kSeen] += 1.0;
+      r[kLastSeen] = static_cast<double>(t);
+      if (in.margins) {
+        const double correct = mu > 0 ? 1.0 : 0.0;
+        if (r[kCorrect] == 1.0 && correct == 0.0) r[kForget] += 1.0;
+        r[kCorrect] = correct;
+      }
+      double p;
+      switch (cfg.score) {
+        case kScoreLoss:
+          p = std::max(loss, 0.0);
+          break;
+        case kScoreMargin:
+          p = softplus(-mu);
+          break;
+        case kScoreRank: {
+          int64_t less = 0, equal = 0;
+          for (int64_t k = 0; k < win_n; ++k) {
+            less += window[k] < loss;
+            equal += window[k] == loss;
+          }
+          p = (static_cast<double>(less) + 0.5 * static_cast<double>(equal) + 0.5) /
+              static_cast<double>(win_n + 1);
+          break;
+        }
+        case kScoreForgetting:
+          p = std::max(loss, 0.0) * (1.0 + cfg.forget_boost * r[kForget]);
+          break;
+        default:
+          p = given;
+      }
+      const double logp = p > 0 ? std::log(p) : -std::numeric_limits<double>::infinity();
+      const double base = cfg.alpha == 0 ? 0.0 : cfg.alpha * logp;
+      const double g = rng::to_gumbel(rng::to_uniform(rng::draw_bits(admit_key, static_cast<uint64_t>(i))));
+      e = Entry{true, i, loss, p, logp, base + cfg.lam * static_cast<double>(t) + g,
+                in.classes ? in.classes[b] : 0};
+    }
+    for (int64_t b = 0; b < in.B; ++b) {
+      if (!entries[b].valid) continue;
+      window[counters[kWindowHead]] = entries[b].loss;
+      counters[kWindowHead] = (counters[kWindowHead] + 1) % W;
+      counters[kWindowCount] = std::min(counters[kWindowCount] + 1, W);
+    }
+
+    // The cap on new members: the k best eligible candidates (key, then lower
+    // index, then batch position).
+    thread_local std::vector<int64_t> pick;
+    thread_local std::vector<uint8_t> allowed;
+    const bool capped = cfg.max_new > 0;
+    if (capped) {
+      pick.clear();
+      allowed.assign(static_cast<size_t>(in.B), 0);
+      for (int64_t b = 0; b < in.B; ++b) {
+        if (entries[b].valid && eligible(entries[b], t)) pick.push_back(b);
+      }
+      auto better = [&](int64_t x, int64_t y) {
+        const Entry &ex = entries[x], &ey = entries[y];
+        if (ex.key != ey.key) return ex.key > ey.key;
+        if (ex.index != ey.index) return ex.index < ey.index;
+        return x < y;
+      };
+      const size_t k = static_cast<size_t>(std::min<int64_t>(cfg.max_new, static_cast<int64_t>(pick.size())));
+      if (k < pick.size()) std::nth_element(pick.begin(), pick.begin() + k, pick.end(), better);
+      for (size_t n = 0; n < k; ++n) allowed[pick[n]] = 1;
+    }
+
+    // Pass 2: membership.
+    for (int64_t b = 0; b < in.B; ++b) {
+      const Entry& e = entries[b];
+      if (!e.valid) continue;
+      if (pos[e.index] >= 0) {
+        rescore(e, t);
+      } else if (eligible(e, t) && (!capped || allowed[b])) {
+        offer(e, t);
+      }
+    }
+    counters[kT] = t + 1;
+  }
+
+  void rescore(const Entry& e, int64_t t) {
+    const int32_t j = pos[e.index];
+    double* s = slot(j);
+    double* r = row(e.index);
+    if (e.loss < s[kBestLoss]) {
+      s[kBestLoss] = e.loss;
+      r[kReplays] = 0.0;
+    } else {
+      r[kReplays] += 1.0;
+    }
+    if (cfg.graduation > 0 && e.p < cfg.graduation) {
+      vacate(j);
+      push_free(j);
+      counters[kGraduatedTotal] += 1;
+    } else if (cfg.max_replays > 0 && r[kReplays] >= static_cast<double>(cfg.max_replays)) {
+      vacate(j);
+      push_free(j);
+      r[kQuarantine] = static_cast<double>(t + cfg.quarantine_steps);
+      counters[kQuarantinedTotal] += 1;
+    } else {
+      heap_remove(j);
+      s[kLogp] = e.logp;
+      s[kStep] = static_cast<double>(t);
+      s[kKey] = e.key;
+      heap_insert(j);
+      tree_set(j, weight(j));
+    }
+  }
+
+  void offer(const Entry& e, int64_t t) {
+    if (counters[kFreeTop] > 0) {
+      const int32_t j = free[--counters[kFreeTop]];
+      place(j, e.index, e.key, e.logp, t, e.cls, e.loss);
+      counters[kAdmittedTotal] += 1;
+      return;
+    }
+    int32_t victim;
+    if (cfg.quotas) {
+      int64_t largest = 0;
+      for (int64_t k = 1; k < K; ++k) {
+        if (count(k) > count(largest)) largest = k;
+      }
+      if (count(e.cls) + 1 < count(largest)) {
+        replace(static_cast<int32_t>(root(largest)), e, t);
+        return;
+      }
+      victim = static_cast<int32_t>(root(count(e.cls) == 0 ? largest : e.cls));
+    } else {
+      victim = static_cast<int32_t>(root(0));
+    }
+    const double vkey = slot(victim)[kKey];
+    const double vidx = slot(victim)[kIndex];
+    if (e.key > vkey || (e.key == vkey && static_cast<double>(e.index) < vidx)) {
+      replace(victim, e, t);
+    }
+  }
+
+  void replace(int32_t victim, const Entry& e, int64_t t) {
+    vacate(victim);
+    place(victim, e.index, e.key, e.logp, t, e.cls, e.loss);
+    counters[kEvictedTotal] += 1;
+    counters[kAdmittedTotal] += 1;
+  }
+
+  // ---- replay draw ----------------------------------------------------------
+  // Up to m members' dataset indices into out[0, n); returns n. Members whose
+  // index is in exclude[0, E) are skipped. The tree is restored before return.
+  int64_t draw(int64_t m, const int64_t* exclude, int64_t E, int64_t* out) {
+    thread_local std::vector<int32_t> zeroed;
+    zeroed.clear();
+    for (int64_t k = 0; k < E; ++k) {
+      const int32_t j = pos[exclude[k]];
+      if (j >= 0) {
+        tree_set(j, 0.0);
+        zeroed.push_back(j);
+      }
+    }
+    const uint64_t key =
+        rng::stream_key(cfg.seed, static_cast<uint64_t>(counters[kT]), kStreamReplay);
+    int64_t n = 0;
+    for (int64_t r = 0; r < m; ++r) {
+      const double total = tree[1];
+      if (!(total > 0)) break;
+      const double u = rng::to_uniform(rng::draw_bits(key, static_cast<uint64_t>(r)));
+      const int32_t j = tree_find(u * total);
+      out[n++] = static_cast<int64_t>(slot(j)[kIndex]);
+      tree_set(j, 0.0);
+      zeroed.push_back(j);
+    }
+    for (const int32_t j : zeroed) tree_set(j, weight(j));
+    return n;
+  }
+};
+
+}  // namespace policy
+}  // namespace hardmix

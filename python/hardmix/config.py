@@ -1,0 +1,130 @@
+"""The policy's knobs and the constants shared by the reference and the engine.
+
+:class:`PolicyConfig` is the one description of a policy: the pure-Python
+reference (:mod:`hardmix.reference`) and the native engine
+(:mod:`hardmix.engine`) both take it, and must behave identically under it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+# Random-number streams (the `stream` counter of hardmix.rng / the fill ops).
+STREAM_ADMIT = 1  # Gumbel noise of admission keys, by dataset index
+STREAM_REPLAY = 2  # uniforms of the replay draw, by draw number
+
+# Built-in scores, and their codes in the native config vector.
+SCORES = ("loss", "margin", "loss_rank", "forgetting", "given")
+
+# Columns of the per-example dynamics table [N, 8] (float64).
+TABLE_COLUMNS = (
+    "last_loss",  # the last finite loss seen
+    "ema_loss",  # EMA of the loss: first value as is, then beta * ema + (1 - beta) * loss
+    "times_seen",  # valid updates of this example
+    "last_seen",  # the step of the last valid update, -1 if never
+    "last_correct",  # 1 / 0 from the last margin seen (margin > 0), -1 if never known
+    "forgetting",  # correct -> incorrect transitions (Toneva et al. 2019)
+    "replays",  # appearances since admission without a new best loss (members only)
+    "quarantine_until",  # not admitted while step < this
+)
+(
+    COL_LAST_LOSS,
+    COL_EMA,
+    COL_SEEN,
+    COL_LAST_SEEN,
+    COL_CORRECT,
+    COL_FORGET,
+    COL_REPLAYS,
+    COL_QUARANTINE,
+) = range(8)
+
+# Keys of weights are rebased when gamma * lam * (t - t_ref) exceeds this, so
+# exp() never overflows (DESIGN §2: "rebased now and then").
+REBASE_EXPONENT = 64.0
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Every knob of the policy (DESIGN §2).
+
+    Args:
+        num_examples: N, the dataset size; indices are in [0, N).
+        capacity: R, the reservoir's size, 1 <= R.
+        seed: seed of every random draw (any int, read modulo 2**64).
+        score: priority p >= 0 of an example: ``"loss"`` (max(loss, 0)),
+            ``"margin"`` (softplus(-margin): decreasing in the margin, needs
+            logits/targets), ``"loss_rank"`` (the loss's mid-rank percentile
+            among the last ``rank_window`` valid losses, in (0, 1)),
+            ``"forgetting"`` (max(loss, 0) * (1 + forget_boost * forgetting
+            events)), or ``"given"`` (the caller passes priorities).
+        alpha: admission exponent: keys are alpha * log p + lam * step + Gumbel.
+            0 is classic reservoir sampling (p ignored), large is greedy top-k.
+        lam: staleness decay per step (lambda): a score taken at step s weighs
+            exp(-lam * (t - s)).
+        gamma: replay exponent: members are drawn with probability proportional
+            to decayed priority ** gamma; 0 is uniform replay.
+        ema_beta: smoothing of the loss EMA in the dynamics table, in [0, 1).
+        graduation: a member whose fresh priority falls below this leaves (it
+            is learned), and candidates below it are not admitted; 0 disables.
+        max_replays: a member seen this many times since admission without a
+            new best loss leaves and is quarantined; 0 disables.
+        quarantine_steps: how long a quarantined example may not be admitted.
+        max_new_per_step: admit at most this many new members per step (the
+            top keys among the step's candidates); 0 means no cap.
+        class_quotas: balance the reservoir across classes (needs classes).
+        num_classes: the number of classes when classes are given; required
+            (>= 1) with class_quotas.
+        forget_boost: the weight of forgetting events in the "forgetting" score.
+        rank_window: how many recent valid losses "loss_rank" compares against.
+        nonfinite: what a NaN/inf loss (or margin, or given priority) does:
+            ``"skip"`` (the entry is ignored and counted) or ``"raise"``.
+    """
+
+    num_examples: int
+    capacity: int
+    seed: int = 0
+    score: str = "loss"
+    alpha: float = 1.0
+    lam: float = 0.0
+    gamma: float = 1.0
+    ema_beta: float = 0.9
+    graduation: float = 0.0
+    max_replays: int = 0
+    quarantine_steps: int = 0
+    max_new_per_step: int = 0
+    class_quotas: bool = False
+    num_classes: int = 0
+    forget_boost: float = 1.0
+    rank_window: int = 256
+    nonfinite: str = "skip"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, want: str) -> None:
+            if not ok:
+                raise ValueError(f"PolicyConfig: {name} must be {want}, got {getattr(self, name)!r}")
+
+        def is_int(name: str) -> bool:
+            v = getattr(self, name)
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(name: str) -> bool:
+            v = getattr(self, name)
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(is_int("num_examples") and self.num_examples >= 1, "num_examples", "an int >= 1")
+        need(is_int("capacity") and 1 <= self.capacity < 2**31, "capacity", "an int in [1, 2**31)")
+        need(is_int("seed") and -(2**63) <= self.seed < 2**64, "seed", "an int in [-2**63, 2**64)")
+        need(self.score in SCORES, "score", f"one of {SCORES}")
+        for name in ("alpha", "lam", "gamma", "graduation", "forget_boost"):
+            need(is_num(name) and getattr(self, name) >= 0, name, "a finite number >= 0")
+        need(is_num("ema_beta") and 0 <= self.ema_beta < 1, "ema_beta", "a number in [0, 1)")
+        for name in ("max_replays", "quarantine_steps", "max_new_per_step", "num_classes"):
+            need(is_int(name) and 0 <= getattr(self, name) < 2**31, name, "an int in [0, 2**31)")
+        need(is_int("rank_window") and 1 <= self.rank_window < 2**31, "rank_window", "an int in [1, 2**31)")
+        need(isinstance(self.class_quotas, bool), "class_quotas", "a bool")
+        need(not self.class_quotas or self.num_classes >= 1, "num_classes", ">= 1 when class_quotas is on")
+        need(self.nonfinite in ("skip", "raise"), "nonfinite", "'skip' or 'raise'")
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,236 @@
+"""The native engine: the policy's state tensors and one step through the ops.
+
+:class:`Engine` owns every state tensor of DESIGN §2 and runs a step of the
+policy with ``torch.ops.hardmix.policy_update`` / ``policy_draw``. It behaves
+exactly as :class:`hardmix.reference.ReferencePolicy` under the same
+:class:`~hardmix.config.PolicyConfig` (the tests compare them bit for bit).
+
+The per-step cost does not depend on N and grows as log R (see the contract of
+``policy_update`` in csrc/ops/library.cpp). The state is CPU tensors for now.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import ops as _ops  # noqa: F401  (registers the fake kernels)
+from .config import SCORES, PolicyConfig
+
+# Positions in the native counters vector (csrc/kernels/policy.h: Counter).
+_T, _T_REF, _NONFINITE, _ADMITTED, _EVICTED, _GRADUATED, _QUARANTINED, _WIN_COUNT, _WIN_HEAD, _FREE_TOP = range(10)
+_N_COUNTERS = 16
+_N_CONFIG = 16
+
+STATE_TENSORS = ("table", "pos", "slots", "links", "free", "classes", "tree", "window", "counters")
+
+
+def _config_vector(c: PolicyConfig) -> torch.Tensor:
+    """The float64 config vector in the order of csrc/kernels/policy.h: ConfigField."""
+    v = [
+        c.alpha,
+        c.lam,
+        c.gamma,
+        c.ema_beta,
+        c.graduation,
+        c.max_replays,
+        c.quarantine_steps,
+        c.max_new_per_step,
+        SCORES.index(c.score),
+        c.forget_boost,
+        1.0 if c.class_quotas else 0.0,
+        c.num_classes,
+        1.0 if c.nonfinite == "raise" else 0.0,
+    ]
+    return torch.tensor(v + [0.0] * (_N_CONFIG - len(v)), dtype=torch.float64)
+
+
+def _tensor(name: str, x, B: int | None, kinds: tuple[torch.dtype, ...]) -> torch.Tensor:
+    """`x` as a 1-D CPU tensor of B entries with a dtype in `kinds`, or a clear error."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU (the engine's state is), got {x.device}")
+    if x.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor [B], got shape {list(x.shape)}")
+    if B is not None and x.shape[0] != B:
+        raise ValueError(f"{name} has {x.shape[0]} entries but indices has {B}")
+    if x.dtype not in kinds:
+        raise TypeError(f"{name} must have dtype {' or '.join(str(k) for k in kinds)}, got {x.dtype}")
+    return x
+
+
+class Engine:
+    """The policy's state and its per-step operations, on native ops.
+
+    Args:
+        config: the policy (see :class:`~hardmix.config.PolicyConfig`).
+        score_fn: with ``config.score == "given"``, an optional callable
+            ``score_fn(indices, losses, margins) -> priorities`` (tensors [B];
+            margins may be None) used when ``update`` gets no priorities.
+    """
+
+    def __init__(self, config: PolicyConfig, score_fn: Callable | None = None):
+        if not isinstance(config, PolicyConfig):
+            raise TypeError(f"config must be a PolicyConfig, got {type(config).__name__}")
+        if score_fn is not None and config.score != "given":
+            raise ValueError(f"score_fn needs score='given', got score={config.score!r}")
+        self.config = config
+        self.score_fn = score_fn
+        N, R = config.num_examples, config.capacity
+        K = config.num_classes if config.class_quotas else 1
+        P = 1 << max(0, (R - 1).bit_length())
+        table = torch.zeros(N, 8, dtype=torch.float64)
+        table[:, 3] = -1.0  # last_seen
+        table[:, 4] = -1.0  # last_correct
+        self.table = table
+        self.pos = torch.full((N,), -1, dtype=torch.int32)
+        self.slots = torch.zeros(R, 8, dtype=torch.float64)
+        self.slots[:, 0] = -1.0
+        self.links = torch.full((R, 4), -1, dtype=torch.int32)
+        self.free = torch.arange(R - 1, -1, -1, dtype=torch.int32)
+        self.classes = torch.zeros(K, 2, dtype=torch.int64)
+        self.classes[:, 0] = -1
+        self.tree = torch.zeros(2 * P, dtype=torch.float64)
+        self.window = torch.zeros(config.rank_window, dtype=torch.float64)
+        self.counters = torch.zeros(_N_COUNTERS, dtype=torch.int64)
+        self.counters[_FREE_TOP] = R
+        self.config_vector = _config_vector(config)
+        self._seed = _ops.as_int64(config.seed, "seed")
+
+    # --- the step ------------------------------------------------------------
+
+    def update(
+        self,
+        indices: torch.Tensor,
+        losses: torch.Tensor,
+        *,
+        logits: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        margins: torch.Tensor | None = None,
+        classes: torch.Tensor | None = None,
+        priorities: torch.Tensor | None = None,
+    ) -> None:
+        """One step of the policy.
+
+        Args:
+            indices: [B] dataset indices (any integer dtype), in [0, N).
+            losses: [B] per-example losses (floating point; half precision is
+                widened exactly to float32).
+            logits, targets: [B, C] and [B]: give margins (hardmix.margin) and,
+                unless ``classes`` is given, classes.
+            margins: [B] precomputed margins (instead of logits/targets).
+            classes: [B] class of each example.
+            priorities: [B] with score "given" (or computed by ``score_fn``).
+
+        Raises ValueError/TypeError naming the argument and value, or the op's
+        RuntimeError, before any state changes.
+        """
+        indices = _tensor("indices", indices, None, (torch.int64, torch.int32, torch.int16, torch.uint8))
+        B = indices.shape[0]
+        losses = _tensor("losses", losses, B, (torch.float32, torch.float64, torch.float16, torch.bfloat16))
+        if logits is not None or targets is not None:
+            if logits is None or targets is None:
+                raise ValueError("logits and targets go together: pass both or neither")
+            if margins is not None:
+                raise ValueError("pass margins or logits/targets, not both")
+            targets = _tensor("targets", targets, B, (torch.int64, torch.int32))
+            if logits.dim() != 2 or logits.shape[0] != B:
+                raise ValueError(f"logits must have shape [B={B}, C], got {list(logits.shape)}")
+            margins = _ops.margin(logits.detach(), targets)
+            if classes is None:
+                classes = targets
+        if margins is not None:
+            margins = _tensor("margins", margins, B, (torch.float32, torch.float64))
+        if classes is not None:
+            classes = _tensor("classes", classes, B, (torch.int64, torch.int32)).long()
+        if priorities is None and self.score_fn is not None:
+            priorities = torch.as_tensor(self.score_fn(indices, losses, margins))
+        if priorities is not None:
+            priorities = _tensor("priorities", priorities, B, (torch.float32, torch.float64))
+        if losses.dtype in (torch.float16, torch.bfloat16):
+            losses = losses.float()
+        torch.ops.hardmix.policy_update(
+            *self.state_tensors(),
+            self.config_vector,
+            self._seed,
+            indices.long(),
+            losses.detach(),
+            None if margins is None else margins.detach(),
+            classes,
+            None if priorities is None else priorities.detach(),
+        )
+
+    def draw(self, m: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Up to m members drawn for replay (int64 dataset indices, in draw order),
+        skipping those in ``exclude`` (the next batch's fresh part)."""
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            raise ValueError(f"m must be an int >= 0, got {m!r}")
+        if exclude is None:
+            exclude = torch.empty(0, dtype=torch.int64)
+        exclude = _tensor("exclude", exclude, None, (torch.int64, torch.int32)).long()
+        out = torch.empty(m, dtype=torch.int64)
+        torch.ops.hardmix.policy_draw(
+            self.tree, self.slots, self.pos, self.counters, self.config_vector, self._seed, exclude, out
+        )
+        n = int((out >= 0).sum())
+        return out[:n]
+
+    # --- inspection --------------------------------------------------------
+
+    def state_tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, name) for name in STATE_TENSORS)
+
+    @property
+    def step(self) -> int:
+        """The number of updates so far (the step counter t)."""
+        return int(self.counters[_T])
+
+    @property
+    def size(self) -> int:
+        return self.config.capacity - int(self.counters[_FREE_TOP])
+
+    def totals(self) -> dict[str, int]:
+        """Counts since the start: nonfinite entries, admitted, evicted,
+        graduated and quarantined members."""
+        c = self.counters
+        return dict(
+            nonfinite=int(c[_NONFINITE]),
+            admitted=int(c[_ADMITTED]),
+            evicted=int(c[_EVICTED]),
+            graduated=int(c[_GRADUATED]),
+            quarantined=int(c[_QUARANTINED]),
+        )
+
+    def members(self) -> dict[str, torch.Tensor]:
+        """The current members, ordered by slot: dataset index, key, log
+        priority, score step, class, admission step, best loss."""
+        occupied = self.slots[:, 0] >= 0
+        s = self.slots[occupied]
+        return dict(
+            slot=occupied.nonzero().squeeze(1),
+            index=s[:, 0].long(),
+            key=s[:, 1],
+            logp=s[:, 2],
+            step=s[:, 3].long(),
+            cls=s[:, 4].long(),
+            admitted=s[:, 5].long(),
+            best_loss=s[:, 6],
+        )
+
+    def state_dict(self) -> dict:
+        """Every state tensor (cloned) and the config, for checkpoints."""
+        return {"config": self.config.as_dict(), **{k: getattr(self, k).clone() for k in STATE_TENSORS}}
+
+    def load_state_dict(self, state: dict) -> None:
+        cfg = PolicyConfig(**state["config"])
+        if cfg != self.config:
+            raise ValueError(f"state_dict was saved with a different config: {cfg} != {self.config}")
+        for k in STATE_TENSORS:
+            mine, theirs = getattr(self, k), state[k]
+            if theirs.shape != mine.shape or theirs.dtype != mine.dtype:
+                raise ValueError(f"state_dict[{k!r}] has shape/dtype {list(theirs.shape)}/{theirs.dtype}, "
+                                 f"want {list(mine.shape)}/{mine.dtype}")
+        for k in STATE_TENSORS:
+            getattr(self, k).copy_(state[k])

@@ -1,0 +1,119 @@
+"""The native engine against the pure-Python reference: exact agreement, step
+by step, on hypothesis-generated streams, with every option on and off."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hardmix.config import SCORES, PolicyConfig
+from hardmix.engine import Engine
+from hardmix.reference import ReferencePolicy
+from policy_helpers import assert_same_state
+
+LOSS_VALUES = [0.0, 0.25, 0.5, 1.0, 2.0, -0.5, 1e-30, 1e30]  # few values: many exact ties
+ODD_VALUES = [math.nan, math.inf, -math.inf]
+
+
+@st.composite
+def configs(draw):
+    N = draw(st.integers(1, 40))
+    quotas = draw(st.booleans())
+    num_classes = draw(st.integers(1, 4)) if quotas else draw(st.sampled_from([0, 3]))
+    return PolicyConfig(
+        num_examples=N,
+        capacity=draw(st.sampled_from([1, 2, 3, 5, 8, 13, 50])),  # R > N included
+        seed=draw(st.integers(-(2**63), 2**64 - 1)),
+        score=draw(st.sampled_from(SCORES)),
+        alpha=draw(st.sampled_from([0.0, 0.5, 1.0, 4.0])),
+        lam=draw(st.sampled_from([0.0, 0.01, 1.0, 40.0])),  # 40: rebases every few steps
+        gamma=draw(st.sampled_from([0.0, 1.0, 2.5])),
+        ema_beta=draw(st.sampled_from([0.0, 0.5, 0.9])),
+        graduation=draw(st.sampled_from([0.0, 0.0, 0.3])),
+        max_replays=draw(st.sampled_from([0, 0, 1, 3])),
+        quarantine_steps=draw(st.sampled_from([0, 4])),
+        max_new_per_step=draw(st.sampled_from([0, 0, 1, 3])),
+        class_quotas=quotas,
+        num_classes=num_classes,
+        forget_boost=draw(st.sampled_from([0.0, 1.0])),
+        rank_window=draw(st.sampled_from([1, 4, 64])),
+    )
+
+
+@st.composite
+def steps(draw, cfg: PolicyConfig):
+    B = draw(st.integers(0, 12))
+    idx = draw(st.lists(st.integers(0, cfg.num_examples - 1), min_size=B, max_size=B))  # duplicates allowed
+    odd = draw(st.booleans())
+    pool = LOSS_VALUES + (ODD_VALUES if odd else [])
+    losses = draw(st.lists(st.one_of(st.sampled_from(pool), st.floats(0, 5, width=32)), min_size=B, max_size=B))
+    margins = None
+    if cfg.score == "margin" or draw(st.booleans()):
+        margins = draw(st.lists(st.one_of(st.sampled_from([-1.0, 0.0, 0.5] + (ODD_VALUES if odd else [])),
+                                          st.floats(-4, 4, width=32)), min_size=B, max_size=B))
+    classes = None
+    if cfg.class_quotas or (cfg.num_classes and draw(st.booleans())):
+        classes = draw(st.lists(st.integers(0, cfg.num_classes - 1), min_size=B, max_size=B))
+    priorities = None
+    if cfg.score == "given":
+        priorities = draw(st.lists(st.sampled_from([0.0, 0.1, 1.0, 3.0] + ([math.nan] if odd else [])),
+                                   min_size=B, max_size=B))
+    m = draw(st.integers(0, 6))
+    exclude = draw(st.lists(st.integers(0, cfg.num_examples - 1), max_size=4))
+    return idx, losses, margins, classes, priorities, m, exclude
+
+
+def run_both(cfg, stream):
+    e, r = Engine(cfg), ReferencePolicy(cfg)
+    for n, (idx, losses, margins, classes, priorities, m, exclude) in enumerate(stream):
+        loss_t = torch.tensor(losses, dtype=torch.float32)
+        margin_t = None if margins is None else torch.tensor(margins, dtype=torch.float32)
+        prio_t = None if priorities is None else torch.tensor(priorities, dtype=torch.float64)
+        e.update(
+            torch.tensor(idx, dtype=torch.int64), loss_t, margins=margin_t,
+            classes=None if classes is None else torch.tensor(classes, dtype=torch.int64), priorities=prio_t,
+        )
+        # the reference sees exactly the float32 values, widened
+        r.update(idx, loss_t.tolist(), None if margins is None else margin_t.tolist(), classes,
+                 None if priorities is None else prio_t.tolist())
+        assert_same_state(e, r, f"after step {n}")
+        got = e.draw(m, torch.tensor(exclude, dtype=torch.int64)).tolist()
+        want = r.draw(m, exclude)
+        assert got == want, f"draw after step {n}: native {got}, reference {want}"
+        assert_same_state(e, r, f"after the draw of step {n}")
+    return e, r
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_engine_matches_reference(data):
+    cfg = data.draw(configs())
+    stream = data.draw(st.lists(steps(cfg), min_size=1, max_size=25))
+    run_both(cfg, stream)
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_long_stream_every_score(score):
+    """A longer stream (300 steps, B = 32, N = 200, R = 24) with every option on."""
+    g = torch.Generator().manual_seed(SCORES.index(score))
+    cfg = PolicyConfig(num_examples=200, capacity=24, seed=11, score=score, alpha=1.5, lam=0.05, gamma=1.0,
+                       graduation=0.05, max_replays=4, quarantine_steps=10, max_new_per_step=6,
+                       class_quotas=True, num_classes=5, rank_window=50)
+    stream = []
+    for _ in range(300):
+        idx = torch.randint(0, 200, (32,), generator=g).tolist()
+        losses = (torch.rand(32, generator=g) * 3).tolist()
+        margins = (torch.randn(32, generator=g) * 2).tolist()
+        classes = [i % 5 for i in idx]
+        prio = (torch.rand(32, generator=g) * 2).tolist() if score == "given" else None
+        stream.append((idx, losses, margins, classes, prio, 8, idx[:8]))
+    e, r = run_both(cfg, stream)
+    assert e.totals()["admitted"] > 24 and e.size > 0
+
+
+def test_empty_batches_and_empty_reservoir():
+    cfg = PolicyConfig(num_examples=5, capacity=3)
+    e, r = run_both(cfg, [([], [], None, None, None, 4, [])] * 3)
+    assert e.step == 3 and e.size == 0 and e.draw(4).numel() == 0
