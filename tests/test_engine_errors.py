@@ -144,7 +144,7 @@ def test_opcheck_policy_ops():
     e, _ = warmed(gamma=1.0, lam=0.1, max_new_per_step=2)
     args = (*e.state_tensors(), e.config_vector, 1, I([1, 2, 3]), torch.tensor([0.1, 2.0, 0.7]), None, None, None)
     torch.library.opcheck(torch.ops.hardmix.policy_update, args)
-    out = torch.empty(3, dtype=torch.int64)
+    out = torch.empty(3 + 1, dtype=torch.int64)
     torch.library.opcheck(
         torch.ops.hardmix.policy_draw, (e.tree, e.slots, e.pos, e.counters, e.config_vector, 1, I([0]), out)
     )
@@ -158,7 +158,7 @@ def test_engine_step_under_torch_compile():
 
     def step(state, config, idx, losses, out):
         torch.ops.hardmix.policy_update(*state, config, 4, idx, losses, None, None, None)
-        torch.ops.hardmix.policy_draw(state[6], state[2], state[1], state[8], config, 4, idx[:2], out)
+        torch.ops.hardmix.policy_draw(state[7], state[2], state[1], state[9], config, 4, idx[:2], out)
         return out
 
     fn = torch.compile(step, fullgraph=True, backend="inductor")
@@ -166,8 +166,8 @@ def test_engine_step_under_torch_compile():
     for _ in range(5):
         idx = torch.randint(0, 20, (4,), generator=g)
         losses = torch.rand(4, generator=g)
-        want = step(eager.state_tensors(), eager.config_vector, idx, losses, torch.empty(3, dtype=torch.int64))
-        got = fn(compiled.state_tensors(), compiled.config_vector, idx, losses, torch.empty(3, dtype=torch.int64))
+        want = step(eager.state_tensors(), eager.config_vector, idx, losses, torch.empty(4, dtype=torch.int64))
+        got = fn(compiled.state_tensors(), compiled.config_vector, idx, losses, torch.empty(4, dtype=torch.int64))
         assert torch.equal(got, want)
         for a, b in zip(eager.state_tensors(), compiled.state_tensors()):
             assert torch.equal(a, b)

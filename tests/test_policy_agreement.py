@@ -113,6 +113,19 @@ def test_long_stream_every_score(score):
     assert e.totals()["admitted"] > 24 and e.size > 0
 
 
+def test_regression_same_key_in_another_class():
+    """Found by hypothesis: an example that graduates and comes back, in the
+    same step, under another class has the same key (alpha = 0: the key is its
+    Gumbel draw); the reference's lazy heap once mistook its stale entry in the
+    old class for a member."""
+    cfg = PolicyConfig(num_examples=5, capacity=2, seed=-2, score="given", alpha=0.0, lam=0.0, gamma=0.0,
+                       ema_beta=0.0, graduation=0.3, class_quotas=True, num_classes=2, rank_window=1)
+    empty = ([], [], None, [], [], 0, [])
+    step = ([4, 4, 4, 0, 0, 0, 0], [0.0] * 7, None, [0, 0, 1, 0, 0, 0, 0], [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], 0, [])
+    e, r = run_both(cfg, [empty, empty, empty, step])
+    assert sorted(e.members()["index"].tolist()) == [0, 4]
+
+
 def test_empty_batches_and_empty_reservoir():
     cfg = PolicyConfig(num_examples=5, capacity=3)
     e, r = run_both(cfg, [([], [], None, None, None, 4, [])] * 3)

@@ -11,24 +11,33 @@
 //   pos      int32  [N]      dataset index -> slot, -1 if not a member
 //   slots    double [R][8]   member per slot: index (-1: empty), key, log p,
 //                            score step s, class, admission step, best loss
-//   links    int32  [R][4]   leftist-heap links per slot: left, right, parent,
-//                            null-path length
+//   links    int32  [R][4]   per slot: leftist-heap links (left, right, parent,
+//                            null-path length) with class quotas; without
+//                            them, column 0 is the slot's binary-heap position
+//   heap     double [R][2]   without class quotas: the binary heap, entries
+//                            (key, slot) in heap order
 //   free     int32  [R]      stack of free slots (free[0, top))
 //   classes  int64  [K][2]   per heap class: heap root slot (-1: none), count
 //   tree     double [2P]     sum tree of replay weights, P = 2^ceil(log2 R)
 //   window   double [W]      ring buffer of recent valid losses (loss_rank)
 //   counters int64  [16]     step t, t_ref, totals, window and stack cursors
 //
-// Eviction order: each heap class (one class, or one per class with quotas)
-// is a leftist heap whose root is its weakest member (lowest key; ties: higher
-// dataset index). Insert, delete-any and rescore are O(log R) worst case.
+// Eviction order: the weakest member (lowest key; ties: higher dataset index)
+// must be found in O(1) and every change of membership or key costs O(log R).
+// Without class quotas (one heap class) an implicit binary min-heap does this
+// with its keys inline, so a sift touches one cache line per level, and an
+// eviction is a single sift-down (the newcomer takes the victim's slot and heap
+// entry). With class quotas each class is a leftist heap over the slots (a
+// heap per class without per-class storage); insert, delete-any and rescore
+// are O(log R) worst case there too.
 // Replay: a sum tree over slots; successive draws without replacement set a
 // drawn leaf to 0 and restore it afterwards, O(log R) each.
 //
 // Cost of update(): O(B log R) plus O(B * W) for the loss_rank score and O(K)
 // per cross-class eviction with class quotas; an O(R) rebase of replay weights
 // every REBASE_EXPONENT / (gamma * lam) steps (amortised). No allocation
-// beyond B-sized scratch. draw(): O((E + m) log R) for E excluded indices.
+// beyond B-sized scratch. draw(): O(E + (m + X) log R) for E excluded
+// indices and X rejected picks (each member is rejected at most once).
 #pragma once
 
 #include <algorithm>
@@ -46,6 +55,7 @@ namespace policy {
 constexpr uint64_t kStreamAdmit = 1;
 constexpr uint64_t kStreamReplay = 2;
 constexpr double kRebaseExponent = 64.0;
+constexpr int64_t kPrefetch = 32;  // entries ahead whose table row is prefetched
 
 enum Col { kLastLoss, kEma, kSeen, kLastSeen, kCorrect, kForget, kReplays, kQuarantine };
 constexpr int kTableCols = 8;
@@ -136,6 +146,7 @@ struct PolicyView {
   int32_t* pos;
   double* slots;
   int32_t* links;
+  double* heap;
   int32_t* free;
   int64_t* classes;
   double* tree;
@@ -176,8 +187,50 @@ struct PolicyView {
     return a;
   }
 
+  // ---- binary heap (no class quotas) ---------------------------------------
+  // heap[2h] = key, heap[2h + 1] = slot of entry h; link(slot, 0) = h.
+  int32_t bh_slot(int64_t h) const { return static_cast<int32_t>(heap[2 * h + 1]); }
+
+  bool bh_weaker(int64_t a, int64_t b) const {
+    const double ka = heap[2 * a], kb = heap[2 * b];
+    return ka < kb || (ka == kb && slot(bh_slot(a))[kIndex] > slot(bh_slot(b))[kIndex]);
+  }
+
+  void bh_swap(int64_t a, int64_t b) {
+    std::swap(heap[2 * a], heap[2 * b]);
+    std::swap(heap[2 * a + 1], heap[2 * b + 1]);
+    link(bh_slot(a), kLeft) = static_cast<int32_t>(a);
+    link(bh_slot(b), kLeft) = static_cast<int32_t>(b);
+  }
+
+  void bh_sift(int64_t h, int64_t n) {
+    while (h > 0 && bh_weaker(h, (h - 1) / 2)) {
+      bh_swap(h, (h - 1) / 2);
+      h = (h - 1) / 2;
+    }
+    for (;;) {
+      const int64_t l = 2 * h + 1;
+      if (l >= n) break;
+      const int64_t c = (l + 1 < n && bh_weaker(l + 1, l)) ? l + 1 : l;
+      if (!bh_weaker(c, h)) break;
+      bh_swap(h, c);
+      h = c;
+    }
+  }
+
+  // ---- heap interface: one heap per heap class ------------------------------
+  // Heap size = count(hc) when these are called (place/vacate keep it so).
   void heap_insert(int32_t j) {
     const int64_t hc = heap_class(slot(j)[kClass]);
+    if (!cfg.quotas) {
+      const int64_t h = count(0);
+      heap[2 * h] = slot(j)[kKey];
+      heap[2 * h + 1] = static_cast<double>(j);
+      link(j, kLeft) = static_cast<int32_t>(h);
+      bh_sift(h, h + 1);
+      root(0) = bh_slot(0);
+      return;
+    }
     link(j, kLeft) = link(j, kRight) = link(j, kParent) = -1;
     link(j, kNpl) = 1;
     const int32_t r = meld(static_cast<int32_t>(root(hc)), j);
@@ -187,6 +240,18 @@ struct PolicyView {
 
   void heap_remove(int32_t j) {
     const int64_t hc = heap_class(slot(j)[kClass]);
+    if (!cfg.quotas) {
+      const int64_t n = count(0) - 1;
+      const int64_t h = link(j, kLeft);
+      if (h != n) {
+        heap[2 * h] = heap[2 * n];
+        heap[2 * h + 1] = heap[2 * n + 1];
+        link(bh_slot(h), kLeft) = static_cast<int32_t>(h);
+        bh_sift(h, n);
+      }
+      root(0) = n > 0 ? bh_slot(0) : -1;
+      return;
+    }
     const int32_t c = meld(link(j, kLeft), link(j, kRight));
     int32_t p = link(j, kParent);
     if (c >= 0) link(c, kParent) = p;
@@ -209,6 +274,19 @@ struct PolicyView {
       link(p, kNpl) = n;
       p = link(p, kParent);
     }
+  }
+
+  // The key of slot j (a member, same heap class) has changed.
+  void heap_rekey(int32_t j) {
+    if (!cfg.quotas) {
+      const int64_t h = link(j, kLeft);
+      heap[2 * h] = slot(j)[kKey];
+      bh_sift(h, count(0));
+      root(0) = bh_slot(0);
+      return;
+    }
+    heap_remove(j);
+    heap_insert(j);
   }
 
   // ---- sum tree -------------------------------------------------------------
@@ -250,21 +328,20 @@ struct PolicyView {
     s[kAdmitted] = static_cast<double>(t);
     s[kBestLoss] = loss;
     pos[index] = j;
-    count(heap_class(s[kClass])) += 1;
     heap_insert(j);
+    count(heap_class(s[kClass])) += 1;
     tree_set(j, weight(j));
     row(index)[kReplays] = 0.0;
   }
 
-  void vacate(int32_t j) {
+  void vacate(int32_t j, bool clear_leaf = true) {
     double* s = slot(j);
     const int64_t index = static_cast<int64_t>(s[kIndex]);
     heap_remove(j);
     count(heap_class(s[kClass])) -= 1;
     pos[index] = -1;
     s[kIndex] = -1.0;
-    tree_set(j, 0.0);
-    row(index)[kReplays] = 0.0;
+    if (clear_leaf) tree_set(j, 0.0);
   }
 
   void push_free(int32_t j) { free[counters[kFreeTop]++] = j; }
@@ -287,10 +364,16 @@ struct PolicyView {
     int64_t index;
     double loss, p, logp, key;
     int64_t cls;
+    double quarantine;  // the row's quarantine_until as pass 1 saw it
   };
 
+  // Whether an example was quarantined during this step's pass 2: only then
+  // can a row's quarantine_until differ from what pass 1 saw (and be re-read).
+  bool quarantined_this_step = false;
+
   bool eligible(const Entry& e, int64_t t) const {
-    if (pos[e.index] >= 0 || row(e.index)[kQuarantine] > static_cast<double>(t) ||
+    const double q = quarantined_this_step ? row(e.index)[kQuarantine] : e.quarantine;
+    if (pos[e.index] >= 0 || q > static_cast<double>(t) ||
         e.key == -std::numeric_limits<double>::infinity()) {
       return false;
     }
@@ -307,6 +390,10 @@ struct PolicyView {
     entries.assign(static_cast<size_t>(in.B), Entry{});
     // Pass 1: dynamics and scores.
     for (int64_t b = 0; b < in.B; ++b) {
+      if (b + kPrefetch < in.B) {  // the table is N-sized: start its cache misses early
+        __builtin_prefetch(row(in.indices[b + kPrefetch]), 1);
+        __builtin_prefetch(pos + in.indices[b + kPrefetch], 0);
+      }
       Entry& e = entries[b];
       const int64_t i = in.indices[b];
       const double loss = in.losses[b];
@@ -355,7 +442,7 @@ struct PolicyView {
       const double base = cfg.alpha == 0 ? 0.0 : cfg.alpha * logp;
       const double g = rng::to_gumbel(rng::to_uniform(rng::draw_bits(admit_key, static_cast<uint64_t>(i))));
       e = Entry{true, i, loss, p, logp, base + cfg.lam * static_cast<double>(t) + g,
-                in.classes ? in.classes[b] : 0};
+                in.classes ? in.classes[b] : 0, r[kQuarantine]};
     }
     for (int64_t b = 0; b < in.B; ++b) {
       if (!entries[b].valid) continue;
@@ -387,7 +474,12 @@ struct PolicyView {
     }
 
     // Pass 2: membership.
+    quarantined_this_step = false;
     for (int64_t b = 0; b < in.B; ++b) {
+      if (b + kPrefetch < in.B && entries[b + kPrefetch].valid) {
+        const int32_t j = pos[entries[b + kPrefetch].index];
+        if (j >= 0) __builtin_prefetch(slot(j), 1);
+      }
       const Entry& e = entries[b];
       if (!e.valid) continue;
       if (pos[e.index] >= 0) {
@@ -417,13 +509,13 @@ struct PolicyView {
       vacate(j);
       push_free(j);
       r[kQuarantine] = static_cast<double>(t + cfg.quarantine_steps);
+      quarantined_this_step = true;
       counters[kQuarantinedTotal] += 1;
     } else {
-      heap_remove(j);
       s[kLogp] = e.logp;
       s[kStep] = static_cast<double>(t);
       s[kKey] = e.key;
-      heap_insert(j);
+      heap_rekey(j);
       tree_set(j, weight(j));
     }
   }
@@ -449,44 +541,80 @@ struct PolicyView {
     } else {
       victim = static_cast<int32_t>(root(0));
     }
-    const double vkey = slot(victim)[kKey];
-    const double vidx = slot(victim)[kIndex];
-    if (e.key > vkey || (e.key == vkey && static_cast<double>(e.index) < vidx)) {
+    // (without quotas the weakest key sits at the top of the binary heap: hot)
+    const double vkey = cfg.quotas ? slot(victim)[kKey] : heap[0];
+    if (e.key > vkey || (e.key == vkey && static_cast<double>(e.index) < slot(victim)[kIndex])) {
       replace(victim, e, t);
     }
   }
 
   void replace(int32_t victim, const Entry& e, int64_t t) {
-    vacate(victim);
-    place(victim, e.index, e.key, e.logp, t, e.cls, e.loss);
+    if (cfg.quotas) {  // the classes may differ: out of one heap, into another
+      vacate(victim, /*clear_leaf=*/false);  // place() sets the leaf anyway
+      place(victim, e.index, e.key, e.logp, t, e.cls, e.loss);
+    } else {  // one heap: the newcomer takes the victim's slot and heap entry
+      double* s = slot(victim);
+      const int64_t old = static_cast<int64_t>(s[kIndex]);
+      pos[old] = -1;
+      s[kIndex] = static_cast<double>(e.index);
+      s[kKey] = e.key;
+      s[kLogp] = e.logp;
+      s[kStep] = static_cast<double>(t);
+      s[kClass] = static_cast<double>(e.cls);
+      s[kAdmitted] = static_cast<double>(t);
+      s[kBestLoss] = e.loss;
+      pos[e.index] = victim;
+      row(e.index)[kReplays] = 0.0;
+      heap_rekey(victim);
+      tree_set(victim, weight(victim));
+      // The next eviction will touch the new weakest member's slot: fetch it now.
+      __builtin_prefetch(slot(static_cast<int32_t>(root(0))), 1);
+    }
     counters[kEvictedTotal] += 1;
     counters[kAdmittedTotal] += 1;
   }
 
   // ---- replay draw ----------------------------------------------------------
-  // Up to m members' dataset indices into out[0, n); returns n. Members whose
-  // index is in exclude[0, E) are skipped. The tree is restored before return.
+  // Up to m members' dataset indices into out[0, n); returns n. Draw r (r = 0,
+  // 1, ...) takes uniform r and picks a slot with probability proportional to
+  // its weight, *with* replacement; a pick that is excluded (exclude[0, E)) or
+  // already drawn is rejected, and its leaf set to 0 so that it cannot come up
+  // again. Rejection keeps the distribution of drawing without replacement
+  // among the others (successive sampling), and in the usual case (m small
+  // against the reservoir) the tree is only read. Zeroed leaves are restored
+  // before return.
   int64_t draw(int64_t m, const int64_t* exclude, int64_t E, int64_t* out) {
+    // Excluded and drawn dataset indices, in a small open-addressing set.
+    thread_local std::vector<int64_t> set;
+    size_t cap = 16;
+    while (cap < static_cast<size_t>(2 * (E + m))) cap *= 2;
+    set.assign(cap, -1);
+    const size_t mask = cap - 1;
+    auto slot_of = [&](int64_t i) {
+      size_t h = static_cast<size_t>(rng::mix13(static_cast<uint64_t>(i))) & mask;
+      while (set[h] >= 0 && set[h] != i) h = (h + 1) & mask;
+      return h;
+    };
+    for (int64_t k = 0; k < E; ++k) set[slot_of(exclude[k])] = exclude[k];
     thread_local std::vector<int32_t> zeroed;
     zeroed.clear();
-    for (int64_t k = 0; k < E; ++k) {
-      const int32_t j = pos[exclude[k]];
-      if (j >= 0) {
-        tree_set(j, 0.0);
-        zeroed.push_back(j);
-      }
-    }
     const uint64_t key =
         rng::stream_key(cfg.seed, static_cast<uint64_t>(counters[kT]), kStreamReplay);
     int64_t n = 0;
-    for (int64_t r = 0; r < m; ++r) {
+    for (uint64_t r = 0; n < m; ++r) {
       const double total = tree[1];
       if (!(total > 0)) break;
-      const double u = rng::to_uniform(rng::draw_bits(key, static_cast<uint64_t>(r)));
+      const double u = rng::to_uniform(rng::draw_bits(key, r));
       const int32_t j = tree_find(u * total);
-      out[n++] = static_cast<int64_t>(slot(j)[kIndex]);
-      tree_set(j, 0.0);
-      zeroed.push_back(j);
+      const int64_t index = static_cast<int64_t>(slot(j)[kIndex]);
+      const size_t h = slot_of(index);
+      if (set[h] == index) {  // excluded or drawn already
+        tree_set(j, 0.0);
+        zeroed.push_back(j);
+        continue;
+      }
+      set[h] = index;
+      out[n++] = index;
     }
     for (const int32_t j : zeroed) tree_set(j, weight(j));
     return n;

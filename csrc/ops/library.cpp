@@ -77,7 +77,8 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   of python/hardmix/reference.py, which this op must match bit for bit).
   //   State (mutated; made and owned by hardmix.engine.Engine, CPU,
   //   contiguous): table f64 [N, 8], pos i32 [N], slots f64 [R, 8],
-  //   links i32 [R, 4], free i32 [R], classes i64 [K, 2], tree f64 [2P],
+  //   links i32 [R, 4], heap f64 [R, 2], free i32 [R], classes i64 [K, 2],
+  //   tree f64 [2P],
   //   window f64 [W], counters i64 [16]. config: f64 [16], read only.
   //   Inputs: indices i64 [B] in [0, N); losses f32/f64 [B]; margins
   //   f32/f64 [B] (needed by score 'margin'); classes i64 [B] in
@@ -91,20 +92,24 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   every 64 / (gamma * lam) steps); B-sized scratch only.
   m.def(
       "policy_update(Tensor(a!) table, Tensor(b!) pos, Tensor(c!) slots, "
-      "Tensor(d!) links, Tensor(e!) free, Tensor(f!) classes_state, "
-      "Tensor(g!) tree, Tensor(h!) window, Tensor(i!) counters, "
+      "Tensor(d!) links, Tensor(e!) heap, Tensor(f!) free, "
+      "Tensor(g!) classes_state, Tensor(h!) tree, Tensor(i!) window, "
+      "Tensor(j!) counters, "
       "Tensor config, int seed, Tensor indices, Tensor losses, "
       "Tensor? margins, Tensor? classes, Tensor? priorities) -> ()");
 
   // policy_draw(tree, slots, pos, counters, config, seed, exclude, out)
-  //   The replay draw for the next batch: out[0, n) = dataset indices of up to
-  //   m = out.numel() members drawn without replacement with probability
-  //   proportional to (decayed priority)^gamma, skipping members whose index
-  //   is in exclude [E] (i64, in [0, N)); out[n, m) = -1 (n < m only when
-  //   fewer members are eligible). Uniforms: (seed, step, stream 2, r).
-  //   tree is written during the draw and restored bit for bit before return;
-  //   out (i64, contiguous) is the only lasting write.
-  //   Deterministic. Cost: O((E + m) log R), no allocation beyond E + m.
+  //   The replay draw for the next batch: with out of m + 1 entries,
+  //   out[0, n) = dataset indices of up to m members drawn without
+  //   replacement with probability proportional to (decayed priority)^gamma,
+  //   skipping members whose index is in exclude [E] (i64, in [0, N));
+  //   out[n, m) = -1 (n < m only when fewer members are eligible); out[m] = n.
+  //   Uniforms: (seed, step, stream 2, r).
+  //   Picks are made with replacement and rejected when excluded or already
+  //   drawn (successive sampling). tree is written only for rejected picks and
+  //   restored bit for bit before return; out (i64, contiguous) is the only
+  //   lasting write. Deterministic. Cost: O(E + (m + X) log R) for X rejected
+  //   picks (each member at most once); E + m scratch.
   m.def(
       "policy_draw(Tensor(a!) tree, Tensor slots, Tensor pos, Tensor counters, "
       "Tensor config, int seed, Tensor exclude, Tensor(b!) out) -> ()");

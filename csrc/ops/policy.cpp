@@ -41,13 +41,14 @@ int64_t rows_of(const char* op, const char* name, const Tensor& t, int64_t cols)
 
 // Views the state tensors; checks that they are mutually consistent.
 pk::PolicyView view(const char* op, const Tensor& table, const Tensor& pos, const Tensor& slots,
-                    const Tensor& links, const Tensor& free, const Tensor& classes,
+                    const Tensor& links, const Tensor& heap, const Tensor& free, const Tensor& classes,
                     const Tensor& tree, const Tensor& window, const Tensor& counters,
                     const Tensor& config, int64_t seed) {
   state_tensor(op, "table", table, ScalarType::Double);
   state_tensor(op, "pos", pos, ScalarType::Int);
   state_tensor(op, "slots", slots, ScalarType::Double);
   state_tensor(op, "links", links, ScalarType::Int);
+  state_tensor(op, "heap", heap, ScalarType::Double);
   state_tensor(op, "free", free, ScalarType::Int);
   state_tensor(op, "classes", classes, ScalarType::Long);
   state_tensor(op, "tree", tree, ScalarType::Double);
@@ -60,8 +61,9 @@ pk::PolicyView view(const char* op, const Tensor& table, const Tensor& pos, cons
   v.K = rows_of(op, "classes", classes, 2);
   HM_CHECK(pos.dim() == 1 && pos.size(0) == v.N, op, ": state pos must have shape [", v.N,
            "], got ", detail::shape_str(pos));
-  HM_CHECK(rows_of(op, "links", links, pk::kLinkFields) == v.R && free.numel() == v.R && v.R >= 1,
-           op, ": state links/free do not match R = ", v.R);
+  HM_CHECK(rows_of(op, "links", links, pk::kLinkFields) == v.R && free.numel() == v.R &&
+               rows_of(op, "heap", heap, 2) == v.R && v.R >= 1,
+           op, ": state links/heap/free do not match R = ", v.R);
   v.P = tree.numel() / 2;
   HM_CHECK(tree.numel() % 2 == 0 && v.P >= v.R && v.P < 2 * v.R + 1 && (v.P & (v.P - 1)) == 0, op,
            ": state tree must have 2P entries, P the power of two >= R = ", v.R, ", got ",
@@ -74,6 +76,7 @@ pk::PolicyView view(const char* op, const Tensor& table, const Tensor& pos, cons
   v.pos = pos.mutable_data_ptr<int32_t>();
   v.slots = slots.mutable_data_ptr<double>();
   v.links = links.mutable_data_ptr<int32_t>();
+  v.heap = heap.mutable_data_ptr<double>();
   v.free = free.mutable_data_ptr<int32_t>();
   v.classes = classes.mutable_data_ptr<int64_t>();
   v.tree = tree.mutable_data_ptr<double>();
@@ -124,12 +127,12 @@ void check_finite(const char* name, const std::vector<double>& v) {
   }
 }
 
-void policy_update(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor free,
+void policy_update(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor heap, Tensor free,
                    Tensor classes_state, Tensor tree, Tensor window, Tensor counters,
                    Tensor config, int64_t seed, Tensor indices, Tensor losses,
                    std::optional<Tensor> margins, std::optional<Tensor> classes,
                    std::optional<Tensor> priorities) {
-  pk::PolicyView v = view(kUpdate, table, pos, slots, links, free, classes_state, tree, window,
+  pk::PolicyView v = view(kUpdate, table, pos, slots, links, heap, free, classes_state, tree, window,
                           counters, config, seed);
   checks::on_cpu(kUpdate, "indices", indices);
   checks::dim(kUpdate, "indices [B]", indices, 1);
@@ -218,10 +221,12 @@ void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor 
   v.pos = pos.mutable_data_ptr<int32_t>();
   v.counters = counters.mutable_data_ptr<int64_t>();
   v.cfg = pk::Config::from(config.const_data_ptr<double>(), static_cast<uint64_t>(seed));
-  const int64_t m = out.numel();
+  HM_CHECK(out.numel() >= 1, kDraw, ": out must have m + 1 >= 1 entries, got ", out.numel());
+  const int64_t m = out.numel() - 1;
   int64_t* o = out.mutable_data_ptr<int64_t>();
   const int64_t n = v.draw(m, e, E, o);
   for (int64_t k = n; k < m; ++k) o[k] = -1;
+  o[m] = n;
 }
 
 }  // namespace

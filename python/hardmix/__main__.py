@@ -2,6 +2,8 @@
 
     python -m hardmix demo     run every native op and show what it returns
     python -m hardmix info     what this build is and which kernels are loaded
+    python -m hardmix bench    time one policy step: native, reference, torch
+                               (--quick, --json PATH; see --help)
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def _demo(seed: int, device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from hardmix import bench
+
+        return bench.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m hardmix", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     sub.add_parser("info", help="describe this build")
+    sub.add_parser("bench", help="time one policy step (see: python -m hardmix bench --help)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         _demo(args.seed, args.device)

@@ -25,7 +25,7 @@ TABLE_COLUMNS = (
     "last_seen",  # the step of the last valid update, -1 if never
     "last_correct",  # 1 / 0 from the last margin seen (margin > 0), -1 if never known
     "forgetting",  # correct -> incorrect transitions (Toneva et al. 2019)
-    "replays",  # appearances since admission without a new best loss (members only)
+    "replays",  # appearances since admission without a new best loss (0 on admission; kept on leaving)
     "quarantine_until",  # not admitted while step < this
 )
 (

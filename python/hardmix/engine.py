@@ -23,7 +23,9 @@ _T, _T_REF, _NONFINITE, _ADMITTED, _EVICTED, _GRADUATED, _QUARANTINED, _WIN_COUN
 _N_COUNTERS = 16
 _N_CONFIG = 16
 
-STATE_TENSORS = ("table", "pos", "slots", "links", "free", "classes", "tree", "window", "counters")
+_NO_INDICES = torch.empty(0, dtype=torch.int64)
+
+STATE_TENSORS = ("table", "pos", "slots", "links", "heap", "free", "classes", "tree", "window", "counters")
 
 
 def _config_vector(c: PolicyConfig) -> torch.Tensor:
@@ -89,6 +91,7 @@ class Engine:
         self.slots = torch.zeros(R, 8, dtype=torch.float64)
         self.slots[:, 0] = -1.0
         self.links = torch.full((R, 4), -1, dtype=torch.int32)
+        self.heap = torch.zeros(R, 2, dtype=torch.float64)
         self.free = torch.arange(R - 1, -1, -1, dtype=torch.int32)
         self.classes = torch.zeros(K, 2, dtype=torch.int64)
         self.classes[:, 0] = -1
@@ -167,15 +170,12 @@ class Engine:
         skipping those in ``exclude`` (the next batch's fresh part)."""
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise ValueError(f"m must be an int >= 0, got {m!r}")
-        if exclude is None:
-            exclude = torch.empty(0, dtype=torch.int64)
-        exclude = _tensor("exclude", exclude, None, (torch.int64, torch.int32)).long()
-        out = torch.empty(m, dtype=torch.int64)
+        exclude = _NO_INDICES if exclude is None else _tensor("exclude", exclude, None, (torch.int64, torch.int32)).long()
+        out = torch.empty(m + 1, dtype=torch.int64)
         torch.ops.hardmix.policy_draw(
             self.tree, self.slots, self.pos, self.counters, self.config_vector, self._seed, exclude, out
         )
-        n = int((out >= 0).sum())
-        return out[:n]
+        return out[: int(out[m])]
 
     # --- inspection --------------------------------------------------------
 

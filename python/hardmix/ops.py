@@ -132,7 +132,7 @@ def _fake_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @torch.library.register_fake("hardmix::policy_update")
 def _fake_policy_update(
-    table, pos, slots, links, free, classes_state, tree, window, counters,
+    table, pos, slots, links, heap, free, classes_state, tree, window, counters,
     config, seed, indices, losses, margins, classes, priorities,
 ) -> None:  # fmt: skip
     torch._check(indices.dim() == 1, lambda: f"indices must be 1-D, got {indices.dim()}-D")
@@ -142,6 +142,7 @@ def _fake_policy_update(
 @torch.library.register_fake("hardmix::policy_draw")
 def _fake_policy_draw(tree, slots, pos, counters, config, seed, exclude, out) -> None:
     torch._check(out.dtype == torch.int64, lambda: f"out must be int64, got {out.dtype}")
+    torch._check(out.numel() >= 1, lambda: "out must have m + 1 >= 1 entries")
 
 
 OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw")

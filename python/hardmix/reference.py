@@ -43,7 +43,9 @@ After pass 1 the step's valid losses join the rank window (oldest out first).
 - A **member** (the index is in the reservoir) is *rescored*: its log p, score
   step s = t and key are replaced. If the loss is below the member's best loss
   since admission, that becomes the new best and ``replays = 0``; else
-  ``replays += 1``. Then it **graduates** (leaves) if ``graduation > 0`` and
+  ``replays += 1``. (``replays`` is set to 0 on admission and left as it is
+  when the example leaves: for a non-member it tells how its last membership
+  ended.) Then it **graduates** (leaves) if ``graduation > 0`` and
   p < graduation; else it is **quarantined** (leaves, and may not be admitted
   again before step t + quarantine_steps) if ``max_replays > 0`` and
   replays >= max_replays.
@@ -76,8 +78,10 @@ probability proportional to ``w = exp(gamma * (log p + lam * (s - t_ref)))``
 sampling, the distribution of the Gumbel-top-m of ``gamma * (log p + lam * s)
 + G'``. Members whose index is in ``exclude`` (the next batch's fresh part) are
 skipped. It reads draw r's uniform ``u = uniform(seed, t, STREAM_REPLAY, r)``
-(t: the current step counter, i.e. the number of updates so far), and walks a
-sum tree over the R slots: the same tree, summed in the same order, as the
+(t: the current step counter, i.e. the number of updates so far; r counts
+every pick, including rejected ones: a pick is made with replacement and
+rejected when excluded or already drawn, and a rejected member's weight is 0
+for the rest of the draw), and walks a sum tree over the R slots: the same tree, summed in the same order, as the
 native engine, so the two pick the same members. The draw changes no state.
 
 ``t_ref`` is rebased to the current step at the start of an update when
@@ -217,12 +221,14 @@ class ReferencePolicy:
 
     def weakest(self, hc: int) -> Member:
         """The weakest member of heap class hc: lowest key, then highest index.
-        Heap entries are (key, -index, slot); stale ones are dropped lazily."""
+        Heap entries are (key, -index, slot); stale ones (the slot now holds
+        another member, or this one with another key or class) are dropped
+        lazily."""
         heap = self.heaps[hc]
         while True:
             key, neg_index, slot = heap[0]
             m = self.slots[slot]
-            if m is not None and m.index == -neg_index and m.key == key:
+            if m is not None and m.index == -neg_index and m.key == key and self.heap_class(m.cls) == hc:
                 return m
             heapq.heappop(heap)
 
@@ -252,7 +258,6 @@ class ReferencePolicy:
         del self.pos[m.index]
         self.count[self.heap_class(m.cls)] -= 1
         self.tree.set(slot, 0.0)
-        self.row(m.index)[COL_REPLAYS] = 0.0
 
     def rebase_if_due(self) -> None:
         c = self.config
@@ -427,23 +432,32 @@ class ReferencePolicy:
 
     def draw(self, m: int, exclude=()) -> list[int]:
         """Up to m members' dataset indices, drawn without replacement with
-        probability proportional to their weights, skipping `exclude`."""
+        probability proportional to their weights, skipping `exclude`.
+
+        Draw r (r = 0, 1, ...) reads uniform r and picks a member *with*
+        replacement; a pick that is excluded or already drawn is rejected and
+        its weight set to 0 until the end of the draw, so it cannot come up
+        again. Rejection keeps the distribution of drawing without replacement
+        among the others (successive sampling); the weights are restored."""
         c = self.config
+        blocked = set(exclude)
         zeroed = []
-        for i in exclude:
-            if i in self.pos:
-                self.tree.set(self.pos[i], 0.0)
-                zeroed.append(self.pos[i])
         out = []
         key = rng.stream_key(c.seed, self.t, STREAM_REPLAY)
-        for r in range(m):
+        r = 0
+        while len(out) < m:
             total = self.tree.total()
             if not total > 0:
                 break
             slot = self.tree.find(rng.uniform(key, r) * total)
-            out.append(self.slots[slot].index)
-            self.tree.set(slot, 0.0)
-            zeroed.append(slot)
+            r += 1
+            index = self.slots[slot].index
+            if index in blocked:
+                self.tree.set(slot, 0.0)
+                zeroed.append(slot)
+                continue
+            blocked.add(index)
+            out.append(index)
         for slot in zeroed:
             self.tree.set(slot, self.weight(self.slots[slot]))
         return out
