@@ -338,6 +338,31 @@ struct PolicyView {
     return static_cast<int32_t>(k - P);
   }
 
+  // tree_find for x(0) .. x(n-1), written to out, kGroup descents interleaved
+  // level by level (independent loads: their cache misses overlap).
+  template <class X>
+  void tree_find_many(int64_t n, X x_of, int32_t* out) const {
+    constexpr int kGroup = 8;
+    for (int64_t g = 0; g < n; g += kGroup) {
+      const int gn = static_cast<int>(std::min<int64_t>(kGroup, n - g));
+      double x[kGroup];
+      int64_t k[kGroup];
+      for (int q = 0; q < gn; ++q) {
+        x[q] = x_of(g + q);
+        k[q] = 1;
+      }
+      for (int64_t level = P; level > 1; level /= 2) {
+        for (int q = 0; q < gn; ++q) {  // branch-free: the direction is data
+          const double left = tree[2 * k[q]], right = tree[2 * k[q] + 1];
+          const bool go_left = left > 0 && (x[q] < left || right <= 0);
+          x[q] = go_left ? x[q] : x[q] - left;
+          k[q] = 2 * k[q] + (go_left ? 0 : 1);
+        }
+      }
+      for (int q = 0; q < gn; ++q) out[g + q] = static_cast<int32_t>(k[q] - P);
+    }
+  }
+
   double weight(int32_t j) const {
     if (cfg.gamma == 0) return 1.0;
     const double* s = slot(j);
@@ -628,17 +653,30 @@ struct PolicyView {
     zeroed.clear();
     const uint64_t key =
         rng::stream_key(cfg.seed, static_cast<uint64_t>(counters[kT]), kStreamReplay);
+    auto pick_x = [&](uint64_t r, double total) {
+      return rng::to_uniform(rng::draw_bits(key, r)) * total;
+    };
+    // Until the first rejection the tree does not change, so the picks of
+    // r = 0 .. m-1 can be found up front, kGroup descents at a time: their
+    // loads are independent, so their cache misses overlap. From the first
+    // rejection on, picks are made one by one on the changed tree. Either
+    // way each pick is the descent of the same x in the same tree.
+    thread_local std::vector<int32_t> ahead;
+    const double total0 = tree[1];
+    ahead.resize(static_cast<size_t>(m));
+    if (total0 > 0) tree_find_many(m, [&](int64_t r) { return pick_x(static_cast<uint64_t>(r), total0); }, ahead.data());
+    bool changed = false;
     int64_t n = 0;
     for (uint64_t r = 0; n < m; ++r) {
       const double total = tree[1];
       if (!(total > 0)) break;
-      const double u = rng::to_uniform(rng::draw_bits(key, r));
-      const int32_t j = tree_find(u * total);
+      const int32_t j = changed || r >= static_cast<uint64_t>(m) ? tree_find(pick_x(r, total)) : ahead[r];
       const int64_t index = static_cast<int64_t>(slot(j)[kIndex]);
       const size_t h = slot_of(index);
       if (set[h] == index) {  // excluded or drawn already
         tree_set(j, 0.0);
         zeroed.push_back(j);
+        changed = true;
         continue;
       }
       set[h] = index;
