@@ -130,3 +130,36 @@ def test_empty_batches_and_empty_reservoir():
     cfg = PolicyConfig(num_examples=5, capacity=3)
     e, r = run_both(cfg, [([], [], None, None, None, 4, [])] * 3)
     assert e.step == 3 and e.size == 0 and e.draw(4).numel() == 0
+
+
+def test_larger_stream_agrees():
+    """Larger sizes: N = 5000, R = 700, B = 256 with duplicates, 40 steps."""
+    g = torch.Generator().manual_seed(123)
+    cfg = PolicyConfig(num_examples=5000, capacity=700, seed=5, score="loss_rank", alpha=2.0, lam=0.02,
+                       gamma=1.5, graduation=0.02, max_replays=3, quarantine_steps=20, rank_window=128)
+    stream = []
+    for _ in range(40):
+        idx = torch.randint(0, 5000, (256,), generator=g).tolist()
+        losses = (torch.rand(256, generator=g) * 2).tolist()
+        stream.append((idx, losses, None, None, None, 64, idx[:128]))
+    e, _ = run_both(cfg, stream)
+    assert e.size == 700
+
+
+def test_keys_keep_their_precision_at_a_billion_steps():
+    """Started at step 10^9 (lam * t = 10^6), the two still agree exactly and
+    a fresher, lower-priority example still beats a stale one."""
+    cfg = PolicyConfig(num_examples=20, capacity=4, seed=2, lam=1e-3, gamma=1.0)
+    e, r = Engine(cfg), ReferencePolicy(cfg)
+    e.counters[0] = 10**9
+    e.counters[1] = 10**9  # t_ref
+    r.t = r.t_ref = 10**9
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        idx = torch.randint(0, 20, (6,), generator=g)
+        loss = (torch.rand(6, generator=g) * 3).float()
+        e.update(idx, loss)
+        r.update(idx.tolist(), loss.tolist())
+        assert_same_state(e, r)
+        assert e.draw(3).tolist() == r.draw(3)
+    assert e.step == 10**9 + 30

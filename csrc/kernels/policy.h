@@ -529,9 +529,24 @@ struct PolicyView {
     // Pass 2: membership.
     quarantined_this_step = false;
     for (int64_t b = 0; b < in.B; ++b) {
+      // Members ahead will be rescored: fetch their slot and heap position
+      // (far ahead), then their heap entry and the bottom of their sum-tree
+      // path (nearer, once the position has arrived).
+      if (b + 2 * kPrefetch < in.B && entries[b + 2 * kPrefetch].valid) {
+        const int32_t j = pos[entries[b + 2 * kPrefetch].index];
+        if (j >= 0) {
+          __builtin_prefetch(slot(j), 1);
+          if (!cfg.quotas) __builtin_prefetch(&hpos(j), 0);
+        }
+      }
       if (b + kPrefetch < in.B && entries[b + kPrefetch].valid) {
         const int32_t j = pos[entries[b + kPrefetch].index];
-        if (j >= 0) __builtin_prefetch(slot(j), 1);
+        if (j >= 0) {
+          if (!cfg.quotas) __builtin_prefetch(heap + 2 * hpos(j), 1);
+          __builtin_prefetch(tree + P + j, 1);
+          __builtin_prefetch(tree + (P + j) / 2, 1);
+          __builtin_prefetch(tree + (P + j) / 4, 1);
+        }
       }
       const Entry& e = entries[b];
       if (!e.valid) continue;

@@ -13,10 +13,11 @@ B - m fresh indices. Three implementations do the same work:
 Workload: fresh indices uniform over [0, N), losses uniform in [0, 3) (with
 logits: C classes, standard normal logits), policy ``BENCH_CONFIG`` (loss
 score, alpha 1, lam 1e-3, gamma 1). Before timing, the reservoir is filled by
-one batch of R examples and then stepped ``WARM_STEPS`` times, so the timings
-are of a full reservoir in steady churn; the number of admissions per step is
-reported beside each figure. Medians over repetitions, one intra-op thread,
-all implementations in the same process, one after the other.
+one batch of min(R, N) examples and then stepped ``WARM_STEPS`` times; every
+implementation then runs the same timed steps (a full reservoir in its busiest
+phase: hundreds of admissions per step; the number is reported beside each
+figure, since admissions are the dominant cost). Medians over the timed steps,
+one intra-op thread, all implementations in one process, one after the other.
 """
 
 from __future__ import annotations
@@ -132,11 +133,15 @@ def _admitted(impl: str, policy) -> int | None:
     return None
 
 
-def bench_step(impl: str, B: int, R: int, N: int, C: int | None, m: int, budget_s: float = 2.0,
-               min_reps: int = 5, max_reps: int = 300) -> dict:
-    """Median microseconds of one step (update + draw) of `impl`."""
+def prepare_step(impl: str, B: int, R: int, N: int, C: int | None, m: int, steps: int, seed: int = 1):
+    """A warmed-up policy of `impl` and the `steps` batches to time it on.
+
+    The reservoir is filled by one batch of min(R, N) distinct examples and
+    stepped WARM_STEPS times; the timed batches are made here, outside any
+    timing, from a generator seeded the same for every implementation, so all
+    three see the same stream."""
     cfg = PolicyConfig(num_examples=N, capacity=R, **BENCH_CONFIG)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
 
     def batch(size):
         idx = torch.randperm(N, generator=g)[:size] if size > B else torch.randint(0, N, (size,), generator=g)
@@ -147,19 +152,21 @@ def bench_step(impl: str, B: int, R: int, N: int, C: int | None, m: int, budget_
         return idx, losses, torch.randn(size, C, generator=g), torch.randint(0, C, (size,), generator=g)
 
     policy = _make(impl, cfg)
-    idx, losses, logits, targets = batch(min(R, N))  # fill the reservoir in one go
+    idx, losses, logits, targets = batch(min(R, N))
     _step(impl, policy, idx, losses, logits, targets, 0, idx[:0])
-    pool = [batch(B) for _ in range(8)]
-    for k in range(WARM_STEPS):
-        i, l, lg, tg = pool[k % 8]
-        _step(impl, policy, i, l, lg, tg, m, pool[(k + 1) % 8][0][: B - m])
+    stream = [(*batch(B), torch.randint(0, N, (B - m,), generator=g)) for _ in range(WARM_STEPS + steps)]
+    for i, l, lg, tg, nxt in stream[:WARM_STEPS]:
+        _step(impl, policy, i, l, lg, tg, m, nxt)
+    return policy, stream[WARM_STEPS:]
+
+
+def bench_step(impl: str, B: int, R: int, N: int, C: int | None, m: int, steps: int = 30) -> dict:
+    """Median microseconds of one step (update + draw) of `impl`, over the
+    same `steps` batches for every implementation."""
+    policy, stream = prepare_step(impl, B, R, N, C, m, steps)
     before = _admitted(impl, policy)
     times = []
-    start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
-        k = len(times)
-        i, l, lg, tg = batch(B)  # new fresh data every step (made outside the timing)
-        nxt = torch.randint(0, N, (B - m,), generator=g)
+    for i, l, lg, tg, nxt in stream:
         t0 = time.perf_counter()
         _step(impl, policy, i, l, lg, tg, m, nxt)
         times.append(time.perf_counter() - t0)
@@ -229,16 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="only the headline cases (under a minute)")
     parser.add_argument("--json", metavar="PATH", help="write the records as a JSON list")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--budget", type=float, default=None, help="seconds of timing per case")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default 40 quick, 20 full)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    budget = args.budget if args.budget is not None else (1.0 if args.quick else 2.0)
+    steps = args.steps if args.steps is not None else (40 if args.quick else 20)
     records = []
     for kind, kw in cases(args.quick):
         if kind == "step":
-            rec = bench_step(budget_s=budget, **kw)
+            rec = bench_step(steps=steps, **kw)
         else:
-            rec = bench_margin(kw["impl"], kw["B"], kw["C"], budget_s=budget / 2)
+            rec = bench_margin(kw["impl"], kw["B"], kw["C"])
         records.append(rec)
         print(f"  {rec['what']:<6} {rec['impl']:<10} B={rec['B']} R={rec['R']} N={rec['N']} C={rec['C']}: "
               f"{rec['median_us']:.1f} µs ({rec['reps']} reps)", file=sys.stderr, flush=True)
