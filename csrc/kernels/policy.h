@@ -540,8 +540,10 @@ struct PolicyView {
         }
       }
       if (b + kPrefetch < in.B && entries[b + kPrefetch].valid) {
-        const int32_t j = pos[entries[b + kPrefetch].index];
+        const int64_t i = entries[b + kPrefetch].index;
+        const int32_t j = pos[i];
         if (j >= 0) {
+          __builtin_prefetch(row(i), 1);  // read in pass 1, likely evicted since
           if (!cfg.quotas) __builtin_prefetch(heap + 2 * hpos(j), 1);
           __builtin_prefetch(tree + P + j, 1);
           __builtin_prefetch(tree + (P + j) / 2, 1);
