@@ -18,7 +18,7 @@ def test_step_records_and_same_stream(C):
 
 
 def test_main_writes_json(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "cases", lambda quick: iter([
+    monkeypatch.setattr(bench, "cases", lambda quick, impls: iter([
         ("step", dict(impl="native", B=16, R=32, N=100, C=None, m=4)),
         ("step", dict(impl="reference", B=16, R=32, N=100, C=None, m=4)),
         ("margin", dict(impl="native", B=8, C=10)),

@@ -133,7 +133,8 @@ def _admitted(impl: str, policy) -> int | None:
     return None
 
 
-def prepare_step(impl: str, B: int, R: int, N: int, C: int | None, m: int, steps: int, seed: int = 1):
+def prepare_step(impl: str, B: int, R: int, N: int, C: int | None, m: int, steps: int, seed: int = 1,
+                 warm: int = WARM_STEPS):
     """A warmed-up policy of `impl` and the `steps` batches to time it on.
 
     The reservoir is filled by one batch of min(R, N) distinct examples and
@@ -154,16 +155,18 @@ def prepare_step(impl: str, B: int, R: int, N: int, C: int | None, m: int, steps
     policy = _make(impl, cfg)
     idx, losses, logits, targets = batch(min(R, N))
     _step(impl, policy, idx, losses, logits, targets, 0, idx[:0])
-    stream = [(*batch(B), torch.randint(0, N, (B - m,), generator=g)) for _ in range(WARM_STEPS + steps)]
-    for i, l, lg, tg, nxt in stream[:WARM_STEPS]:
-        _step(impl, policy, i, l, lg, tg, m, nxt)
-    return policy, stream[WARM_STEPS:]
+    for _ in range(warm):  # batches made one at a time: a long warm-up needs no memory
+        i, l, lg, tg = batch(B)
+        _step(impl, policy, i, l, lg, tg, m, torch.randint(0, N, (B - m,), generator=g))
+    stream = [(*batch(B), torch.randint(0, N, (B - m,), generator=g)) for _ in range(steps)]
+    return policy, stream
 
 
-def bench_step(impl: str, B: int, R: int, N: int, C: int | None, m: int, steps: int = 30) -> dict:
+def bench_step(impl: str, B: int, R: int, N: int, C: int | None, m: int, steps: int = 30,
+               warm: int = WARM_STEPS) -> dict:
     """Median microseconds of one step (update + draw) of `impl`, over the
     same `steps` batches for every implementation."""
-    policy, stream = prepare_step(impl, B, R, N, C, m, steps)
+    policy, stream = prepare_step(impl, B, R, N, C, m, steps, warm=warm)
     before = _admitted(impl, policy)
     times = []
     for i, l, lg, tg, nxt in stream:
@@ -191,15 +194,15 @@ def bench_margin(impl: str, B: int, C: int, budget_s: float = 1.0) -> dict:
                 median_us=statistics.median(times) * 1e6, reps=len(times), admitted_per_step=None)
 
 
-def cases(quick: bool):
+def cases(quick: bool, impls=("native", "torch", "reference")):
     """(kind, args) of every measurement, headline cases first."""
-    impls = ("native", "torch", "reference")
     if quick:
         for R in (65536, 1048576):
             for impl in impls:
                 yield "step", dict(impl=impl, B=1024, R=R, N=10**6, C=None, m=256)
-        for impl in ("native", "amax"):
-            yield "margin", dict(impl=impl, B=1024, C=1000)
+        if "native" in impls:
+            for impl in ("native", "amax"):
+                yield "margin", dict(impl=impl, B=1024, C=1000)
         return
     for N in (10**6, 10**7):
         for R in (4096, 65536, 1048576):
@@ -207,9 +210,10 @@ def cases(quick: bool):
                 for C in (None, 10, 1000):
                     for impl in impls:
                         yield "step", dict(impl=impl, B=B, R=R, N=N, C=C, m=B // 4)
-    for C in (10, 1000, 32000):
-        for impl in ("native", "amax"):
-            yield "margin", dict(impl=impl, B=1024, C=C)
+    if "native" in impls:
+        for C in (10, 1000, 32000):
+            for impl in ("native", "amax"):
+                yield "margin", dict(impl=impl, B=1024, C=C)
 
 
 def table(records: list[dict]) -> str:
@@ -237,13 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write the records as a JSON list")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default 40 quick, 20 full)")
+    parser.add_argument("--warm", type=int, default=WARM_STEPS,
+                        help=f"steps after filling, before timing (default {WARM_STEPS}: the busiest phase)")
+    parser.add_argument("--impls", default="native,torch,reference", help="comma-separated implementations")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     steps = args.steps if args.steps is not None else (40 if args.quick else 20)
     records = []
-    for kind, kw in cases(args.quick):
+    impls = tuple(args.impls.split(","))
+    unknown = set(impls) - {"native", "torch", "reference"}
+    if unknown:
+        parser.error(f"--impls: unknown implementation(s) {sorted(unknown)}")
+    for kind, kw in cases(args.quick, impls):
         if kind == "step":
-            rec = bench_step(steps=steps, **kw)
+            rec = bench_step(steps=steps, warm=args.warm, **kw)
         else:
             rec = bench_margin(kw["impl"], kw["B"], kw["C"])
         records.append(rec)
