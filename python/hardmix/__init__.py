@@ -16,8 +16,9 @@ from . import _load
 CUDA_KERNELS = _load.load()
 """Whether this build's CUDA kernels are loaded (a CUDA torch and a CUDA build)."""
 
-from . import config, engine, ops, reference, rng  # noqa: E402
+from . import config, data, engine, ops, reference, rng, schedules  # noqa: E402
 from .config import PolicyConfig  # noqa: E402
+from .data import WithIndex, collate_with_index  # noqa: E402
 from .engine import Engine  # noqa: E402
 from .ops import gumbel, margin, uniform  # noqa: E402
 from .reference import ReferencePolicy  # noqa: E402
@@ -29,13 +30,17 @@ __all__ = [
     "Engine",
     "PolicyConfig",
     "ReferencePolicy",
+    "WithIndex",
+    "collate_with_index",
     "config",
+    "data",
     "engine",
     "gumbel",
     "margin",
     "ops",
     "reference",
     "rng",
+    "schedules",
     "uniform",
     "__version__",
 ]
