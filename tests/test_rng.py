@@ -188,3 +188,28 @@ def test_under_torch_compile_fullgraph(device):
 
     x = torch.zeros(33, dtype=torch.float64, device=device)
     assert torch.equal(f(x), hardmix.gumbel(33, 7, 1, 2, device=device))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", sorted(FILLS))
+def test_cuda_draws_are_the_cpu_draws_bit_for_bit(kind):
+    for seed, step, stream, offset in [(0, 0, 0, 0), (-1, 2**62, 7, 2**64 - 5), (123, 456, 789, 10**12)]:
+        n = 100_003
+        cpu = torch.empty(n, dtype=torch.float64)
+        gpu = torch.empty(n, dtype=torch.float64, device="cuda")
+        FILLS[kind][0](cpu, seed, step, stream, offset)
+        FILLS[kind][0](gpu, seed, step, stream, offset)
+        assert torch.equal(cpu.view(torch.int64), gpu.cpu().view(torch.int64))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fill_does_not_sync():
+    out = torch.empty(1000, dtype=torch.float64, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        hardmix.ops.gumbel_(out, 1, 2, 3)
+        hardmix.margin(torch.randn(8, 5, device="cuda"), torch.randint(0, 5, (8,), device="cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
