@@ -324,22 +324,11 @@ struct PolicyView {
     for (k /= 2; k >= 1; k /= 2) tree[k] = tree[2 * k] + tree[2 * k + 1];
   }
 
-  int32_t tree_find(double x) const {
-    int64_t k = 1;
-    while (k < P) {
-      const double left = tree[2 * k], right = tree[2 * k + 1];
-      if (left > 0 && (x < left || right <= 0)) {
-        k = 2 * k;
-      } else {
-        x = x - left;
-        k = 2 * k + 1;
-      }
-    }
-    return static_cast<int32_t>(k - P);
-  }
-
-  // tree_find for x(0) .. x(n-1), written to out, kGroup descents interleaved
-  // level by level (independent loads: their cache misses overlap).
+  // The leaf where the running sum passes x (0 <= x <= total, total > 0): go
+  // left when the left sum is positive and x is below it (or the right sum is
+  // 0), else subtract the left sum and go right. Never a leaf of weight 0.
+  // tree_find_many does it for x(0) .. x(n-1) into out, kGroup descents
+  // interleaved level by level (independent loads: their cache misses overlap).
   template <class X>
   void tree_find_many(int64_t n, X x_of, int32_t* out) const {
     constexpr int kGroup = 8;
@@ -361,6 +350,12 @@ struct PolicyView {
       }
       for (int q = 0; q < gn; ++q) out[g + q] = static_cast<int32_t>(k[q] - P);
     }
+  }
+
+  int32_t tree_find(double x) const {
+    int32_t leaf;
+    tree_find_many(1, [x](int64_t) { return x; }, &leaf);
+    return leaf;
   }
 
   double weight(int32_t j) const {

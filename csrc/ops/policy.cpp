@@ -101,7 +101,6 @@ void batch_input(const char* name, const Tensor& t, int64_t B) {
 void widen(const char* name, const Tensor& t, std::vector<double>& out) {
   const Tensor c = torch::stable::contiguous(t);
   const int64_t n = c.numel();
-  out.resize(static_cast<size_t>(n));
   if (c.scalar_type() == ScalarType::Double) {
     const double* p = c.const_data_ptr<double>();
     out.assign(p, p + n);
@@ -109,7 +108,7 @@ void widen(const char* name, const Tensor& t, std::vector<double>& out) {
     HM_CHECK(c.scalar_type() == ScalarType::Float, kUpdate, ": ", name,
              " must have dtype Float or Double, got ", c.scalar_type());
     const float* p = c.const_data_ptr<float>();
-    for (int64_t k = 0; k < n; ++k) out[k] = static_cast<double>(p[k]);
+    out.assign(p, p + n);  // float -> double: exact
   }
 }
 
