@@ -6,7 +6,8 @@ native ops registered with torch (``torch.ops.hardmix.*``); ``hardmix.ops``
 holds their typed wrappers and ``hardmix.rng`` the pure-Python mirror of the
 counter-based random numbers. The policy: ``PolicyConfig`` (its knobs),
 ``ReferencePolicy`` (the pure-Python specification) and ``Engine`` (the same
-policy on native ops, state in tensors).
+policy on native ops, state in tensors). ``ReplaySampler`` is what a
+training loop uses: a DataLoader batch sampler backed by the engine.
 """
 
 import torch  # noqa: F401  (must be imported before the native library)
@@ -16,12 +17,13 @@ from . import _load
 CUDA_KERNELS = _load.load()
 """Whether this build's CUDA kernels are loaded (a CUDA torch and a CUDA build)."""
 
-from . import config, data, engine, ops, reference, rng, schedules  # noqa: E402
+from . import config, data, engine, ops, reference, rng, sampler, schedules  # noqa: E402
 from .config import PolicyConfig  # noqa: E402
 from .data import WithIndex, collate_with_index  # noqa: E402
 from .engine import Engine  # noqa: E402
 from .ops import gumbel, margin, uniform  # noqa: E402
 from .reference import ReferencePolicy  # noqa: E402
+from .sampler import ReplaySampler  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,7 @@ __all__ = [
     "Engine",
     "PolicyConfig",
     "ReferencePolicy",
+    "ReplaySampler",
     "WithIndex",
     "collate_with_index",
     "config",
@@ -40,6 +43,7 @@ __all__ = [
     "ops",
     "reference",
     "rng",
+    "sampler",
     "schedules",
     "uniform",
     "__version__",

@@ -1,0 +1,433 @@
+"""ReplaySampler: the DataLoader protocol, epochs and len(), the replay lag,
+determinism across worker counts, weights, stats, and the loop of DESIGN §1."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import BatchSampler, DataLoader, TensorDataset
+
+import hardmix
+from hardmix import schedules
+from hardmix.schedules import replay_count
+
+import sampler_loop
+
+
+def feed(sampler: hardmix.ReplaySampler, idx, loss_of=None, classes=None) -> None:
+    """Update with a fixed loss per example (default: the index mod 7)."""
+    idx = torch.as_tensor(idx, dtype=torch.int64)
+    losses = (idx % 7).double() if loss_of is None else loss_of[idx]
+    sampler.update(idx, losses, targets=None if classes is None else classes[idx])
+
+
+def run_epochs(sampler, epochs, loss_of=None, classes=None, records=None):
+    """Iterate epochs with updates; return the batches of each epoch and len() seen at its start."""
+    out = []
+    for e in range(epochs):
+        sampler.set_epoch(e)
+        n = len(sampler)
+        batches = []
+        for b in sampler:
+            if records is not None:
+                records.append(dict(sampler._outstanding[-1]))
+            batches.append(b)
+            feed(sampler, b, loss_of, classes)
+        out.append((n, batches))
+    return out
+
+
+# --- the protocol ------------------------------------------------------------
+
+
+def test_is_a_batch_sampler_with_the_attributes_libraries_read():
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=20, drop_last=True)
+    assert isinstance(s, BatchSampler)
+    assert s.batch_size == 10 and s.drop_last is True
+    assert isinstance(s.sampler, torch.utils.data.Sampler)
+    assert sorted(s.sampler) == list(range(100)) and len(s.sampler) == 100
+    s.sampler.set_epoch(3)
+    assert s.epoch == 3
+
+
+SCHEDULES = {
+    "constant": lambda: 0.3,
+    "ramp": lambda: schedules.LinearRamp(0.4, warmup_steps=3, ramp_steps=5),
+    "cosine": lambda: schedules.Cosine(0.5, warmup_steps=2, ramp_steps=7),
+    "anneal": lambda: schedules.Anneal(0.45, total_steps=25, anneal_steps=10),
+    "callable": lambda: (lambda t: 0.1 * (t % 5)),
+    "zero": lambda: 0.0,
+}
+
+
+@pytest.mark.parametrize("mode", ["mix", "append"])
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_len_is_what_each_epoch_yields(schedule, drop_last, mode):
+    N, B = 103, 8
+    s = hardmix.ReplaySampler(N, batch_size=B, capacity=30, replay_fraction=SCHEDULES[schedule](),
+                              drop_last=drop_last, replay_mode=mode, replay_lag=2, seed=1)
+    records: list[dict] = []
+    epochs = run_epochs(s, 4, records=records)
+    g = 0
+    for n, batches in epochs:
+        assert n == len(batches) > 0
+        fresh = [i for r in records[g : g + n] for i in r["indices"][: r["fresh"]].tolist()]
+        if drop_last:
+            assert len(fresh) == len(set(fresh)) and N - len(fresh) < B
+        else:
+            assert sorted(fresh) == list(range(N))  # each example once per epoch
+        for r, b in zip(records[g : g + n], batches):
+            rho = s.schedule(r["g"])
+            m = r["replay"] + r["fill"]
+            assert len(b) == len(set(b))
+            full = r["fresh"] == (B if mode == "append" else B - replay_count(rho, B))
+            if full:
+                assert m == replay_count(rho, B)
+                assert len(b) == (B + m if mode == "append" else B)
+            else:  # the short last batch: replay share at most rho
+                assert not drop_last and m <= max(rho / (1 - rho) * r["fresh"] + 0.5, replay_count(rho, r["fresh"]))
+        g += n
+
+
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 60), B=st.integers(1, 17), rho=st.floats(0, 0.95), mode=st.sampled_from(["mix", "append"]),
+       drop_last=st.booleans(), warmup=st.integers(0, 6), lag=st.integers(0, 3))
+def test_len_and_coverage_hypothesis(N, B, rho, mode, drop_last, warmup, lag):
+    s = hardmix.ReplaySampler(N, batch_size=B, capacity=max(1, N // 3), replay_fraction=rho, warmup_steps=warmup,
+                              drop_last=drop_last, replay_mode=mode, replay_lag=lag, seed=N)
+    records: list[dict] = []
+    g = 0
+    for n, batches in run_epochs(s, 3, records=records):
+        assert n == len(batches)
+        fresh = [i for r in records[g : g + n] for i in r["indices"][: r["fresh"]].tolist()]
+        assert len(fresh) == len(set(fresh)) and set(fresh) <= set(range(N))
+        assert len(fresh) == N or (drop_last and N - len(fresh) < B)
+        for b in batches:
+            assert 1 <= len(b) == len(set(b)) and all(0 <= i < N for i in b)
+        g += n
+
+
+def test_len_is_fixed_within_an_epoch_and_iterating_on_starts_the_next():
+    s = hardmix.ReplaySampler(50, batch_size=8, capacity=10, replay_fraction=0.25, replay_lag=0)
+    n0 = len(s)
+    it = iter(s)
+    for _ in range(3):
+        feed(s, next(it))
+        assert len(s) == n0
+    for b in it:
+        feed(s, b)
+    assert s.epoch == 0
+    second = next(iter(s))  # no set_epoch: the next epoch starts
+    assert s.epoch == 1 and second
+
+
+def test_fresh_order_is_a_seeded_permutation_per_epoch():
+    def order(seed, epoch):
+        s = hardmix.ReplaySampler(40, batch_size=40, capacity=5, replay_fraction=0.0, seed=seed)
+        s.set_epoch(epoch)
+        return next(iter(s))
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0)
+    assert sorted(order(0, 1)) == list(range(40))
+    s = hardmix.ReplaySampler(40, batch_size=40, capacity=5, replay_fraction=0.0, shuffle=False)
+    assert next(iter(s)) == list(range(40))
+
+
+def test_never_touches_the_global_rng():
+    state = torch.get_rng_state()
+    s = hardmix.ReplaySampler(200, batch_size=16, capacity=40, replay_fraction=0.3, replay_lag=0)
+    run_epochs(s, 2)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+# --- the replay lag ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lag", [0, 1, 5])
+def test_replay_of_batch_g_comes_from_the_reservoir_after_g_minus_lag_updates(lag):
+    """Against an Engine fed the same updates: batch g's replay part is
+    engine.draw(m, exclude=fresh) with the engine at update g - L."""
+    N, B = 300, 20
+    s = hardmix.ReplaySampler(N, batch_size=B, capacity=40, replay_fraction=0.3, replay_lag=lag, seed=5, lam=0.02)
+    eng = hardmix.Engine(s.config)
+    loss_of = torch.rand(N, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    history = []
+    checked = 0
+    for e in range(3):
+        s.set_epoch(e)
+        for b in s:
+            r = s._outstanding[-1]
+            g = r["g"]
+            while eng.step < max(0, g - lag):
+                eng.update(*history[eng.step])
+            fresh = r["indices"][: r["fresh"]]
+            m = replay_count(s.schedule(g), B) if r["fresh"] == B - replay_count(s.schedule(g), B) else \
+                r["replay"] + r["fill"]
+            want = eng.draw(m, exclude=fresh)
+            assert torch.equal(r["indices"][r["fresh"] : r["fresh"] + r["replay"]], want)
+            checked += int(want.numel() > 0)
+            idx = torch.tensor(b)
+            history.append((idx, loss_of[idx]))
+            feed(s, b, loss_of)
+    assert checked > 20
+
+
+def test_a_missing_update_is_a_clear_error():
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=20, replay_lag=2)
+    it = iter(s)
+    next(it), next(it), next(it)  # batches 0..2 need no update
+    with pytest.raises(RuntimeError, match=r"batch 3 .*update of batch 0.*replay_lag \(now 2\)"):
+        next(it)
+
+
+def test_too_small_a_lag_for_the_workers_says_so():
+    data = hardmix.WithIndex(TensorDataset(torch.arange(200.0)))
+    s = hardmix.ReplaySampler(200, batch_size=10, capacity=20, replay_lag=1)
+    loader = DataLoader(data, batch_sampler=s, num_workers=2)  # 4 batches in flight
+    with pytest.raises(RuntimeError, match="num_workers \\* prefetch_factor"):
+        for idx, x in loader:
+            s.update(idx, x)
+
+
+def _batches_and_reservoir(workers: int, loader: str = "plain", epochs: int = 3):
+    res = sampler_loop.run(epochs, workers, loader)
+    return res["batches"], res["members"]["index"]
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_same_batches_whatever_the_worker_count(workers):
+    b0, m0 = _batches_and_reservoir(0)
+    b2, m2 = _batches_and_reservoir(workers)
+    assert b0 == b2 and torch.equal(m0, m2)
+    replayed = sum(len(b) - 32 for b in b0 if len(b) > 32)  # noqa: F841 (mix mode: size is B)
+    other = sampler_loop.run(3, 0, sampler_kw={"seed": 8})["batches"]
+    assert other != b0
+
+
+def test_breaking_out_with_batches_in_flight_yields_them_again():
+    """A loop that breaks while workers hold prefetched batches sees, on the
+    next iter() of the epoch, exactly what num_workers=0 would have yielded."""
+
+    def run(workers):
+        data = hardmix.WithIndex(TensorDataset(torch.arange(300.0)))
+        s = hardmix.ReplaySampler(300, batch_size=10, capacity=30, replay_fraction=0.3, replay_lag=4, seed=2)
+        loader = DataLoader(data, batch_sampler=s, num_workers=workers)
+        seen = []
+        for round_ in range(3):
+            for k, (idx, x) in enumerate(loader):
+                s.update(idx, x.double().sin())
+                seen.append(idx.tolist())
+                if k == 4:
+                    break
+        return seen
+
+    assert run(0) == run(2)
+
+
+# --- weights -------------------------------------------------------------------
+
+
+def _weighted_and_plain_means(alpha: float, epochs: int = 30):
+    """Fixed per-example losses: 20% of examples are hard (high loss) and the
+    reservoir (capacity 10%) keeps them, so replay over-represents them.
+    Returns per-epoch means of v = [hard] over batches, weighted and plain,
+    and the dataset mean of v."""
+    N, B = 2000, 50
+    gen = torch.Generator().manual_seed(3)
+    hard = torch.rand(N, generator=gen) < 0.2
+    v = hard.double()
+    loss_of = torch.where(hard, 2.0 + torch.rand(N, generator=gen), 0.05 * torch.rand(N, generator=gen)).double()
+    s = hardmix.ReplaySampler(N, batch_size=B, capacity=200, replay_fraction=0.4, warmup_steps=40, seed=11,
+                              replay_lag=0, alpha=alpha, gamma=1.0)
+    plain, weighted = [], []
+    for e in range(epochs):
+        s.set_epoch(e)
+        pe, we = [], []
+        for b in s:
+            idx = torch.tensor(b)
+            w = s.weights(idx).double()
+            pe.append(float(v[idx].mean()))
+            we.append(float((w * v[idx]).mean()))
+            feed(s, b, loss_of)
+        if e >= 2:  # replay in force
+            plain.append(sum(pe) / len(pe))
+            weighted.append(sum(we) / len(we))
+    return torch.tensor(weighted), torch.tensor(plain), float(v.mean())
+
+
+def test_weights_make_the_weighted_mean_match_the_data_mean():
+    """A settled reservoir (alpha = 50: the hardest examples stay members):
+    the weighted batch mean of v converges to its dataset mean (within 4
+    standard errors of the per-epoch means), the unweighted one does not."""
+    w, p, mu = _weighted_and_plain_means(alpha=50.0)
+    se = float(w.std() / math.sqrt(len(w)))
+    assert float(p.mean()) - mu > 0.2  # replay over-represents the hard examples
+    assert abs(float(w.mean()) - mu) < 4 * se, (float(w.mean()), mu, se)
+
+
+def test_weights_with_a_churning_reservoir_remove_most_of_the_bias():
+    """alpha = 1: members come and go, and an example is most often admitted
+    right after its fresh appearance, which weights taken per batch cannot
+    foresee. Measured: dataset mean 0.202, unweighted 0.520, weighted 0.233.
+    What must hold: the weighted bias is under a seventh of the unweighted one."""
+    w, p, mu = _weighted_and_plain_means(alpha=1.0)
+    assert abs(float(w.mean()) - mu) < (float(p.mean()) - mu) / 7
+
+
+def test_weights_before_replay_starts_are_one_and_fill_ins_zero():
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=20, replay_fraction=0.3, warmup_steps=2, replay_lag=0)
+    it = iter(s)
+    b = next(it)
+    assert torch.equal(s.weights(torch.tensor(b)), torch.ones(10))
+    feed(s, b)
+    b = next(it)
+    feed(s, b)
+    b = next(it)  # replay starts: 3 of 10, the reservoir holds 20 non-zero-loss members
+    w = s.weights(torch.tensor(b))
+    assert w.shape == (10,) and bool((w > 0).all())
+    s2 = hardmix.ReplaySampler(100, batch_size=10, capacity=20, replay_fraction=0.3, replay_lag=0)
+    b = next(iter(s2))  # reservoir empty: the replay share is filled with fresh examples, weight 0
+    r = s2._outstanding[-1]
+    assert r["fill"] == 3 and r["replay"] == 0
+    assert torch.equal(s2.weights(torch.tensor(b))[7:], torch.zeros(3))
+
+
+# --- stats, reservoir ------------------------------------------------------------
+
+
+def test_stats_and_reservoir_describe_the_engine():
+    N = 400
+    classes = torch.arange(N) % 4
+    s = hardmix.ReplaySampler(N, batch_size=20, capacity=40, replay_fraction=0.25, replay_lag=3, class_quotas=True,
+                              num_classes=4, graduation=0.5, nonfinite="skip")
+    loss_of = (torch.arange(N) % 9).double()
+    loss_of[::37] = float("nan")
+    before = s.engine.totals()
+    for e in range(2):
+        s.set_epoch(e)
+        for b in s:
+            prev = s.engine.totals()
+            feed(s, b, loss_of, classes)
+            st_ = s.stats()
+            now = s.engine.totals()
+            if now != prev:
+                assert st_["admitted"] == st_["total_admitted"] - prev["admitted"]
+    res = s.reservoir()
+    st_ = s.stats()
+    assert st_["size"] == res["index"].numel() == 40
+    assert torch.equal(st_["class_histogram"], torch.bincount(res["cls"], minlength=4))
+    assert torch.equal(res["cls"], classes[res["index"]])
+    assert bool((res["priority"] >= 0.5).all())  # graduation: learned examples left
+    assert st_["nonfinite"] == int(loss_of.isnan().sum()) * 2 - before["nonfinite"]
+    assert st_["updates_pending"] == 3 and st_["updates_applied"] == st_["step"] - 3
+    assert 0 <= st_["mean_age"] <= st_["updates_applied"]
+    assert st_["replay_fraction"] == 0.25
+
+
+def test_set_fresh_streams_tasks_and_the_reservoir_keeps_old_ones():
+    N = 400
+    classes = torch.arange(N) % 4
+    s = hardmix.ReplaySampler(N, batch_size=20, capacity=40, replay_fraction=0.25, replay_lag=0, class_quotas=True,
+                              num_classes=4)
+    seen_fresh = []
+    for task in range(2):
+        task_idx = (classes // 2 == task).nonzero().squeeze(1)
+        s.set_fresh(task_idx)
+        for e in range(2):
+            s.set_epoch(e)
+            n = len(s)
+            count = 0
+            for b in s:
+                r = s._outstanding[-1]
+                seen_fresh.append((task, r["indices"][: r["fresh"]]))
+                feed(s, b, None, classes)
+                count += 1
+            assert count == n == math.ceil(200 / 15)
+    for task, fresh in seen_fresh:
+        assert bool((classes[fresh] // 2 == task).all())
+    cls = s.reservoir()["cls"]
+    assert set(cls.tolist()) == {0, 1, 2, 3}  # earlier task's classes are still held
+
+
+# --- the loop of DESIGN §1 -----------------------------------------------------
+
+
+def _readme_quickstart() -> str:
+    import pathlib
+
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    start = text.index("<!-- quickstart -->")
+    block = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    return block
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_readme_quickstart_runs_as_written(workers):
+    code = _readme_quickstart()
+    assert "hardmix.ReplaySampler(len(train_set), batch_size=256, capacity=8192" in code
+    code = code.replace("num_workers=4", f"num_workers={workers}").replace("warmup_steps=500", "warmup_steps=5")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9000, 10, generator=gen)
+    y = (x[:, 0] > 0).long()
+    model = torch.nn.Linear(10, 2)
+    env = {"train_set": TensorDataset(x, y), "model": model, "epochs": 2,
+           "opt": torch.optim.SGD(model.parameters(), lr=0.1), "F": torch.nn.functional}
+    exec(compile(code, "README.md quickstart", "exec"), env)
+    sampler = env["sampler"]
+    st_ = sampler.stats()
+    assert st_["updates_applied"] + sampler.replay_lag == sampler.step > 80
+    assert st_["size"] == 8192 and st_["replay_fraction"] == 0.25
+
+
+def test_update_under_no_grad_and_compile():
+    """update() inside a torch.compile'd step (it runs eagerly there) under
+    no_grad gives the same batches and reservoir as the eager loop."""
+
+    def run(compiled: bool):
+        torch.manual_seed(0)
+        s = hardmix.ReplaySampler(64, batch_size=8, capacity=16, replay_lag=0)
+        model = torch.nn.Linear(3, 2)
+        x = torch.randn(64, 3)
+        y = torch.arange(64) % 2
+
+        def step(idx):
+            logits = model(x[idx])
+            losses = torch.nn.functional.cross_entropy(logits, y[idx], reduction="none")
+            s.update(idx, losses.detach(), logits=logits.detach(), targets=y[idx])
+            return losses.mean()
+
+        if compiled:
+            step = torch.compile(step, backend="eager")
+        seen = []
+        for e in range(2):
+            s.set_epoch(e)
+            n = len(s)
+            for b in s:
+                with torch.no_grad():
+                    step(torch.tensor(b))
+                seen.append(b)
+            assert s.step == len(seen) and n == 11
+        return seen, s.reservoir()["index"]
+
+    (b1, r1), (b2, r2) = run(False), run(True)
+    assert b1 == b2 and torch.equal(r1, r2)
+
+
+@pytest.mark.cuda
+def test_cuda_inputs(device):
+    if device != "cuda":
+        pytest.skip("needs a GPU")
+    s = hardmix.ReplaySampler(64, batch_size=8, capacity=16, replay_lag=0)
+    for b in s:
+        idx = torch.tensor(b, device="cuda")
+        w = s.weights(idx)
+        assert w.device.type == "cuda"
+        s.update(idx, torch.rand(8, device="cuda"), logits=torch.randn(8, 3, device="cuda"),
+                 targets=torch.zeros(8, dtype=torch.int64, device="cuda"))
+    assert s.stats()["updates_applied"] == 8
