@@ -236,6 +236,7 @@ class ReplaySampler(BatchSampler):
             self._fresh, self._next_fresh = self._next_fresh, None
         self._epoch_start = self._yielded
         self._batch = 0
+        self._hold = False
         self._plan_epoch()
 
     def _plan_epoch(self) -> None:
@@ -283,15 +284,18 @@ class ReplaySampler(BatchSampler):
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` (its own permutation of the fresh data).
 
-        The epoch in progress (or just finished) keeps going when ``epoch`` is
-        its number and ``set_fresh`` was not called since; so the loop of
-        DESIGN §1 resumes mid-epoch after ``load_state_dict``. Iterating a
-        finished epoch without ``set_epoch`` starts the next one.
+        The epoch in progress keeps going when ``epoch`` is its number and
+        ``set_fresh`` was not called since, so the loop of DESIGN §1 resumes
+        mid-epoch after ``load_state_dict``; if that epoch is finished, the
+        next iteration yields nothing. Iterating a finished epoch without
+        ``set_epoch`` starts the next one (for loops that never call it).
         """
         if not _is_int(epoch) or epoch < 0:
             raise ValueError(f"ReplaySampler.set_epoch: epoch must be an int >= 0, got {epoch!r}")
         if epoch != self._epoch or self._next_fresh is not None:
             self._start_epoch(epoch)
+        else:
+            self._hold = self._finished()  # asked for a finished epoch: it yields nothing more
 
     def set_fresh(self, indices) -> None:
         """Restrict fresh data to these dataset indices from the next epoch on
@@ -317,7 +321,7 @@ class ReplaySampler(BatchSampler):
 
     def __len__(self) -> int:
         """Batches in the epoch in progress (or in the next one, if it is finished)."""
-        if self._finished():
+        if self._finished() and not self._hold:
             fresh = self._next_fresh if self._next_fresh is not None else self._fresh
             n = self.num_examples if fresh is None else fresh.numel()
             return len(self._plan(n, self._yielded)[0])
@@ -343,9 +347,11 @@ class ReplaySampler(BatchSampler):
             self._outstanding.clear()
             self._yielded -= back
             self._batch -= back
-        if self._batch >= len(self._plan_fresh) and not self._again:
-            self._start_epoch(self._epoch + 1)
         self._generation += 1
+        if self._batch >= len(self._plan_fresh) and not self._again:
+            if self._hold:  # until the next set_epoch (a DataLoader calls iter() twice)
+                return iter(())
+            self._start_epoch(self._epoch + 1)
         return self._batches(self._generation)
 
     def _batches(self, generation: int):

@@ -1,0 +1,260 @@
+"""ReplaySampler bad input: every public method validates before it changes
+anything, with an error naming the argument and the value; the full sampler
+state is compared before and after each failed call."""
+
+from __future__ import annotations
+
+import collections
+import copy
+
+import pytest
+import torch
+
+import hardmix
+from hardmix.engine import STATE_TENSORS
+
+
+def freeze(s: hardmix.ReplaySampler):
+    """Every piece of the sampler's state as plain, comparable values."""
+
+    def conv(v):
+        if isinstance(v, torch.Tensor):
+            return ("tensor", str(v.dtype), tuple(v.shape), v.tolist())
+        if isinstance(v, (list, tuple, collections.deque)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, (int, float, str, bool, type(None))):
+            return v
+        return type(v).__name__
+
+    out = {k: conv(v) for k, v in vars(s).items() if k != "engine"}
+    out["engine"] = {k: conv(getattr(s.engine, k)) for k in STATE_TENSORS}
+    return out
+
+
+def started(**kw):
+    """A sampler that yielded a few batches (updated) plus one waiting for its update."""
+    args = dict(batch_size=8, capacity=12, replay_fraction=0.25, replay_lag=1, seed=3, num_classes=3)
+    args.update(kw)
+    s = hardmix.ReplaySampler(40, **args)
+    it = iter(s)
+    for _ in range(3):
+        b = torch.tensor(next(it))
+        s.update(b, (b % 5).float(), logits=torch.randn(len(b), 3), targets=b % 3)
+    s.state_dict()  # the checkpoint log is on, too
+    b = torch.tensor(next(it))
+    return s, it, b
+
+
+def loss(b):
+    return (b % 5).float()
+
+
+UPDATE_CASES = {
+    # name: (call(s, b), exception, message pattern)
+    "indices out of range": (lambda s, b: s.update(torch.cat([b[:-1], torch.tensor([40])]), loss(b)),
+                             ValueError, r"indices\[7\] = 40 is out of range \[0, 40\)"),
+    "indices negative": (lambda s, b: s.update(torch.cat([torch.tensor([-1]), b[1:]]), loss(b)),
+                         ValueError, r"indices\[0\] = -1 is out of range"),
+    "indices float": (lambda s, b: s.update(b.float(), loss(b)), TypeError, "integer dtype, got torch.float32"),
+    "indices 2-D": (lambda s, b: s.update(b.view(2, -1), loss(b)), ValueError, r"1-D tensor \[B\], got shape \[2, 4\]"),
+    "indices a list": (lambda s, b: s.update(b.tolist(), loss(b)), TypeError, "must be a torch.Tensor, got list"),
+    "indices empty": (lambda s, b: s.update(b[:0], loss(b)[:0]), ValueError, "indices is empty"),
+    "indices duplicated": (lambda s, b: s.update(torch.cat([b[:-1], b[:1]]), loss(b)), ValueError,
+                           "contains .* more than once"),
+    "indices reordered": (lambda s, b: s.update(b.flip(0), loss(b)), ValueError,
+                          "not those of batch 3.*first difference at position 0"),
+    "indices of another batch": (lambda s, b: s.update((b + 1) % 40, loss(b)), ValueError, "not those of batch 3"),
+    "indices short": (lambda s, b: s.update(b[:-1], loss(b)[:-1]), ValueError, "got 7 indices, expected 8"),
+    "losses short": (lambda s, b: s.update(b, loss(b)[:-1]), ValueError, r"losses must have shape \[B=8\], got \[7\]"),
+    "losses int": (lambda s, b: s.update(b, b), TypeError, "losses must have dtype .*got torch.int64"),
+    "losses 2-D": (lambda s, b: s.update(b, loss(b)[:, None]), ValueError, r"losses must have shape \[B=8\], got \[8, 1\]"),
+    "losses not a tensor": (lambda s, b: s.update(b, [0.0] * 8), TypeError, "losses must be a torch.Tensor, got list"),
+    "losses on another device": (lambda s, b: s.update(b, loss(b).to("meta")), ValueError,
+                                 "one device, got indices on cpu, losses on meta"),
+    "logits without targets": (lambda s, b: s.update(b, loss(b), logits=torch.randn(8, 3)), ValueError,
+                               "logits need targets"),
+    "logits wrong rows": (lambda s, b: s.update(b, loss(b), logits=torch.randn(7, 3), targets=b % 3), ValueError,
+                          r"logits must have shape \[B=8, C\], got \[7, 3\]"),
+    "logits 1-D": (lambda s, b: s.update(b, loss(b), logits=torch.randn(8), targets=b % 3), ValueError,
+                   r"logits must have shape \[B=8, C\], got \[8\]"),
+    "logits int": (lambda s, b: s.update(b, loss(b), logits=torch.ones(8, 3, dtype=torch.int64), targets=b % 3),
+                   TypeError, "logits must have dtype"),
+    "targets out of range of logits": (lambda s, b: s.update(b, loss(b), logits=torch.randn(8, 2), targets=b % 3),
+                                       ValueError, r"targets\[\d\] = 2 is out of range \[0, 2\)"),
+    "targets out of num_classes": (lambda s, b: s.update(b, loss(b), targets=torch.full((8,), 3)), ValueError,
+                                   r"targets\[0\] = 3 is out of range \[0, num_classes=3\)"),
+    "targets float": (lambda s, b: s.update(b, loss(b), logits=torch.randn(8, 3), targets=(b % 3).float()),
+                      TypeError, "targets must have dtype"),
+    "targets short": (lambda s, b: s.update(b, loss(b), logits=torch.randn(8, 3), targets=b[:-1] % 3), ValueError,
+                      r"targets must have shape \[B=8\], got \[7\]"),
+    "priorities without score given": (lambda s, b: s.update(b, loss(b), priorities=loss(b)), ValueError,
+                                       "priorities are only taken with score='given', not 'loss'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UPDATE_CASES))
+def test_bad_update_changes_nothing(case):
+    call, exc, pattern = UPDATE_CASES[case]
+    s, it, b = started()
+    before = freeze(s)
+    with pytest.raises(exc, match=pattern):
+        call(s, b)
+    assert freeze(s) == before
+    s.update(b, loss(b))  # and the sampler goes on
+    next(it)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_losses_raise_or_are_counted(value):
+    s, it, b = started(nonfinite="raise")
+    bad = loss(b)
+    bad[5] = value
+    before = freeze(s)
+    with pytest.raises(ValueError, match=rf"losses\[5\] = {value} is not finite \(nonfinite='raise'\)"):
+        s.update(b, bad)
+    assert freeze(s) == before
+    s, it, b = started(replay_lag=0)  # default: skip and count
+    n0 = s.stats()["nonfinite"]
+    s.update(b, bad)
+    assert s.stats()["nonfinite"] == n0 + 1
+
+
+def test_nonfinite_margins_raise():
+    s, it, b = started(nonfinite="raise")
+    logits = torch.randn(8, 3)
+    logits[2, 0] = float("nan")
+    before = freeze(s)
+    with pytest.raises(ValueError, match=r"margins\[2\] = nan is not finite"):
+        s.update(b, loss(b), logits=logits, targets=b % 3)
+    assert freeze(s) == before
+
+
+def test_given_priorities_are_checked():
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0, score="given")
+    b = torch.tensor(next(iter(s)))
+    before = freeze(s)
+    with pytest.raises(ValueError, match="score 'given' needs priorities"):
+        s.update(b, loss(b))
+    p = loss(b)
+    p[4] = -1.0
+    with pytest.raises(ValueError, match=r"priorities\[4\] = -1.0 is negative"):
+        s.update(b, loss(b), priorities=p)
+    assert freeze(s) == before
+    s.update(b, loss(b), priorities=p.abs())
+
+
+def test_margin_score_and_quotas_need_their_inputs():
+    for kw, pattern in (({"score": "margin"}, "score 'margin' needs logits and targets"),
+                        ({"class_quotas": True, "num_classes": 3}, "class_quotas needs targets")):
+        s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0, **kw)
+        b = torch.tensor(next(iter(s)))
+        before = freeze(s)
+        with pytest.raises(ValueError, match=pattern):
+            s.update(b, loss(b))
+        assert freeze(s) == before
+
+
+def test_update_twice_and_update_without_a_batch():
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0)
+    before = freeze(s)
+    with pytest.raises(ValueError, match="no batch is waiting for an update"):
+        s.update(torch.arange(8), torch.zeros(8))
+    assert freeze(s) == before
+    it = iter(s)
+    b = torch.tensor(next(it))
+    s.update(b, loss(b))
+    before = freeze(s)
+    with pytest.raises(ValueError, match=r"update\(\) was already called for this batch \(batch 0\)"):
+        s.update(b, loss(b))
+    assert freeze(s) == before
+    next(it)
+    with pytest.raises(ValueError, match=r"update\(\) was already called for this batch \(batch 0\)"):
+        s.update(b, loss(b))
+
+
+def test_weights_of_indices_not_from_the_batch():
+    s, it, b = started()
+    before = freeze(s)
+    with pytest.raises(ValueError, match="not those of batch 3"):
+        s.weights(b.flip(0))
+    with pytest.raises(TypeError, match="integer dtype"):
+        s.weights(b.double())
+    assert freeze(s) == before
+
+
+CONSTRUCTOR_CASES = {
+    "capacity 0": (dict(capacity=0), ValueError, r"capacity must be an int in \[1, num_examples=40\], got 0"),
+    "capacity > N": (dict(capacity=41), ValueError, r"capacity must be an int in \[1, num_examples=40\], got 41"),
+    "batch size 0": (dict(batch_size=0), ValueError, "batch_size must be an int >= 1, got 0"),
+    "batch size float": (dict(batch_size=8.0), ValueError, "batch_size must be an int >= 1, got 8.0"),
+    "num_examples 0": (dict(num_examples=0), ValueError, "num_examples must be an int >= 1, got 0"),
+    "rho 1": (dict(replay_fraction=1.0), ValueError, r"rho must be a number in \[0, 1\).*got 1.0"),
+    "rho negative": (dict(replay_fraction=-0.1), ValueError, r"rho must be a number in \[0, 1\).*got -0.1"),
+    "rho nan": (dict(replay_fraction=float("nan")), ValueError, "got nan"),
+    "warmup negative": (dict(warmup_steps=-1), ValueError, "warmup_steps must be an int >= 0, got -1"),
+    "ramp negative": (dict(ramp_steps=-5), ValueError, "ramp_steps must be an int >= 0, got -5"),
+    "ramp with a schedule": (dict(replay_fraction=lambda t: 0.1, ramp_steps=5), ValueError, "ramp_steps applies"),
+    "negative alpha": (dict(alpha=-1.0), ValueError, "alpha must be a finite number >= 0, got -1.0"),
+    "negative lam": (dict(lam=-0.5), ValueError, "lam must be a finite number >= 0, got -0.5"),
+    "negative gamma": (dict(gamma=-2), ValueError, "gamma must be a finite number >= 0, got -2"),
+    "ema_beta 1": (dict(ema_beta=1.0), ValueError, r"ema_beta must be a number in \[0, 1\), got 1.0"),
+    "unknown score": (dict(score="entropy"), ValueError, "score must be one of"),
+    "replay_mode": (dict(replay_mode="prepend"), ValueError, "replay_mode must be 'mix' or 'append', got 'prepend'"),
+    "replay_lag negative": (dict(replay_lag=-1), ValueError, "replay_lag must be an int >= 0, got -1"),
+    "drop_last not bool": (dict(drop_last=1), ValueError, "drop_last must be a bool, got 1"),
+    "unknown knob": (dict(alpah=1.0), TypeError, "alpah"),
+    "seed twice": (dict(policy_seed=None), TypeError, "policy_seed"),
+    "quotas without classes": (dict(class_quotas=True), ValueError, "num_classes must be >= 1 when class_quotas"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONSTRUCTOR_CASES))
+def test_constructor_arguments(case):
+    kw, exc, pattern = CONSTRUCTOR_CASES[case]
+    args = dict(num_examples=40, batch_size=8, capacity=12)
+    args.update(kw)
+    with pytest.raises(exc, match=pattern):
+        hardmix.ReplaySampler(**args)
+
+
+def test_set_epoch_and_set_fresh_arguments():
+    s, it, b = started()
+    before = freeze(s)
+    for call, pattern in (
+        (lambda: s.set_epoch(-1), r"epoch must be an int >= 0, got -1"),
+        (lambda: s.set_epoch(1.0), r"epoch must be an int >= 0, got 1.0"),
+        (lambda: s.set_fresh(torch.tensor([1, 2, 40])), r"contains 40, out of range \[0, 40\)"),
+        (lambda: s.set_fresh(torch.tensor([3, 1, 3])), "contains duplicates"),
+        (lambda: s.set_fresh(torch.tensor([], dtype=torch.int64)), "must not be empty"),
+        (lambda: s.set_fresh(torch.tensor([[1, 2]])), "1-D integer tensor"),
+        (lambda: s.set_fresh(torch.tensor([0.5])), "1-D integer tensor"),
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            call()
+        assert freeze(s) == before
+
+
+def test_bad_state_dicts_change_nothing():
+    s, it, b = started()
+    s.update(b, loss(b))
+    good = copy.deepcopy(s.state_dict())
+    t, it2, b2 = started()
+    before = freeze(t)
+    cases = [
+        ({}, ValueError, "not a ReplaySampler state_dict"),
+        ({**good, "version": 99}, ValueError, "state version 99 is not supported"),
+        ({**good, "signature": {**good["signature"], "batch_size": 16}}, ValueError, "batch_size: saved 16, now 8"),
+        ({**good, "signature": {**good["signature"], "policy": {**good["signature"]["policy"], "alpha": 2.0}}},
+         ValueError, "alpha: saved 2.0, now 1.0"),
+        ({**good, "engine": {**good["engine"], "table": torch.zeros(3, 8, dtype=torch.float64)}}, ValueError,
+         "table"),
+        ({**good, "batches": []}, ValueError, "lacks the batches yielded but not updated") if good["batches"] else
+        ({**good, "position": {**good["position"], "batch": 99}}, ValueError, "inconsistent position"),
+        ({**good, "position": {**good["position"], "batch": 99}}, ValueError, "inconsistent position"),
+    ]
+    for state, exc, pattern in cases:
+        with pytest.raises(exc, match=pattern):
+            t.load_state_dict(state)
+        assert freeze(t) == before
