@@ -230,6 +230,33 @@ def test_breaking_out_with_batches_in_flight_yields_them_again():
     assert run(0) == run(2)
 
 
+def test_batch_to_update_replaces_with_index_for_unwrapped_datasets():
+    """A dataset that cannot be wrapped: the loop asks the sampler for the
+    indices of the batch it holds; with 2 workers and prefetching the batches
+    equal those of the WithIndex loop."""
+
+    def run(wrapped: bool):
+        ds = TensorDataset(torch.arange(300.0))
+        s = hardmix.ReplaySampler(300, batch_size=10, capacity=30, replay_fraction=0.3, replay_lag=4, seed=2)
+        loader = DataLoader(hardmix.WithIndex(ds) if wrapped else ds, batch_sampler=s, num_workers=2)
+        seen = []
+        for e in range(2):
+            s.set_epoch(e)
+            for batch in loader:
+                if wrapped:
+                    idx, x = batch
+                else:
+                    (x,), idx = batch, s.batch_to_update()
+                    assert torch.equal(x.long(), idx)  # the items are their own indices here
+                s.update(idx, x.double().cos())
+                seen.append(idx.tolist())
+        with pytest.raises(ValueError, match="no batch is waiting"):
+            s.batch_to_update()
+        return seen
+
+    assert run(False) == run(True)
+
+
 # --- weights -------------------------------------------------------------------
 
 
@@ -328,6 +355,8 @@ def test_stats_and_reservoir_describe_the_engine():
     assert st_["updates_pending"] == 3 and st_["updates_applied"] == st_["step"] - 3
     assert 0 <= st_["mean_age"] <= st_["updates_applied"]
     assert st_["replay_fraction"] == 0.25
+    light = s.stats(full=False)
+    assert "class_histogram" not in light and {k: v for k, v in st_.items() if k in light} == light
 
 
 def test_set_fresh_streams_tasks_and_the_reservoir_keeps_old_ones():

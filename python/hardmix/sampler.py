@@ -329,6 +329,7 @@ class ReplaySampler(BatchSampler):
 
     @property
     def epoch(self) -> int:
+        """The epoch in progress (or just finished)."""
         return self._epoch
 
     @property
@@ -388,9 +389,8 @@ class ReplaySampler(BatchSampler):
         replay = self.engine.draw(m, exclude=fresh) if m > 0 else fresh[:0]
         fill = self._fill(g, m - replay.numel(), fresh, replay)
         indices = torch.cat([fresh, replay, fill])
-        weights = self._weights_for(g, fresh, replay, m, indices)
-        return {"g": g, "indices": indices, "fresh": f, "replay": int(replay.numel()),
-                "fill": int(fill.numel()), "weights": weights}
+        return {"g": g, "indices": indices, "fresh": f, "replay": int(replay.numel()), "fill": int(fill.numel()),
+                "m": m, **self._draw_facts(indices)}
 
     def _fill(self, g: int, k: int, fresh: torch.Tensor, replay: torch.Tensor) -> torch.Tensor:
         """k distinct fresh-data examples outside the batch, uniformly at random
@@ -415,15 +415,25 @@ class ReplaySampler(BatchSampler):
                         break
         return torch.tensor(out, dtype=torch.int64)
 
-    def _weights_for(self, g: int, fresh, replay, m: int, indices) -> torch.Tensor:
-        """Importance weights of the batch (see :meth:`weights`)."""
+    def _draw_facts(self, indices: torch.Tensor) -> dict:
+        """What the batch's importance weights need from the reservoir it was
+        drawn from (O(B), plus O(R) with a restricted fresh set); the weights
+        themselves are computed when asked for (:meth:`_weights_of`)."""
         eng = self.engine
         P = eng.tree.numel() // 2
         slots = eng.pos[indices].long()
-        member = slots >= 0
-        w = torch.where(member, eng.tree[P + slots.clamp(min=0)], torch.zeros((), dtype=torch.float64))
-        f, r = fresh.numel(), replay.numel()
-        total = float(eng.tree[1]) - float(w[:f].sum())
+        w = eng.tree[P + slots.clamp(min=0)] * (slots >= 0)
+        facts = {"w": w, "total": float(eng.tree[1]), "n": int(self._order.numel()), "outside": 0, "in_fresh": None}
+        if self._fresh_mask is not None:
+            mask = self._fresh_mask
+            facts["in_fresh"] = mask[indices]
+            occ = eng.slots[:, 0] >= 0
+            facts["outside"] = int((~mask[eng.slots[occ, 0].long()]).sum())
+        return facts
+
+    def _weights_of(self, rec: dict) -> torch.Tensor:
+        """The importance weights of a batch record (see :meth:`weights`)."""
+        f, r, m, w = rec["fresh"], rec["replay"], rec["m"], rec["w"]
         if m == 0:
             tau = 0.0  # no replay in this batch
         elif r < m:
@@ -431,25 +441,23 @@ class ReplaySampler(BatchSampler):
         else:
             # Exponential clocks: given the draw order, the arrival gaps are
             # Exp(remaining weight); tau = the (r+1)-th arrival.
-            remaining = total - torch.cat([torch.zeros(1, dtype=torch.float64), w[f : f + r].cumsum(0)])
-            e = -torch.log(_ops.uniform(r + 1, self.seed, g, STREAM_CLOCK))
-            tau = math.inf if float(remaining[-1]) <= total * 1e-12 else float((e / remaining).sum())
-        rho = torch.where(member, -torch.expm1(-w * tau), torch.zeros((), dtype=torch.float64)) if tau < math.inf \
-            else (w > 0).double()
-        n = self._order.numel()
-        in_fresh = torch.ones(indices.numel(), dtype=torch.float64)
-        outside = 0
-        if self._fresh_mask is not None:
-            mask = self._fresh_mask
-            in_fresh = mask[indices].double()
-            occ = eng.slots[:, 0] >= 0
-            outside = int((~mask[eng.slots[occ, 0].long()]).sum())
-        size = indices.numel()
-        denom = f * in_fresh + n * rho
-        out = torch.where(denom > 0, size / denom.clamp(min=1e-300), torch.zeros((), dtype=torch.float64))
-        out = out * (n / (n + outside))
+            remaining = rec["total"] - float(w[:f].sum())  # fresh members were excluded from the draw
+            floor = remaining * 1e-12
+            u = _ops.uniform(r + 1, self.seed, rec["g"], STREAM_CLOCK).tolist()
+            tau = 0.0
+            for k, wk in enumerate(w[f : f + r].tolist() + [None]):
+                if remaining <= floor:
+                    tau = math.inf
+                    break
+                tau -= math.log(u[k]) / remaining
+                if wk is not None:
+                    remaining -= wk
+        rho = (w > 0).double() if tau == math.inf else torch.expm1(w * -tau).neg_()
+        n = rec["n"]
+        denom = rho.mul_(n).add_(f if rec["in_fresh"] is None else rec["in_fresh"] * f)
+        out = torch.div(w.numel() * n / (n + rec["outside"]), denom, out=denom)
         out[f + r :] = 0.0  # fill-ins count for nothing
-        return out
+        return out.nan_to_num_(posinf=0.0)
 
     # --- feedback ----------------------------------------------------------
 
@@ -465,9 +473,11 @@ class ReplaySampler(BatchSampler):
 
     def _expected(self, name: str, indices: torch.Tensor) -> dict:
         """The record of the batch these indices must belong to, or a clear error."""
+        host = indices.cpu()
+        if self._outstanding and torch.equal(host, self._outstanding[0]["indices"]):
+            return self._outstanding[0]  # the usual case; the diagnostics below explain the others
         if indices.numel() == 0:
             raise ValueError(f"{name}: indices is empty; pass the indices of the batch (batches are never empty)")
-        host = indices.cpu()
         bad = ((host < 0) | (host >= self.num_examples)).nonzero()
         if bad.numel():
             k = int(bad[0])
@@ -495,6 +505,16 @@ class ReplaySampler(BatchSampler):
                 f"({where}). Pass each batch's indices in the order yielded, once per batch, in order"
             )
         return rec
+
+    def batch_to_update(self) -> torch.Tensor:
+        """The indices ``update()`` expects next: the oldest batch yielded and
+        not yet updated (int64, CPU). For datasets that cannot be wrapped in
+        :class:`~hardmix.WithIndex`: with a DataLoader that returns batches in
+        order (the default, ``in_order=True``) it is the batch the loop holds.
+        Raises if no batch is waiting."""
+        if not self._outstanding:
+            raise ValueError("batch_to_update: no batch is waiting for an update")
+        return self._outstanding[0]["indices"].clone()
 
     @staticmethod
     def _as_index_tensor(name: str, indices) -> torch.Tensor:
@@ -530,7 +550,9 @@ class ReplaySampler(BatchSampler):
         """
         idx = self._as_index_tensor("weights", indices)
         rec = self._expected("weights", idx)
-        return rec["weights"].to(device=indices.device, dtype=torch.float32)
+        if "weights" not in rec:
+            rec["weights"] = self._weights_of(rec).float()
+        return rec["weights"].to(device=indices.device)
 
     @torch.compiler.disable
     def update(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor | None = None,
@@ -655,31 +677,33 @@ class ReplaySampler(BatchSampler):
         return dict(index=m["index"], priority=m["logp"].exp(), step=m["step"], cls=m["cls"],
                     admitted=m["admitted"])
 
-    def stats(self) -> dict:
-        """Numbers worth logging every step (O(R) vectorised work, no O(N)).
+    def stats(self, full: bool = True) -> dict:
+        """Numbers worth logging every step.
 
         ``size``; ``admitted``, ``evicted``, ``graduated``, ``quarantined`` in
-        the last applied update, and their ``total_*``; ``class_histogram``
-        (members per class, int64 tensor); ``mean_age`` (steps since
-        admission); ``replay_fraction`` (rho for the next batch); ``nonfinite``
-        (entries skipped so far); ``step`` (next batch); ``updates_applied``
-        and ``updates_pending`` (the replay lag at work).
+        the last applied update, and their ``total_*``; ``replay_fraction``
+        (rho for the next batch); ``nonfinite`` (entries skipped so far);
+        ``step`` (next batch); ``updates_applied`` and ``updates_pending``
+        (the replay lag at work): O(1), about 10 µs. With ``full`` (default)
+        also ``class_histogram`` (members per class, int64 tensor) and
+        ``mean_age`` (steps since admission): a few vectorised passes over
+        the R slots (about 0.1 ms at R = 8192, 0.6 ms at R = 65536 here).
         """
         eng = self.engine
         c = eng.counters[2:7].tolist()
-        occ = eng.slots[:, 0] >= 0
-        cls = eng.slots[occ, 4].long()
-        K = max(self.config.num_classes, int(cls.max()) + 1 if cls.numel() else 0, 1)
-        hist = torch.bincount(cls.clamp(min=0), minlength=K)
-        age = float((eng.step - eng.slots[occ, 5]).mean()) if cls.numel() else 0.0
-        names = ("nonfinite", "admitted", "evicted", "graduated", "quarantined")
-        out = {"size": int(occ.sum()), "step": self._yielded, "updates_applied": eng.step,
-               "updates_pending": len(self._pending)}
-        for k, name in enumerate(names[1:], start=1):
+        size = eng.size
+        out = {"size": size, "step": self._yielded, "updates_applied": eng.step,
+               "updates_pending": len(self._pending), "nonfinite": c[0],
+               "replay_fraction": float(self.schedule(self._yielded))}
+        for k, name in enumerate(("admitted", "evicted", "graduated", "quarantined"), start=1):
             out[name] = c[k] - self._prev_totals[k] if eng.step > 0 else 0
             out["total_" + name] = c[k]
-        out.update(nonfinite=c[0], class_histogram=hist, mean_age=age,
-                   replay_fraction=float(self.schedule(self._yielded)))
+        if full:
+            occ = (eng.slots[:, 0] >= 0).double()
+            # Free slots keep stale columns: weigh them 0 (passes over R, no copies of rows).
+            out["class_histogram"] = torch.bincount(eng.slots[:, 4].long().clamp_(min=0), weights=occ,
+                                                    minlength=max(self.config.num_classes, 1)).long()
+            out["mean_age"] = eng.step - float(torch.dot(eng.slots[:, 5], occ)) / size if size else 0.0
         return out
 
     # --- checkpoints -------------------------------------------------------
