@@ -257,6 +257,20 @@ def test_batch_to_update_replaces_with_index_for_unwrapped_datasets():
     assert run(False) == run(True)
 
 
+def test_a_new_epoch_drops_batches_never_updated_and_keeps_their_numbers():
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=20, replay_fraction=0.3, replay_lag=1)
+    it = iter(s)
+    for _ in range(3):
+        feed(s, next(it))
+    next(it), next(it)  # batches 3 and 4 in flight, never updated
+    iter(s)  # a new iteration takes them back to yield again ...
+    s.set_epoch(1)  # ... but a new epoch drops them
+    assert s.step == 5 and not s._again and not s._outstanding
+    for _ in range(4):
+        feed(s, next(iter(s)))  # draws from the engine at update g - 1: no gap, no overlap
+    assert s.step == 9 and s.engine.step == 8 and s.stats()["updates_pending"] == 1
+
+
 # --- weights -------------------------------------------------------------------
 
 

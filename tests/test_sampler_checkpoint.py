@@ -86,6 +86,28 @@ def test_state_dict_is_cheap_and_shares_the_engine_copy():
     assert sd["engine"] is not first["engine"] and sd["updates_start"] == s.engine.step
 
 
+def test_the_update_log_stops_when_no_state_needs_it():
+    """One state_dict() call, then a long run: the log (and the engine copy)
+    are let go once the updates that state needs are in, so memory stays bounded."""
+    s = _sampler()
+    it = iter(s)
+    _step(s, it)
+    sd = s.state_dict()
+    for _ in range(30):
+        try:
+            _step(s, it)
+        except StopIteration:
+            it = iter(s)
+            _step(s, it)
+    assert s._log is None and s._base is None
+    assert len(sd["updates"]) >= sd["position"]["yielded"] - sd["updates_start"]
+    t = _sampler()
+    t.load_state_dict(sd)
+    assert t.step == 1 and t._received == 1
+    sd2 = s.state_dict()  # a new copy of the engine
+    assert sd2["engine"] is not sd["engine"] and sd2["updates_start"] == s.engine.step
+
+
 def test_the_update_log_is_live_until_saved_and_deepcopy_freezes_it():
     s = _sampler()
     it = iter(s)

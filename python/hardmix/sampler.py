@@ -45,7 +45,8 @@ sampler exactly as it was.
 **Breaking out of an epoch.** Batches yielded but never updated (a loop that
 breaks while workers have batches in flight) are yielded again, unchanged, by
 the next ``iter()`` of the same epoch. When a new epoch starts instead, they
-are dropped (their global numbers stay used).
+are dropped: their global numbers stay used and each counts as an update with
+no examples (the one case where the worker count changes what follows).
 
 **Checkpoints.** :meth:`state_dict` is O(B * replay_lag) per call (it is called
 for every batch by ``torchdata``'s ``StatefulDataLoader``), plus a copy of the
@@ -222,15 +223,20 @@ class ReplaySampler(BatchSampler):
         self._base: dict | None = None
         self._log: list | None = None
         self._log_start = 0
+        self._log_until = 0
         self._open_logs: list = []
         self._start_epoch(0)
 
     # --- epochs ------------------------------------------------------------
 
     def _start_epoch(self, epoch: int) -> None:
-        """Begin ``epoch`` at its first batch; batches not yet updated are dropped."""
+        """Begin ``epoch`` at its first batch; batches not yet updated are
+        dropped (their numbers stay used: the engine may be past them)."""
+        self._yielded += len(self._again)
         self._outstanding.clear()
         self._again.clear()
+        while self._received < self._yielded:  # dropped: an empty update each keeps the count
+            self._receive(self._empty_entry())
         self._epoch = epoch
         if self._next_fresh is not None:
             self._fresh, self._next_fresh = self._next_fresh, None
@@ -573,11 +579,27 @@ class ReplaySampler(BatchSampler):
         """
         entry = self._validate(indices, losses, logits, targets, priorities)
         rec = self._outstanding.popleft()
-        self._received += 1
         self._last_updated = rec["indices"]
+        self._receive(entry)
+        self._apply(self._yielded - self.replay_lag)
+
+    def _empty_entry(self) -> dict:
+        c = self.config
+        return {"indices": torch.empty(0, dtype=torch.int64), "losses": torch.empty(0),
+                "margins": torch.empty(0) if c.score == "margin" else None,
+                "classes": torch.empty(0, dtype=torch.int64) if c.class_quotas else None,
+                "priorities": torch.empty(0) if c.score == "given" else None}
+
+    def _receive(self, entry: dict) -> None:
+        """Queue an update (and log it for the checkpoints that need it)."""
+        self._received += 1
         self._pending.append(entry)
         if self._log is not None:
             self._log.append(entry)
+            if self._log_start + len(self._log) >= self._log_until and len(self._log) >= self._rebase_every:
+                # No state_dict() handed out needs more: stop logging; the
+                # next call copies the engine again.
+                self._base, self._log = None, None
         if self._open_logs:
             still = []
             for log, start, until in self._open_logs:
@@ -586,7 +608,6 @@ class ReplaySampler(BatchSampler):
                 if start + len(log) < until:
                     still.append((log, start, until))
             self._open_logs = still
-        self._apply(self._yielded - self.replay_lag)
 
     def _validate(self, indices, losses, logits, targets, priorities) -> dict:
         idx = self._as_index_tensor("update", indices)
@@ -723,6 +744,7 @@ class ReplaySampler(BatchSampler):
             self._base = self.engine.state_dict()
             self._log_start = self.engine.step
             self._log = list(self._pending)
+        self._log_until = self._yielded  # this state needs the updates of the batches yielded so far
         return {
             "version": STATE_VERSION,
             "signature": self._signature(),
@@ -781,7 +803,8 @@ class ReplaySampler(BatchSampler):
             self._again = collections.deque()
             self._last_updated = None
             self._prev_totals = list(state["prev_totals"])
-            self._base, self._log, self._log_start, self._open_logs = None, None, 0, []
+            self._base, self._log, self._log_start, self._log_until, self._open_logs = None, None, 0, 0, []
+            self._hold = False
             self._generation += 1
             self._apply(yielded - self.replay_lag)
         except Exception:
