@@ -131,20 +131,35 @@ def test_graduation_removes_exactly_the_learned():
     assert e.totals()["graduated"] == 2
 
 
-def test_quarantine_after_max_replays_without_improvement():
+def test_quarantine_of_members_that_stay_wrong():
+    """max_replays = 2: a member misclassified at admission and at its next two
+    appearances leaves and is quarantined, even while its loss falls; one that
+    was classified correctly once since admission (learned) is never
+    quarantined, even when it is wrong again (forgotten)."""
     cfg = PolicyConfig(num_examples=4, capacity=4, seed=0, alpha=1.0, max_replays=2, quarantine_steps=5)
     e = Engine(cfg)
-    e.update(torch.tensor([0, 1]), torch.tensor([1.0, 1.0]))  # step 0: both admitted, best loss 1.0
-    e.update(torch.tensor([0, 1]), torch.tensor([1.0, 0.5]))  # step 1: 0 no better (1 replay), 1 improves
-    assert e.table[0, COL_REPLAYS] == 1 and e.table[1, COL_REPLAYS] == 0
-    e.update(torch.tensor([0, 1]), torch.tensor([1.2, 0.6]))  # step 2: 0 second replay -> quarantined
+    right, wrong = torch.tensor([1.0]), torch.tensor([-1.0])
+    ml = lambda *v: torch.cat(v).double()  # noqa: E731
+    e.update(torch.tensor([0, 1]), torch.tensor([2.0, 2.0]), margins=ml(wrong, wrong))  # step 0: both admitted
+    assert e.table[0, COL_REPLAYS] == 0 and e.table[1, COL_REPLAYS] == 0
+    e.update(torch.tensor([0, 1]), torch.tensor([1.5, 0.2]), margins=ml(wrong, right))  # 1 is learned
+    assert e.table[0, COL_REPLAYS] == 1 and e.table[1, COL_REPLAYS] == -1
+    e.update(torch.tensor([0, 1]), torch.tensor([1.0, 2.5]), margins=ml(wrong, wrong))  # step 2: 0 out; 1 stays
     assert sorted(e.members()["index"].tolist()) == [1]
     assert e.table[0, COL_QUARANTINE] == 2 + 5 and e.totals()["quarantined"] == 1
-    for step in range(3, 7):  # steps 3..6 < 7: not admitted
-        e.update(torch.tensor([0]), torch.tensor([3.0]))
-        assert 0 not in e.members()["index"].tolist(), step
-    e.update(torch.tensor([0]), torch.tensor([3.0]))  # step 7: admitted again
-    assert 0 in e.members()["index"].tolist()
+    for step in range(3, 7):  # steps 3..6 < 7: not admitted; 1 forgotten again and again: stays
+        e.update(torch.tensor([0, 1]), torch.tensor([3.0, 3.0]), margins=ml(wrong, wrong))
+        assert e.members()["index"].tolist() == [1], step
+    e.update(torch.tensor([0]), torch.tensor([3.0]), margins=ml(right))  # step 7: admitted, learned at once
+    assert 0 in e.members()["index"].tolist() and e.table[0, COL_REPLAYS] == -1
+
+
+def test_without_margins_nothing_is_quarantined():
+    """Whether an example stays wrong cannot be told from its loss alone."""
+    e = Engine(PolicyConfig(num_examples=4, capacity=4, seed=0, alpha=1.0, max_replays=1, quarantine_steps=5))
+    for step in range(20):
+        e.update(torch.tensor([0, 1]), torch.tensor([1.0 + step, 1.0]))  # never a better loss
+    assert sorted(e.members()["index"].tolist()) == [0, 1] and e.totals()["quarantined"] == 0
 
 
 def test_class_quotas_hold_to_within_one_example():

@@ -366,6 +366,9 @@ struct PolicyView {
   }
 
   // ---- membership ---------------------------------------------------------
+  // replays on admission: -1 (learned) if classified correctly, else 0.
+  double admission_replays(int64_t index) { return row(index)[kCorrect] == 1.0 ? -1.0 : 0.0; }
+
   void place(int32_t j, int64_t index, double key, double logp, int64_t t, int64_t cls, double loss) {
     double* s = slot(j);
     s[kIndex] = static_cast<double>(index);
@@ -379,7 +382,7 @@ struct PolicyView {
     heap_insert(j);
     count(heap_class(s[kClass])) += 1;
     tree_set(j, weight(j));
-    row(index)[kReplays] = 0.0;
+    row(index)[kReplays] = admission_replays(index);
   }
 
   void vacate(int32_t j, bool clear_leaf = true) {
@@ -560,12 +563,9 @@ struct PolicyView {
     const int32_t j = pos[e.index];
     double* s = slot(j);
     double* r = row(e.index);
-    if (e.loss < s[kBestLoss]) {
-      s[kBestLoss] = e.loss;
-      r[kReplays] = 0.0;
-    } else {
-      r[kReplays] += 1.0;
-    }
+    // Does it stay wrong? Known only with margins (reference.py: rescore).
+    if (e.loss < s[kBestLoss]) s[kBestLoss] = e.loss;
+    if (r[kCorrect] >= 0) r[kReplays] = (r[kReplays] < 0 || r[kCorrect] == 1.0) ? -1.0 : r[kReplays] + 1.0;
     if (cfg.graduation > 0 && e.p < cfg.graduation) {
       vacate(j);
       push_free(j);
@@ -629,7 +629,7 @@ struct PolicyView {
       s[kAdmitted] = static_cast<double>(t);
       s[kBestLoss] = e.loss;
       pos[e.index] = victim;
-      row(e.index)[kReplays] = 0.0;
+      row(e.index)[kReplays] = admission_replays(e.index);
       heap_rekey(victim);
       tree_set(victim, weight(victim));
       // The next eviction will touch the new weakest member's slot: fetch it now.

@@ -28,7 +28,7 @@ TABLE_COLUMNS = (
     "last_seen",  # the step of the last valid update, -1 if never
     "last_correct",  # 1 / 0 from the last margin seen (margin > 0), -1 if never known
     "forgetting",  # correct -> incorrect transitions (Toneva et al. 2019)
-    "replays",  # appearances since admission without a new best loss (0 on admission; kept on leaving)
+    "replays",  # appearances while staying wrong since admission; -1 once learned (see reference.rescore)
     "quarantine_until",  # not admitted while step < this
 )
 (
@@ -70,8 +70,10 @@ class PolicyConfig:
         ema_beta: smoothing of the loss EMA in the dynamics table, in [0, 1).
         graduation: a member whose fresh priority falls below this leaves (it
             is learned), and candidates below it are not admitted; 0 disables.
-        max_replays: a member seen this many times since admission without a
-            new best loss leaves and is quarantined; 0 disables.
+        max_replays: a member that stays wrong this many appearances leaves
+            and is quarantined (unlearnable or mislabeled): it has not been
+            classified correctly once since admission. Needs margins (logits
+            and targets); without them nothing is quarantined. 0 disables.
         quarantine_steps: how long a quarantined example may not be admitted.
         max_new_per_step: admit at most this many new members per step (the
             top keys among the step's candidates); 0 means no cap.

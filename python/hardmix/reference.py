@@ -41,9 +41,16 @@ After pass 1 the step's valid losses join the rank window (oldest out first).
 *Pass 2: membership*, for each valid entry in order:
 
 - A **member** (the index is in the reservoir) is *rescored*: its log p, score
-  step s = t and key are replaced. If the loss is below the member's best loss
-  since admission, that becomes the new best and ``replays = 0``; else
-  ``replays += 1``. (``replays`` is set to 0 on admission and left as it is
+  step s = t and key are replaced, and its best loss since admission is
+  updated. ``replays`` tracks whether it stays wrong. When its correctness is
+  known (margins were given): ``replays = -1`` once it has been classified
+  correctly since admission (it is learned: a later mistake is forgetting,
+  not a sign of a bad label), else ``replays += 1``. Without margins it is
+  left as it is: whether an example stays wrong cannot be told from its loss
+  alone (a rule "no new best loss in k appearances" quarantined learned,
+  clean examples whose tiny losses just fluctuate, and cut final accuracy on
+  split digits from 0.74 to 0.20). On admission ``replays`` is -1 if the
+  example is classified correctly, else 0. (``replays`` is set to 0 on admission and left as it is
   when the example leaves: for a non-member it tells how its last membership
   ended.) Then it **graduates** (leaves) if ``graduation > 0`` and
   p < graduation; else it is **quarantined** (leaves, and may not be admitted
@@ -249,7 +256,8 @@ class ReferencePolicy:
         self.count[self.heap_class(m.cls)] += 1
         self.push(slot)
         self.tree.set(slot, self.weight(m))
-        self.row(m.index)[COL_REPLAYS] = 0.0
+        row = self.row(m.index)
+        row[COL_REPLAYS] = -1.0 if row[COL_CORRECT] == 1.0 else 0.0
 
     def vacate(self, slot: int) -> None:
         """Take the member out of slot (the slot is left empty)."""
@@ -383,9 +391,8 @@ class ReferencePolicy:
         row = self.row(i)
         if loss < m.best_loss:
             m.best_loss = loss
-            row[COL_REPLAYS] = 0.0
-        else:
-            row[COL_REPLAYS] += 1.0
+        if row[COL_CORRECT] >= 0:  # correctness known (margins): -1 once learned
+            row[COL_REPLAYS] = -1.0 if row[COL_REPLAYS] < 0 or row[COL_CORRECT] == 1.0 else row[COL_REPLAYS] + 1.0
         m.logp, m.s, m.key = logp, t, key
         if c.graduation > 0 and p < c.graduation:
             self.vacate(slot)
