@@ -159,3 +159,64 @@ def test_set_fresh_survives_a_checkpoint():
     for _ in range(3):  # what the lag allows without further updates
         x = next(a)
         assert x == next(b) and all(i >= 50 for i in x[:7])
+
+
+def test_a_checkpoint_taken_after_a_rewind_resumes_exactly():
+    """The loop broke with 4 batches in flight and came back (iter() takes them
+    back to yield again); a state saved then still holds them as yielded."""
+    s = _sampler(replay_lag=4)
+    it = iter(s)
+    queue = [next(it) for _ in range(4)]  # a loader prefetching 4 batches
+    for _ in range(6):
+        queue.append(next(it))
+        b = torch.tensor(queue.pop(0))
+        s.update(b, (b % 7).double())
+    it = iter(s)
+    t = _sampler(replay_lag=4)
+    t.load_state_dict(copy.deepcopy(s.state_dict()))
+    it2 = iter(t)
+    for _ in range(4):  # the 4 batches again, then new ones, the same on both
+        a, b = next(it), next(it2)
+        assert a == b
+        s.update(torch.tensor(a), (torch.tensor(a) % 7).double())
+        t.update(torch.tensor(b), (torch.tensor(b) % 7).double())
+    assert next(it) == next(it2)
+
+
+def test_stateful_loader_resumed_at_an_epoch_end_keeps_epochs_aligned():
+    """StatefulDataLoader loads the sampler state when iterated, after the
+    loop's set_epoch: the sampler applies that set_epoch to the loaded state."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    ds = hardmix.WithIndex(TensorDataset(torch.arange(100)))
+    per_kind = {}
+    for kind, cls in (("plain", DataLoader), ("stateful", StatefulDataLoader)):
+        s = _sampler(replay_lag=0)
+        dl = cls(ds, batch_sampler=s)
+        for idx, x in dl:
+            s.update(idx, (idx % 7).double())
+        ck = copy.deepcopy(dl.state_dict() if kind == "stateful" else s.state_dict())
+        t = _sampler(replay_lag=0)
+        dl2 = cls(ds, batch_sampler=t)
+        (dl2 if kind == "stateful" else t).load_state_dict(ck)
+        got = []
+        for epoch in range(3):  # the loop restarts at the saved epoch, 0, which is finished
+            t.set_epoch(epoch)
+            batches = []
+            for idx, x in dl2:
+                t.update(idx, (idx % 7).double())
+                batches.append(idx.tolist())
+            got.append(batches)
+        assert got[0] == [] and len(got[1]) == len(got[2]) == 15
+        per_kind[kind] = got
+    assert per_kind["plain"] == per_kind["stateful"]
+
+
+def test_load_refuses_another_schedule():
+    s = _sampler()
+    it = iter(s)
+    _step(s, it)
+    t = _sampler(replay_fraction=0.5)
+    with pytest.raises(ValueError, match="plans the epoch in progress differently"):
+        t.load_state_dict(copy.deepcopy(s.state_dict()))

@@ -258,3 +258,36 @@ def test_bad_state_dicts_change_nothing():
         with pytest.raises(exc, match=pattern):
             t.load_state_dict(state)
         assert freeze(t) == before
+
+
+def test_a_schedule_that_fails_at_an_epoch_start_changes_nothing():
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0,
+                              replay_fraction=lambda t: 0.25 if t < 7 else 1.5)  # epoch 0: batches 0..6
+    for b in s:
+        b = torch.tensor(b)
+        s.update(b, loss(b))
+    before = freeze(s)
+    with pytest.raises(ValueError, match=r"schedule's value at step 7 must be a number in \[0, 1\).*got 1.5"):
+        s.set_epoch(1)
+    assert freeze(s) == before
+    with pytest.raises(ValueError, match="got 1.5"):
+        iter(s)  # the finished epoch would start the next one
+    assert freeze(s) == before
+
+
+def test_len_of_a_held_epoch_is_zero():
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0)
+    for b in s:
+        b = torch.tensor(b)
+        s.update(b, loss(b))
+    s.set_epoch(0)  # the epoch just finished: nothing more to yield
+    assert len(s) == 0 and list(iter(s)) == []
+    s.set_epoch(1)
+    assert len(s) == 7
+    s.set_epoch(1)
+    n = 0
+    for b in s:
+        b = torch.tensor(b)
+        s.update(b, loss(b))
+        n += 1
+    assert n == 7 and s.epoch == 1

@@ -15,7 +15,6 @@ STREAM_ADMIT = 1  # Gumbel noise of admission keys, by dataset index
 STREAM_REPLAY = 2  # uniforms of the replay draw, by draw number
 STREAM_EPOCH = 3  # ReplaySampler: the fresh order of an epoch (step = epoch), by dataset index
 STREAM_FILL = 4  # ReplaySampler: fresh examples filling a short replay (step = batch), by try
-STREAM_CLOCK = 5  # ReplaySampler: exponential clocks of the importance weights (step = batch)
 
 # Built-in scores, and their codes in the native config vector.
 SCORES = ("loss", "margin", "loss_rank", "forgetting", "given")

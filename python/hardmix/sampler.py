@@ -29,12 +29,16 @@ batches the epoch yields.
 training (``num_workers * prefetch_factor`` of them), before the losses of the
 batches in flight exist. So the replay of batch g is drawn from the reservoir
 exactly as it was after the updates of batches 0 .. g - L - 1, with
-L = ``replay_lag`` (default 16: room for 8 workers with the default prefetch
-factor of 2). Updates arriving earlier are queued and applied in order. The
-batches are then a pure function of the seed and the reported losses, the same
-for any worker count. If batch g is requested before the update of batch
-g - L - 1 has arrived, the sampler raises (raise ``replay_lag`` to at least
-``num_workers * prefetch_factor``); ``replay_lag=0`` suits ``num_workers=0``.
+L = ``replay_lag``. Updates arriving earlier are queued and applied in order.
+The batches are then a pure function of the seed and the reported losses, the
+same for any worker count. L must be at least the number of batches fetched
+before the loop reports the losses of the oldest: ``num_workers *
+prefetch_factor``, plus whatever the loop itself fetches ahead (1 for
+Lightning's and Accelerate's fetchers). The default, 20, covers 8 workers
+with the default prefetch factor of 2 and such a fetcher; ``replay_lag=0``
+suits a plain loop with ``num_workers=0``. If batch g is requested before the
+update of batch g - L - 1 has arrived, the sampler raises. Batches must come
+back in order (the DataLoader's default ``in_order=True``).
 :meth:`reservoir` and :meth:`stats` show the reservoir the next draw uses.
 
 **update() contract.** Call ``update`` once per batch, in the order the
@@ -72,7 +76,7 @@ import torch
 from torch.utils.data import BatchSampler, Sampler
 
 from . import ops as _ops
-from .config import STREAM_CLOCK, STREAM_EPOCH, STREAM_FILL, PolicyConfig
+from .config import STREAM_EPOCH, STREAM_FILL, PolicyConfig
 from .engine import Engine
 from .schedules import LinearRamp, Schedule, as_schedule, replay_count
 
@@ -162,7 +166,7 @@ class ReplaySampler(BatchSampler):
         drop_last: bool = False,
         shuffle: bool = True,
         replay_mode: str = "mix",
-        replay_lag: int = 16,
+        replay_lag: int = 20,
         score_fn: Callable | None = None,
         **policy,
     ):
@@ -225,39 +229,44 @@ class ReplaySampler(BatchSampler):
         self._log_start = 0
         self._log_until = 0
         self._open_logs: list = []
+        self._requested: int | None = None  # the last set_epoch(), applied again after load_state_dict
         self._start_epoch(0)
 
     # --- epochs ------------------------------------------------------------
 
     def _start_epoch(self, epoch: int) -> None:
-        """Begin ``epoch`` at its first batch; batches not yet updated are
-        dropped (their numbers stay used: the engine may be past them)."""
-        self._yielded += len(self._again)
+        """Begin ``epoch`` at its first batch. Batches not yet updated are
+        dropped: their numbers stay used (the engine may be past them) and each
+        counts as an update with no examples. Nothing changes if planning fails
+        (a schedule that raises)."""
+        fresh = self._next_fresh if self._next_fresh is not None else self._fresh
+        start = self._yielded + len(self._again)
+        plan = self._make_plan(epoch, fresh, start)
+        self._yielded = start
         self._outstanding.clear()
         self._again.clear()
-        while self._received < self._yielded:  # dropped: an empty update each keeps the count
+        while self._received < self._yielded:
             self._receive(self._empty_entry())
-        self._epoch = epoch
-        if self._next_fresh is not None:
-            self._fresh, self._next_fresh = self._next_fresh, None
-        self._epoch_start = self._yielded
-        self._batch = 0
-        self._hold = False
-        self._plan_epoch()
+        self._epoch, self._fresh, self._next_fresh = epoch, fresh, None
+        self._epoch_start, self._batch, self._hold = start, 0, False
+        self._set_plan(plan)
 
-    def _plan_epoch(self) -> None:
-        """The fresh order and, per batch, its fresh count and replay count."""
+    def _make_plan(self, epoch: int, fresh: torch.Tensor | None, start: int) -> tuple:
+        """The fresh order, its mask, and per batch its fresh and replay counts."""
         N = self.num_examples
-        fresh = torch.arange(N, dtype=torch.int64) if self._fresh is None else self._fresh
+        order = torch.arange(N, dtype=torch.int64) if fresh is None else fresh
         if self.shuffle:
-            u = _ops.uniform(N, self.seed, self._epoch, STREAM_EPOCH)[fresh]
-            fresh = fresh[torch.sort(u, stable=True).indices]
-        self._order = fresh
-        self._fresh_mask = None
-        if self._fresh is not None:
-            self._fresh_mask = torch.zeros(N, dtype=torch.bool)
-            self._fresh_mask[self._fresh] = True
-        self._plan_fresh, self._plan_replay = self._plan(fresh.numel(), self._epoch_start)
+            u = _ops.uniform(N, self.seed, epoch, STREAM_EPOCH)[order]
+            order = order[torch.sort(u, stable=True).indices]
+        mask = None
+        if fresh is not None:
+            mask = torch.zeros(N, dtype=torch.bool)
+            mask[fresh] = True
+        counts, replays = self._plan(order.numel(), start)
+        return order, mask, counts, replays
+
+    def _set_plan(self, plan: tuple) -> None:
+        self._order, self._fresh_mask, self._plan_fresh, self._plan_replay = plan
         offsets = [0]
         for f in self._plan_fresh:
             offsets.append(offsets[-1] + f)
@@ -302,6 +311,7 @@ class ReplaySampler(BatchSampler):
             self._start_epoch(epoch)
         else:
             self._hold = self._finished()  # asked for a finished epoch: it yields nothing more
+        self._requested = epoch
 
     def set_fresh(self, indices) -> None:
         """Restrict fresh data to these dataset indices from the next epoch on
@@ -327,7 +337,9 @@ class ReplaySampler(BatchSampler):
 
     def __len__(self) -> int:
         """Batches in the epoch in progress (or in the next one, if it is finished)."""
-        if self._finished() and not self._hold:
+        if self._hold:
+            return 0
+        if self._finished():
             fresh = self._next_fresh if self._next_fresh is not None else self._fresh
             n = self.num_examples if fresh is None else fresh.numel()
             return len(self._plan(n, self._yielded)[0])
@@ -354,11 +366,11 @@ class ReplaySampler(BatchSampler):
             self._outstanding.clear()
             self._yielded -= back
             self._batch -= back
-        self._generation += 1
-        if self._batch >= len(self._plan_fresh) and not self._again:
+        if self._batch >= len(self._plan_fresh) and not self._again:  # (no rewind happened then)
             if self._hold:  # until the next set_epoch (a DataLoader calls iter() twice)
                 return iter(())
-            self._start_epoch(self._epoch + 1)
+            self._start_epoch(self._epoch + 1)  # if this raises, nothing has changed
+        self._generation += 1
         return self._batches(self._generation)
 
     def _batches(self, generation: int):
@@ -387,7 +399,7 @@ class ReplaySampler(BatchSampler):
                 f"ReplaySampler: batch {g} draws its replay from the reservoir after the update of batch "
                 f"{need - 1}, but update() has been called for {self._received} batches only. Call "
                 f"update() once per batch; with DataLoader workers, replay_lag (now {L}) must be at least "
-                f"num_workers * prefetch_factor"
+                f"num_workers * prefetch_factor, plus any batches the training loop fetches ahead"
             )
         self._apply(need)
         if self.engine.step != need:  # pragma: no cover - an invariant, not user input
@@ -446,21 +458,22 @@ class ReplaySampler(BatchSampler):
             tau = math.inf  # every eligible member was drawn
         else:
             # Exponential clocks: given the draw order, the arrival gaps are
-            # Exp(remaining weight); tau = the (r+1)-th arrival.
+            # Exp(remaining weight); tau = the expected (r+1)-th arrival.
             remaining = rec["total"] - float(w[:f].sum())  # fresh members were excluded from the draw
             floor = remaining * 1e-12
-            u = _ops.uniform(r + 1, self.seed, rec["g"], STREAM_CLOCK).tolist()
             tau = 0.0
-            for k, wk in enumerate(w[f : f + r].tolist() + [None]):
+            for wk in w[f : f + r].tolist() + [None]:
                 if remaining <= floor:
                     tau = math.inf
                     break
-                tau -= math.log(u[k]) / remaining
+                tau += 1.0 / remaining
                 if wk is not None:
                     remaining -= wk
         rho = (w > 0).double() if tau == math.inf else torch.expm1(w * -tau).neg_()
+        # pi = P(fresh) + P(not fresh) * rho (fresh members are excluded from the draw)
         n = rec["n"]
-        denom = rho.mul_(n).add_(f if rec["in_fresh"] is None else rec["in_fresh"] * f)
+        fresh_p = f if rec["in_fresh"] is None else rec["in_fresh"] * f  # n * P(fresh)
+        denom = rho.mul_(n - fresh_p).add_(fresh_p)
         out = torch.div(w.numel() * n / (n + rec["outside"]), denom, out=denom)
         out[f + r :] = 0.0  # fill-ins count for nothing
         return out.nan_to_num_(posinf=0.0)
@@ -539,20 +552,23 @@ class ReplaySampler(BatchSampler):
         ``(losses * weights).mean()`` is the Horvitz-Thompson estimate of the
         mean loss over the data: w_i = B / ((n + k) * pi_i), where pi_i is
         the probability that example i was in this batch given the reservoir
-        it was drawn from: f / n if i is fresh data (f fresh examples per
-        batch out of n; 0 for a member outside the fresh data, k of them),
-        plus rho_i, the chance that the replay draw picks member i. rho_i =
-        1 - exp(-w_i * tau), with w_i the member's replay weight and tau the
-        (m+1)-th arrival of the draw's exponential clocks (the rank-
-        conditioning estimator of the successive-sampling inclusion
-        probability). Examples that fill a replay the reservoir was too small
-        for get 0.
+        it was drawn from: pi_i = q_i + (1 - q_i) * rho_i, with q_i = f / n
+        the chance that it is in the fresh part (f fresh examples per batch
+        out of n; 0 for a member outside the fresh data, k of them) and rho_i
+        the chance that the replay draw, which skips the fresh part, picks
+        member i: rho_i = 1 - exp(-w_i * tau), with w_i the member's replay
+        weight and tau the expected time of the (m+1)-th arrival of the
+        draw's exponential clocks given its order (sum of 1 / remaining
+        weight): a Poisson approximation of the inclusion probability of
+        successive sampling, not exact. Examples that fill a replay the reservoir was too small
+        for get 0. q_i = f / n assumes shuffled fresh data (``shuffle=True``).
 
         With a settled reservoir the weighted batch mean of any fixed
-        per-example value converges to its mean over the data (tested). When
-        members come and go, an example is usually admitted right after its
-        fresh appearance, which a per-batch probability cannot foresee: a
-        bias remains (in the test, +0.03 against +0.32 unweighted).
+        per-example value converges to within 1% of its mean over the data
+        (tested: 0.2007 for 0.2020; unweighted 0.52). When members come and
+        go, an example is usually admitted right after its fresh appearance,
+        which a per-batch probability cannot foresee, and more bias remains
+        (tested: 0.231 against 0.520 unweighted).
         """
         idx = self._as_index_tensor("weights", indices)
         rec = self._expected("weights", idx)
@@ -609,6 +625,16 @@ class ReplaySampler(BatchSampler):
                     still.append((log, start, until))
             self._open_logs = still
 
+    @staticmethod
+    def _margins(logits: torch.Tensor, targets: torch.Tensor, targets_cpu: torch.Tensor) -> torch.Tensor:
+        """Margins [B] on the CPU, computed where the logits are (B floats cross, not B x C)."""
+        if logits.device.type != "cpu":
+            try:
+                return _ops.margin(logits, targets).to("cpu")
+            except (RuntimeError, NotImplementedError):  # no CUDA kernels in this build
+                pass
+        return _ops.margin(logits.to("cpu"), targets_cpu)
+
     def _validate(self, indices, losses, logits, targets, priorities) -> dict:
         idx = self._as_index_tensor("update", indices)
         devices = {name: t.device for name, t in
@@ -649,7 +675,7 @@ class ReplaySampler(BatchSampler):
                     k = int(bad[0])
                     raise ValueError(f"update: targets[{k}] = {int(tgt[k])} is out of range [0, {C}) "
                                      f"(logits has {C} classes)")
-                margins = _ops.margin(logits.detach().to("cpu"), tgt)
+                margins = self._margins(logits.detach(), targets.detach(), tgt)
             classes = tgt.long()
             if cfg.num_classes > 0:
                 bad = ((classes < 0) | (classes >= cfg.num_classes)).nonzero()
@@ -738,18 +764,23 @@ class ReplaySampler(BatchSampler):
 
         Cheap per call (see the module docstring: the update log is live until
         serialised; ``copy.deepcopy`` freezes it)."""
+        # Batches to be yielded again count as yielded and not updated: a
+        # rewind never moves the saved position back.
+        again = len(self._again)
+        frontier = self._yielded + again
+        self._log_until = max(self._log_until, frontier)  # the updates this state needs
         if self._log is None or len(self._log) >= self._rebase_every:
             if self._log is not None:
-                self._open_logs.append((self._log, self._log_start, self._yielded))
+                self._open_logs.append((self._log, self._log_start, self._log_until))
             self._base = self.engine.state_dict()
             self._log_start = self.engine.step
             self._log = list(self._pending)
-        self._log_until = self._yielded  # this state needs the updates of the batches yielded so far
         return {
             "version": STATE_VERSION,
             "signature": self._signature(),
-            "position": {"epoch": self._epoch, "epoch_start": self._epoch_start, "batch": self._batch,
-                         "yielded": self._yielded},
+            "position": {"epoch": self._epoch, "epoch_start": self._epoch_start, "batch": self._batch + again,
+                         "yielded": frontier},
+            "plan": (self._plan_fresh, self._plan_replay),
             "fresh": self._fresh,
             "next_fresh": self._next_fresh,
             "batches": [dict(r) for r in (*self._outstanding, *self._again)],
@@ -792,7 +823,10 @@ class ReplaySampler(BatchSampler):
             self._fresh, self._next_fresh = state["fresh"], state["next_fresh"]
             self._epoch, self._yielded = int(pos["epoch"]), yielded
             self._epoch_start = int(pos["epoch_start"])
-            self._plan_epoch()
+            self._set_plan(self._make_plan(self._epoch, self._fresh, self._epoch_start))
+            if (list(self._plan_fresh), list(self._plan_replay)) != tuple(list(x) for x in state["plan"]):
+                raise ValueError("load_state_dict: this sampler's replay schedule (replay_fraction, warmup_steps, "
+                                 "ramp_steps) plans the epoch in progress differently from the saved one")
             self._batch = int(pos["batch"])
             if self._epoch_start + self._batch != yielded or self._batch > len(self._plan_fresh):
                 raise ValueError(f"load_state_dict: inconsistent position {pos}")
@@ -807,6 +841,11 @@ class ReplaySampler(BatchSampler):
             self._hold = False
             self._generation += 1
             self._apply(yielded - self.replay_lag)
+            if self._requested is not None:  # set_epoch() came first (as with StatefulDataLoader)
+                if self._requested == self._epoch:
+                    self._hold = self._finished()
+                else:
+                    self._start_epoch(self._requested)
         except Exception:
             self.__dict__.clear()
             self.__dict__.update(saved)
