@@ -133,25 +133,44 @@ def test_graduation_removes_exactly_the_learned():
 
 def test_quarantine_of_members_that_stay_wrong():
     """max_replays = 2: a member misclassified at admission and at its next two
-    appearances leaves and is quarantined, even while its loss falls; one that
-    was classified correctly once since admission (learned) is never
-    quarantined, even when it is wrong again (forgotten)."""
-    cfg = PolicyConfig(num_examples=4, capacity=4, seed=0, alpha=1.0, max_replays=2, quarantine_steps=5)
+    appearances, while a quarter or more of its class in the batch is right, leaves and is
+    quarantined even though its loss falls; one that was classified correctly
+    once since admission (learned) is never quarantined, even when it is
+    wrong again (forgotten)."""
+    cfg = PolicyConfig(num_examples=6, capacity=6, seed=0, alpha=1.0, max_replays=2, quarantine_steps=5)
     e = Engine(cfg)
-    right, wrong = torch.tensor([1.0]), torch.tensor([-1.0])
-    ml = lambda *v: torch.cat(v).double()  # noqa: E731
-    e.update(torch.tensor([0, 1]), torch.tensor([2.0, 2.0]), margins=ml(wrong, wrong))  # step 0: both admitted
-    assert e.table[0, COL_REPLAYS] == 0 and e.table[1, COL_REPLAYS] == 0
-    e.update(torch.tensor([0, 1]), torch.tensor([1.5, 0.2]), margins=ml(wrong, right))  # 1 is learned
+    R, W = 1.0, -1.0
+
+    def step(idx, losses, margins):
+        e.update(torch.tensor(idx), torch.tensor(losses), margins=torch.tensor(margins, dtype=torch.float64))
+
+    step([0, 1, 2, 3], [2.0, 2.0, 0.1, 0.1], [W, W, R, R])  # step 0: all admitted; 2, 3 learned at once
+    assert e.table[:4, COL_REPLAYS].tolist() == [0, 0, -1, -1]
+    step([0, 1, 2, 3], [1.5, 0.2, 0.1, 0.1], [W, R, R, R])  # 1 is learned; 0 stays wrong (class right 3/4)
     assert e.table[0, COL_REPLAYS] == 1 and e.table[1, COL_REPLAYS] == -1
-    e.update(torch.tensor([0, 1]), torch.tensor([1.0, 2.5]), margins=ml(wrong, wrong))  # step 2: 0 out; 1 stays
-    assert sorted(e.members()["index"].tolist()) == [1]
+    step([0, 1, 2, 3], [1.0, 2.5, 0.1, 0.1], [W, W, R, R])  # step 2: 0 out (class right 2/4); 1 stays
+    assert sorted(e.members()["index"].tolist()) == [1, 2, 3]
     assert e.table[0, COL_QUARANTINE] == 2 + 5 and e.totals()["quarantined"] == 1
-    for step in range(3, 7):  # steps 3..6 < 7: not admitted; 1 forgotten again and again: stays
-        e.update(torch.tensor([0, 1]), torch.tensor([3.0, 3.0]), margins=ml(wrong, wrong))
-        assert e.members()["index"].tolist() == [1], step
-    e.update(torch.tensor([0]), torch.tensor([3.0]), margins=ml(right))  # step 7: admitted, learned at once
+    for t in range(3, 7):  # steps 3..6 < 7: 0 not admitted; 1 forgotten again and again: stays
+        step([0, 1, 2, 3], [3.0, 3.0, 0.1, 0.1], [W, W, R, R])
+        assert sorted(e.members()["index"].tolist()) == [1, 2, 3], t
+    step([0], [3.0], [R])  # step 7: admitted, learned at once
     assert 0 in e.members()["index"].tolist() and e.table[0, COL_REPLAYS] == -1
+
+
+def test_no_quarantine_while_the_class_itself_is_not_learned():
+    """A rare or forgotten class: members that stay wrong while more than three
+    quarters of their class in the batch is wrong too are not counted against
+    their labels."""
+    cfg = PolicyConfig(num_examples=6, capacity=6, seed=0, alpha=1.0, max_replays=1, quarantine_steps=5)
+    e = Engine(cfg)
+    for t in range(10):  # class 0 (examples 0, 1) always wrong; class 1 (2, 3) always right
+        e.update(torch.tensor([0, 1, 2, 3]), torch.tensor([2.0, 2.0, 0.1, 0.1]),
+                 margins=torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64), classes=torch.tensor([0, 0, 1, 1]))
+    assert sorted(e.members()["index"].tolist()) == [0, 1, 2, 3] and e.totals()["quarantined"] == 0
+    e.update(torch.tensor([0, 1, 2, 3]), torch.tensor([2.0, 2.0, 0.1, 0.1]),  # example 1 now right: class 0 half right
+             margins=torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=torch.float64), classes=torch.tensor([0, 0, 1, 1]))
+    assert sorted(e.members()["index"].tolist()) == [1, 2, 3] and e.totals()["quarantined"] == 1
 
 
 def test_without_margins_nothing_is_quarantined():

@@ -126,6 +126,17 @@ def test_len_is_fixed_within_an_epoch_and_iterating_on_starts_the_next():
     assert s.epoch == 1 and second
 
 
+def test_sampler_defaults_are_the_tuned_ones_and_can_be_overridden():
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=20)
+    c = s.config
+    assert (c.max_replays, c.quarantine_steps, c.class_quotas) == (3, 10_000, False)
+    assert s.schedule(0) == 0.7
+    assert hardmix.ReplaySampler(100, batch_size=10, capacity=20, num_classes=4).config.class_quotas
+    c = hardmix.ReplaySampler(100, batch_size=10, capacity=20, num_classes=4, class_quotas=False,
+                              max_replays=0).config
+    assert (c.class_quotas, c.max_replays, c.num_classes) == (False, 0, 4)
+
+
 def test_fresh_order_is_a_seeded_permutation_per_epoch():
     def order(seed, epoch):
         s = hardmix.ReplaySampler(40, batch_size=40, capacity=5, replay_fraction=0.0, seed=seed)
@@ -436,7 +447,7 @@ def test_update_under_no_grad_and_compile():
 
     def run(compiled: bool):
         torch.manual_seed(0)
-        s = hardmix.ReplaySampler(64, batch_size=8, capacity=16, replay_lag=0)
+        s = hardmix.ReplaySampler(64, batch_size=8, capacity=16, replay_lag=0, replay_fraction=0.25)
         model = torch.nn.Linear(3, 2)
         x = torch.randn(64, 3)
         y = torch.arange(64) % 2

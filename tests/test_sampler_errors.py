@@ -35,7 +35,7 @@ def freeze(s: hardmix.ReplaySampler):
 
 def started(**kw):
     """A sampler that yielded a few batches (updated) plus one waiting for its update."""
-    args = dict(batch_size=8, capacity=12, replay_fraction=0.25, replay_lag=1, seed=3, num_classes=3)
+    args = dict(batch_size=8, capacity=12, replay_fraction=0.25, replay_lag=1, seed=3, num_classes=3, class_quotas=False)
     args.update(kw)
     s = hardmix.ReplaySampler(40, **args)
     it = iter(s)
@@ -276,7 +276,7 @@ def test_a_schedule_that_fails_at_an_epoch_start_changes_nothing():
 
 
 def test_len_of_a_held_epoch_is_zero():
-    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0)
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0, replay_fraction=0.25)
     for b in s:
         b = torch.tensor(b)
         s.update(b, loss(b))

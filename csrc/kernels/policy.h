@@ -431,6 +431,24 @@ struct PolicyView {
     return !(cfg.graduation > 0 && e.p < cfg.graduation);
   }
 
+  // This step's counts of correct and seen entries per class (with margins):
+  // a member that stays wrong counts against its label only while at least a
+  // quarter of its class in the batch is right; otherwise the class itself is
+  // not learned yet (rare, or forgotten), which says nothing about the label.
+  // (A quarter, not a half: with 40% label noise, mislabeled entries can be
+  // most of a class in a batch; evaluated on split digits, see README.)
+  struct ClassTally {
+    int64_t cls, right, seen;
+  };
+  const std::vector<ClassTally>* tallies = nullptr;
+
+  bool class_learned(int64_t cls) const {
+    if (tallies == nullptr) return false;
+    const auto it = std::lower_bound(tallies->begin(), tallies->end(), cls,
+                                     [](const ClassTally& a, int64_t c) { return a.cls < c; });
+    return it != tallies->end() && it->cls == cls && 4 * it->right >= it->seen;
+  }
+
   void update(const Batch& in) {
     const int64_t t = counters[kT];
     rebase_if_due();
@@ -501,6 +519,27 @@ struct PolicyView {
       counters[kWindowHead] = (counters[kWindowHead] + 1) % W;
       counters[kWindowCount] = std::min(counters[kWindowCount] + 1, W);
     }
+    thread_local std::vector<ClassTally> tally;
+    tallies = nullptr;
+    if (in.margins) {
+      tally.clear();
+      for (int64_t b = 0; b < in.B; ++b) {
+        if (entries[b].valid) tally.push_back({entries[b].cls, in.margins[b] > 0 ? 1 : 0, 1});
+      }
+      std::sort(tally.begin(), tally.end(),
+                [](const ClassTally& a, const ClassTally& b) { return a.cls < b.cls; });
+      size_t n = 0;
+      for (size_t k = 0; k < tally.size(); ++k) {
+        if (n > 0 && tally[n - 1].cls == tally[k].cls) {
+          tally[n - 1].right += tally[k].right;
+          tally[n - 1].seen += tally[k].seen;
+        } else {
+          tally[n++] = tally[k];
+        }
+      }
+      tally.resize(n);
+      tallies = &tally;
+    }
 
     // The cap on new members: the k best eligible candidates (key, then lower
     // index, then batch position).
@@ -565,7 +604,13 @@ struct PolicyView {
     double* r = row(e.index);
     // Does it stay wrong? Known only with margins (reference.py: rescore).
     if (e.loss < s[kBestLoss]) s[kBestLoss] = e.loss;
-    if (r[kCorrect] >= 0) r[kReplays] = (r[kReplays] < 0 || r[kCorrect] == 1.0) ? -1.0 : r[kReplays] + 1.0;
+    if (r[kCorrect] >= 0) {
+      if (r[kReplays] < 0 || r[kCorrect] == 1.0) {
+        r[kReplays] = -1.0;
+      } else if (class_learned(e.cls)) {
+        r[kReplays] += 1.0;
+      }
+    }
     if (cfg.graduation > 0 && e.p < cfg.graduation) {
       vacate(j);
       push_free(j);

@@ -71,8 +71,10 @@ class PolicyConfig:
             is learned), and candidates below it are not admitted; 0 disables.
         max_replays: a member that stays wrong this many appearances leaves
             and is quarantined (unlearnable or mislabeled): it has not been
-            classified correctly once since admission. Needs margins (logits
-            and targets); without them nothing is quarantined. 0 disables.
+            classified correctly once since admission, and an appearance
+            counts only while a quarter or more of its class in the batch is
+            right. Needs margins (logits and targets); without them nothing
+            is quarantined. 0 disables.
         quarantine_steps: how long a quarantined example may not be admitted.
         max_new_per_step: admit at most this many new members per step (the
             top keys among the step's candidates); 0 means no cap.

@@ -45,7 +45,11 @@ After pass 1 the step's valid losses join the rank window (oldest out first).
   updated. ``replays`` tracks whether it stays wrong. When its correctness is
   known (margins were given): ``replays = -1`` once it has been classified
   correctly since admission (it is learned: a later mistake is forgetting,
-  not a sign of a bad label), else ``replays += 1``. Without margins it is
+  not a sign of a bad label); else ``replays += 1`` if at least a quarter of
+  this step's entries of its class (entries with margins) are classified
+  correctly (its class is being learned, so staying wrong is a sign of a bad
+  label), else it is left as it is (a rare class not learned yet, or a
+  forgotten one, says nothing about the label). Without margins it is
   left as it is: whether an example stays wrong cannot be told from its loss
   alone (a rule "no new best loss in k appearances" quarantined learned,
   clean examples whose tiny losses just fluctuate, and cut final accuracy on
@@ -194,6 +198,7 @@ class ReferencePolicy:
         self.config = config
         c = config
         self.t = 0
+        self.tally: dict | None = None  # per class [correct, seen] of the step in progress
         self.t_ref = 0
         self.table: dict[int, list[float]] = {}  # sparse: rows of examples seen
         self.pos: dict[int, int] = {}  # dataset index -> slot
@@ -358,6 +363,15 @@ class ReferencePolicy:
         for e in entries:
             if e is not None:
                 self.window.append(e[1])
+        # Per class, this step's [correct, seen] entries (with margins).
+        self.tally = None
+        if margins is not None:
+            self.tally = {}
+            for b, e in enumerate(entries):
+                if e is not None:
+                    ts = self.tally.setdefault(e[5], [0, 0])
+                    ts[0] += 1 if margins[b] > 0 else 0
+                    ts[1] += 1
 
         # The cap on new members: the k best eligible candidates of the step.
         allowed = None
@@ -383,6 +397,11 @@ class ReferencePolicy:
             return False
         return not (c.graduation > 0 and p < c.graduation)
 
+    def class_learned(self, cls: int) -> bool:
+        """At least a quarter of this step's entries of the class (with margins) are right."""
+        ts = (self.tally or {}).get(cls)
+        return ts is not None and 4 * ts[0] >= ts[1]
+
     def rescore(self, e, t: int) -> None:
         i, loss, p, logp, key, _ = e
         c = self.config
@@ -392,7 +411,10 @@ class ReferencePolicy:
         if loss < m.best_loss:
             m.best_loss = loss
         if row[COL_CORRECT] >= 0:  # correctness known (margins): -1 once learned
-            row[COL_REPLAYS] = -1.0 if row[COL_REPLAYS] < 0 or row[COL_CORRECT] == 1.0 else row[COL_REPLAYS] + 1.0
+            if row[COL_REPLAYS] < 0 or row[COL_CORRECT] == 1.0:
+                row[COL_REPLAYS] = -1.0
+            elif self.class_learned(e[5]):
+                row[COL_REPLAYS] += 1.0
         m.logp, m.s, m.key = logp, t, key
         if c.graduation > 0 and p < c.graduation:
             self.vacate(slot)
