@@ -4,4 +4,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$ROOT"
+"$PY" -m pip install -q -r requirements-demo.txt
 exec "$PY" -m hardmix demo "$@"

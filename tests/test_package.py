@@ -45,9 +45,9 @@ def test_cuda_kernels_loaded_exactly_when_built_and_cuda_torch():
         assert has == (hardmix.CUDA_KERNELS and name in hardmix.ops.CUDA_OPS), name
 
 
-def test_demo_runs_and_mirror_agrees():
+def test_ops_demo_runs_and_mirror_agrees():
     proc = subprocess.run(
-        [sys.executable, "-m", "hardmix", "demo", "--device", "cpu"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "hardmix", "ops", "--device", "cpu"], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
     assert "equals the native op bit for bit: True" in proc.stdout

@@ -1,6 +1,10 @@
 """``python -m hardmix``: command-line entry points.
 
-    python -m hardmix demo     run every native op and show what it returns
+    python -m hardmix demo     class-incremental digits: no memory, random
+                               reservoir, hardmix (table + PNG; see --help)
+    python -m hardmix eval     the same over seeds, label noise, imbalance and
+                               Fashion-MNIST (see --help)
+    python -m hardmix ops      run every native op and show what it returns
     python -m hardmix info     what this build is and which kernels are loaded
     python -m hardmix bench    time one policy step: native, reference, torch
                                (--quick, --json PATH; see --help)
@@ -81,16 +85,22 @@ def main(argv: list[str] | None = None) -> int:
         from hardmix import bench
 
         return bench.main(argv[1:])
+    if argv[:1] in (["demo"], ["eval"]):
+        from hardmix import demo
+
+        return demo.demo(argv[1:]) if argv[0] == "demo" else demo.evaluate(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m hardmix", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run every native op and print what it returns")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    sub.add_parser("demo", help="class-incremental digits with and without hardmix (see: demo --help)")
+    sub.add_parser("eval", help="the evaluation suite (see: eval --help)")
+    ops = sub.add_parser("ops", help="run every native op and print what it returns")
+    ops.add_argument("--seed", type=int, default=0)
+    ops.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     sub.add_parser("info", help="describe this build")
     sub.add_parser("bench", help="time one policy step (see: python -m hardmix bench --help)")
     args = parser.parse_args(argv)
-    if args.command == "demo":
+    if args.command == "ops":
         _demo(args.seed, args.device)
     elif args.command == "info":
         _info()
