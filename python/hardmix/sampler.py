@@ -75,6 +75,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import BatchSampler, Sampler
 
+from . import distributed as _dist
 from . import ops as _ops
 from .config import STREAM_EPOCH, STREAM_FILL, PolicyConfig
 from .engine import Engine
@@ -154,6 +155,13 @@ class ReplaySampler(BatchSampler):
         score_fn: with ``score="given"``, a callable
             ``(indices, losses, margins) -> priorities`` used when ``update``
             gets no priorities.
+        num_replicas, rank, process_group: distributed training, as with
+            ``DistributedSampler`` (default: from the initialised process
+            group, else one process). Each rank gets a disjoint part of the
+            fresh data (padded with repeats to equal parts, or cut with
+            ``drop_last``), every rank yields the same number of batches, and
+            ``update()`` gathers all ranks' batches so every rank holds the
+            same reservoir; each rank replays its own slice of one shared draw.
         **policy: the policy's knobs, as :class:`hardmix.PolicyConfig` takes
             them (``score``, ``alpha``, ``lam``, ``gamma``, ``graduation``,
             ``max_replays``, ``class_quotas``, ``num_classes``,
@@ -178,6 +186,9 @@ class ReplaySampler(BatchSampler):
         replay_mode: str = "mix",
         replay_lag: int = 20,
         score_fn: Callable | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        process_group=None,
         **policy,
     ):
         # No super().__init__: BatchSampler's only wraps a sampler we do not have.
@@ -220,6 +231,8 @@ class ReplaySampler(BatchSampler):
         self.replay_mode = replay_mode
         self.replay_lag = replay_lag
         self.seed = seed
+        self.num_replicas, self.rank = _dist.resolve(num_replicas, rank, process_group)
+        self._group = process_group
         self.sampler = FreshOrder(self)
         self._rebase_every = max(1, -(-num_examples // batch_size))
 
@@ -275,11 +288,22 @@ class ReplaySampler(BatchSampler):
         if fresh is not None:
             mask = torch.zeros(N, dtype=torch.bool)
             mask[fresh] = True
-        counts, replays = self._plan(order.numel(), start)
+        W = self.num_replicas
+        if W > 1:  # equal parts, as DistributedSampler: rank r takes positions r, r + W, ...
+            per = order.numel() // W if self.drop_last else -(-order.numel() // W)
+            if per == 0:
+                raise ValueError(f"ReplaySampler: {order.numel()} fresh examples cannot be split into "
+                                 f"{W} parts with drop_last")
+            reps = -(-per * W // order.numel())
+            order = order.repeat(reps)[: per * W]
+        counts, replays = self._plan(order.numel() // W, start)
         return order, mask, counts, replays
 
     def _set_plan(self, plan: tuple) -> None:
-        self._order, self._fresh_mask, self._plan_fresh, self._plan_replay = plan
+        self._all_order, self._fresh_mask, self._plan_fresh, self._plan_replay = plan
+        # [per, W]: column r is rank r's fresh order
+        self._order_grid = self._all_order.view(-1, self.num_replicas)
+        self._order = self._order_grid[:, self.rank].contiguous()
         offsets = [0]
         for f in self._plan_fresh:
             offsets.append(offsets[-1] + f)
@@ -355,7 +379,9 @@ class ReplaySampler(BatchSampler):
         if self._finished():
             fresh = self._next_fresh if self._next_fresh is not None else self._fresh
             n = self.num_examples if fresh is None else fresh.numel()
-            return len(self._plan(n, self._yielded)[0])
+            W = self.num_replicas
+            per = n // W if (W > 1 and self.drop_last) else -(-n // W)
+            return len(self._plan(per, self._yielded)[0])
         return len(self._plan_fresh)
 
     @property
@@ -417,11 +443,14 @@ class ReplaySampler(BatchSampler):
         self._apply(need)
         if self.engine.step != need:  # pragma: no cover - an invariant, not user input
             raise RuntimeError(f"ReplaySampler: internal error: engine at update {self.engine.step}, need {need}")
-        replay = self.engine.draw(m, exclude=fresh) if m > 0 else fresh[:0]
+        W, r = self.num_replicas, self.rank
+        fresh_all = self._order_grid[off : off + f].reshape(-1) if W > 1 else fresh
+        drawn = self.engine.draw(m * W, exclude=fresh_all) if m > 0 else fresh[:0]
+        replay = drawn[r * m : (r + 1) * m]  # this rank's slice of the shared draw
         fill = self._fill(g, m - replay.numel(), fresh, replay)
         indices = torch.cat([fresh, replay, fill])
         return {"g": g, "indices": indices, "fresh": f, "replay": int(replay.numel()), "fill": int(fill.numel()),
-                "m": m, **self._draw_facts(indices)}
+                "m": m, **self._draw_facts(indices, fresh_all, drawn)}
 
     def _fill(self, g: int, k: int, fresh: torch.Tensor, replay: torch.Tensor) -> torch.Tensor:
         """k distinct fresh-data examples outside the batch, uniformly at random
@@ -435,7 +464,7 @@ class ReplaySampler(BatchSampler):
         out: list[int] = []
         r = 0
         while len(out) < k:
-            u = _ops.uniform(64, self.seed, g, STREAM_FILL, offset=r)
+            u = _ops.uniform(64, self.seed, g, STREAM_FILL, offset=(self.rank << 40) + r)
             r += 64
             for p in (u * pool.numel()).long().clamp_(max=pool.numel() - 1).tolist():
                 i = int(pool[p])
@@ -446,15 +475,26 @@ class ReplaySampler(BatchSampler):
                         break
         return torch.tensor(out, dtype=torch.int64)
 
-    def _draw_facts(self, indices: torch.Tensor) -> dict:
-        """What the batch's importance weights need from the reservoir it was
-        drawn from (O(B), plus O(R) with a restricted fresh set); the weights
-        themselves are computed when asked for (:meth:`_weights_of`)."""
+    def _leaf_weights(self, indices: torch.Tensor) -> torch.Tensor:
         eng = self.engine
-        P = eng.tree.numel() // 2
         slots = eng.pos[indices].long()
-        w = eng.tree[P + slots.clamp(min=0)] * (slots >= 0)
-        facts = {"w": w, "total": float(eng.tree[1]), "n": int(self._order.numel()), "outside": 0, "in_fresh": None}
+        return eng.tree[eng.tree.numel() // 2 + slots.clamp(min=0)] * (slots >= 0)
+
+    def _draw_facts(self, indices: torch.Tensor, fresh_all: torch.Tensor, drawn: torch.Tensor) -> dict:
+        """What the batch's importance weights need from the reservoir it was
+        drawn from (O(B W), plus O(R) with a restricted fresh set); the weights
+        themselves are computed when asked for (:meth:`_weights_of`). With
+        several ranks the view is global: all ranks' batches form one batch
+        (DDP averages over them)."""
+        eng = self.engine
+        W = self.num_replicas
+        w = self._leaf_weights(indices)
+        fresh_w = w[: fresh_all.numel()] if W == 1 else self._leaf_weights(fresh_all)
+        facts = {"w": w, "eligible": float(eng.tree[1]) - float(fresh_w.sum()),
+                 "drawn_w": self._leaf_weights(drawn) if W > 1 else w[fresh_all.numel() : fresh_all.numel()
+                                                                      + drawn.numel()],
+                 "f_all": int(fresh_all.numel()), "size_all": int(indices.numel()) * W,
+                 "n": int(self._all_order.numel()), "outside": 0, "in_fresh": None}
         if self._fresh_mask is not None:
             mask = self._fresh_mask
             facts["in_fresh"] = mask[indices]
@@ -464,18 +504,19 @@ class ReplaySampler(BatchSampler):
 
     def _weights_of(self, rec: dict) -> torch.Tensor:
         """The importance weights of a batch record (see :meth:`weights`)."""
-        f, r, m, w = rec["fresh"], rec["replay"], rec["m"], rec["w"]
-        if m == 0:
+        f, r, w = rec["fresh"], rec["replay"], rec["w"]
+        m_all, drawn_w = rec["m"] * self.num_replicas, rec["drawn_w"]
+        if m_all == 0:
             tau = 0.0  # no replay in this batch
-        elif r < m:
+        elif drawn_w.numel() < m_all:
             tau = math.inf  # every eligible member was drawn
         else:
             # Exponential clocks: given the draw order, the arrival gaps are
-            # Exp(remaining weight); tau = the expected (r+1)-th arrival.
-            remaining = rec["total"] - float(w[:f].sum())  # fresh members were excluded from the draw
+            # Exp(remaining weight); tau = the expected (m+1)-th arrival.
+            remaining = rec["eligible"]  # fresh members were excluded from the draw
             floor = remaining * 1e-12
             tau = 0.0
-            for wk in w[f : f + r].tolist() + [None]:
+            for wk in drawn_w.tolist() + [None]:
                 if remaining <= floor:
                     tau = math.inf
                     break
@@ -484,10 +525,10 @@ class ReplaySampler(BatchSampler):
                     remaining -= wk
         rho = (w > 0).double() if tau == math.inf else torch.expm1(w * -tau).neg_()
         # pi = P(fresh) + P(not fresh) * rho (fresh members are excluded from the draw)
-        n = rec["n"]
-        fresh_p = f if rec["in_fresh"] is None else rec["in_fresh"] * f  # n * P(fresh)
+        n, f_all = rec["n"], rec["f_all"]
+        fresh_p = f_all if rec["in_fresh"] is None else rec["in_fresh"] * f_all  # n * P(fresh)
         denom = rho.mul_(n - fresh_p).add_(fresh_p)
-        out = torch.div(w.numel() * n / (n + rec["outside"]), denom, out=denom)
+        out = torch.div(rec["size_all"] * n / (n + rec["outside"]), denom, out=denom)
         out[f + r :] = 0.0  # fill-ins count for nothing
         return out.nan_to_num_(posinf=0.0)
 
@@ -606,7 +647,14 @@ class ReplaySampler(BatchSampler):
         skipped by ``torch.compile`` (it runs eagerly). Raises ValueError /
         TypeError naming the argument and value, before any state changes.
         """
-        entry = self._validate(indices, losses, logits, targets, priorities)
+        if self.num_replicas == 1:
+            entry = self._validate(indices, losses, logits, targets, priorities)
+        else:  # validate here, then every rank learns whether all are fine, then gather
+            try:
+                mine, error = self._validate(indices, losses, logits, targets, priorities), None
+            except (ValueError, TypeError, RuntimeError) as e:
+                mine, error = None, e
+            entry = _dist.gather_entries(mine, error, self.num_replicas, self.rank, self._group)
         rec = self._outstanding.popleft()
         self._last_updated = rec["indices"]
         self._receive(entry)
@@ -770,7 +818,8 @@ class ReplaySampler(BatchSampler):
 
     def _signature(self) -> dict:
         return {"policy": self.config.as_dict(), "batch_size": self.batch_size, "drop_last": self.drop_last,
-                "shuffle": self.shuffle, "replay_mode": self.replay_mode, "replay_lag": self.replay_lag}
+                "shuffle": self.shuffle, "replay_mode": self.replay_mode, "replay_lag": self.replay_lag,
+                "num_replicas": self.num_replicas, "rank": self.rank}
 
     def state_dict(self) -> dict:
         """A versioned checkpoint (torch.save-able, loads with weights_only=True).
