@@ -2,12 +2,13 @@
 
 Under a process group every rank holds the same reservoir: ``update()``
 gathers each rank's validated batch (index, loss, margin, class, priority)
-with one ``all_gather`` of a [W, B_max, 5] float64 tensor, plus one of a
-[W, 6] header that carries each rank's batch size and whether its input was
-valid, so that a rank with bad input fails clearly instead of leaving the
-others waiting in a collective. Every rank then applies the concatenation of
-the ranks' batches, in rank order, as one step. Bytes per step: 8 * W * (6 +
-5 * B_max) sent to and received from each rank's view, independent of N and R.
+with one ``all_gather`` of a [B_max + 1, 5] float64 tensor per rank, whose
+first row says whether the rank's input was valid and how long its batch is:
+a rank with bad input fails clearly instead of leaving the others waiting in a
+collective, and every rank raises. Every rank then applies the concatenation
+of the ranks' batches, in rank order, as one step. Each rank receives
+40 * W * (B_max + 1) bytes per step, independent of N and R; B_max is the
+batch size (twice it with ``replay_mode="append"``).
 """
 
 from __future__ import annotations
@@ -41,41 +42,40 @@ def resolve(num_replicas, rank, group) -> tuple[int, int]:
     return num_replicas, rank
 
 
-def gather_entries(entry: dict | None, error: BaseException | None, world: int, rank: int, group) -> dict:
+def gather_entries(entry: dict | None, error: BaseException | None, world: int, rank: int, group,
+                   rows: int) -> dict:
     """All ranks' entries concatenated in rank order (the same on every rank).
 
     ``entry`` is this rank's validated update, or None with ``error`` when
-    its input was bad: then every rank raises (this one its own error), after
-    the header exchange, and no state has changed anywhere.
+    its input was bad: then every rank raises (this one its own error) and no
+    state has changed anywhere. ``rows`` bounds every rank's batch size (the
+    sampler knows it without asking), so one ``all_gather`` of [rows + 1, 5]
+    float64 per rank carries both the header (row 0) and the batch.
     """
     import torch.distributed as dist
 
     ok = entry is not None
     B = entry["indices"].numel() if ok else 0
     has = [ok and entry[k] is not None for k in ("margins", "classes", "priorities")]
-    header = torch.tensor([int(ok), B, *map(int, has), rank], dtype=torch.int64)
-    headers = [torch.empty_like(header) for _ in range(world)]
-    dist.all_gather(headers, header, group=group)
-    bad = [int(h[5]) for h in headers if int(h[0]) == 0]
+    mine = torch.zeros(rows + 1, _COLUMNS, dtype=torch.float64)
+    mine[0] = torch.tensor([float(ok), B, has[0] * 1 + has[1] * 2 + has[2] * 4, rank, 0.0], dtype=torch.float64)
+    if ok:
+        mine[1 : B + 1, 0] = entry["indices"].double()
+        mine[1 : B + 1, 1] = entry["losses"].double()
+        for col, key in ((2, "margins"), (3, "classes"), (4, "priorities")):
+            if entry[key] is not None:
+                mine[1 : B + 1, col] = entry[key].double()
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine, group=group)
+    bad = [int(p[0, 3]) for p in parts if p[0, 0] == 0]
     if bad:
         if error is not None:
             raise error
         raise RuntimeError(f"ReplaySampler.update: rank(s) {bad} passed bad input (see their errors); "
                            f"nothing was changed on any rank")
-    kinds = {tuple(int(x) for x in h[2:5]) for h in headers}
-    if len(kinds) > 1:
+    if len({int(p[0, 2]) for p in parts}) > 1:
         raise RuntimeError("ReplaySampler.update: ranks disagree on which of logits/targets/priorities they pass")
-    sizes = [int(h[1]) for h in headers]
-    rows = max(sizes)
-    mine = torch.zeros(rows, _COLUMNS, dtype=torch.float64)
-    mine[:B, 0] = entry["indices"].double()
-    mine[:B, 1] = entry["losses"].double()
-    for col, key in ((2, "margins"), (3, "classes"), (4, "priorities")):
-        if entry[key] is not None:
-            mine[:B, col] = entry[key].double()
-    parts = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(parts, mine, group=group)
-    data = torch.cat([p[:n] for p, n in zip(parts, sizes)])
+    data = torch.cat([p[1 : int(p[0, 1]) + 1] for p in parts])
     # float64 throughout: exact for float32 inputs, and the same on every rank
     # whatever dtype each rank passed (the engine widens to float64 anyway).
     return {

@@ -654,7 +654,8 @@ class ReplaySampler(BatchSampler):
                 mine, error = self._validate(indices, losses, logits, targets, priorities), None
             except (ValueError, TypeError, RuntimeError) as e:
                 mine, error = None, e
-            entry = _dist.gather_entries(mine, error, self.num_replicas, self.rank, self._group)
+            rows = self.batch_size * (2 if self.replay_mode == "append" else 1)  # no batch is longer
+            entry = _dist.gather_entries(mine, error, self.num_replicas, self.rank, self._group, rows)
         rec = self._outstanding.popleft()
         self._last_updated = rec["indices"]
         self._receive(entry)

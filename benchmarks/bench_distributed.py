@@ -1,0 +1,94 @@
+"""ReplaySampler.update() under torch.distributed (gloo, CPU processes on this
+machine) against world size, and the bytes it moves per step.
+
+    .venv/bin/python benchmarks/bench_distributed.py --json benchmarks/results/bench-distributed.json
+
+Each rank runs the sampler loop (next batch, update) for --steps steps after
+--warm steps; the figure is the median over steps of the slowest rank's
+update() time (the collective makes every rank wait for the slowest).
+Bytes per step and rank: one all_gather receives W blocks of (B_max + 1) x 5
+float64 (B_max = B here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import hardmix
+
+
+def _rank(rank, world, path, out, N, B, R, warm, steps):
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    s = hardmix.ReplaySampler(N, batch_size=B, capacity=R, seed=0, replay_lag=0)
+    loss_of = torch.rand(N, generator=torch.Generator().manual_seed(0))
+    it = iter(s)
+    times = []
+    for k in range(warm + steps):
+        try:
+            b = next(it)
+        except StopIteration:
+            it = iter(s)
+            b = next(it)
+        idx = torch.tensor(b)
+        losses = loss_of[idx]
+        if world > 1:
+            dist.barrier()
+        t0 = time.perf_counter()
+        s.update(idx, losses)
+        if k >= warm:
+            times.append(time.perf_counter() - t0)
+    torch.save({"times": times, "B": len(b)}, f"{out}.{rank}")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def measure(world, N, B, R, warm, steps):
+    with tempfile.TemporaryDirectory() as d:
+        path, out = os.path.join(d, "pg"), os.path.join(d, "out")
+        mp.spawn(_rank, args=(world, path, out, N, B, R, warm, steps), nprocs=world, join=True)
+        res = [torch.load(f"{out}.{r}") for r in range(world)]
+    slowest = [max(r["times"][k] for r in res) for k in range(steps)]
+    return statistics.median(slowest)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worlds", default="1,2,4")
+    ap.add_argument("--N", type=int, default=100_000)
+    ap.add_argument("--B", type=int, default=256)
+    ap.add_argument("--R", type=int, default=8192)
+    ap.add_argument("--warm", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    rows = []
+    for w in [int(x) for x in a.worlds.split(",")]:
+        med = measure(w, a.N, a.B, a.R, a.warm, a.steps)
+        bytes_recv = 0 if w == 1 else w * (a.B + 1) * 5 * 8
+        rows.append({"world": w, "median_update_us": med * 1e6, "global_batch": w * a.B,
+                     "bytes_received_per_rank_per_step": bytes_recv})
+    base = rows[0]["median_update_us"]
+    print(f"| world size | global batch | update median (µs) | × world 1 | bytes received per rank and step |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['world']} | {r['global_batch']} | {r['median_update_us']:.0f} | "
+              f"{r['median_update_us'] / base:.2f} | {r['bytes_received_per_rank_per_step']} |")
+    print(f"\nN={a.N}, B={a.B} per rank, R={a.R}, {os.cpu_count()} cores, gloo, one thread per process")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"args": vars(a), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
