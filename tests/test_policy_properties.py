@@ -236,3 +236,22 @@ def test_rebase_keeps_weights_finite():
         e.update(torch.randint(0, 50, (5,), generator=g), torch.rand(5, generator=g) + 0.1)
         assert math.isfinite(e.tree[1].item()) and e.tree[1].item() > 0
         assert len(e.draw(3)) == 3
+
+
+def test_alpha_zero_is_a_uniform_sample_of_distinct_examples_however_often_seen():
+    """Admission noise is per example, for life: with alpha = lam = 0, examples
+    seen five times as often as others are no more likely to be members
+    (P = R / N for both groups; 400 seeds, a 4-sigma binomial tolerance)."""
+    N, R, seeds = 60, 10, 400
+    frequent = 0
+    for seed in range(seeds):
+        e = Engine(PolicyConfig(num_examples=N, capacity=R, seed=seed, alpha=0.0, lam=0.0))
+        g = torch.Generator().manual_seed(seed)
+        weights = torch.cat([torch.full((30,), 5.0), torch.ones(30)])
+        for step in range(40):
+            idx = torch.multinomial(weights, 12, replacement=False, generator=g)
+            e.update(idx, torch.rand(12, generator=g))
+        e.update(torch.arange(N), torch.rand(N, generator=g))  # every example seen at least once
+        frequent += int((e.members()["index"] < 30).sum())
+    total = seeds * R
+    assert abs(frequent - total / 2) < 4 * (total * 0.25) ** 0.5, frequent / total

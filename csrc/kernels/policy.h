@@ -452,7 +452,8 @@ struct PolicyView {
   void update(const Batch& in) {
     const int64_t t = counters[kT];
     rebase_if_due();
-    const uint64_t admit_key = rng::stream_key(cfg.seed, static_cast<uint64_t>(t), kStreamAdmit);
+    // Admission noise per example, for life (reference.py: key).
+    const uint64_t admit_key = rng::stream_key(cfg.seed, 0, kStreamAdmit);
     const int64_t win_n = counters[kWindowCount];
 
     thread_local std::vector<Entry> entries;

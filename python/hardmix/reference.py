@@ -33,8 +33,15 @@ index that appears twice is updated twice, the second time seeing the first):
 - log p (-inf when p = 0); the static key
   ``key = base + lam * t + G`` with ``base = alpha * log p`` (``0`` when
   alpha = 0, so that alpha = 0 is classic reservoir sampling whatever p is) and
-  ``G = gumbel(seed, t, STREAM_ADMIT, index)``: the noise depends on the step
-  and the dataset index only, so a duplicate in the batch gets the same G.
+  ``G = gumbel(seed, 0, STREAM_ADMIT, index)``: each example keeps its noise
+  for life (a duplicate in the batch gets the same G). So with alpha = lam = 0
+  the reservoir is a uniform sample of the distinct examples seen, however
+  often each is seen or replayed (classic reservoir sampling), and with alpha >
+  0 it is weighted reservoir sampling whose weights are updated in place (each
+  item's key keeps its own random number). Noise drawn anew at every
+  appearance made every epoch and every replay a new lottery ticket: with
+  alpha = 0 the reservoir drained of old tasks (split digits: 0.35 against
+  0.91 for a classic reservoir).
 
 After pass 1 the step's valid losses join the rank window (oldest out first).
 
@@ -320,7 +327,7 @@ class ReferencePolicy:
         c = self.config
         t = self.t
         self.rebase_if_due()
-        admit_key = rng.stream_key(c.seed, t, STREAM_ADMIT)
+        admit_key = rng.stream_key(c.seed, 0, STREAM_ADMIT)  # per example, for life
         window = sorted(self.window)  # the rank window as the step began
 
         # Pass 1: dynamics and scores.
