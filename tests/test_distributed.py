@@ -10,9 +10,11 @@ Engine ends in the same state."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import os
+import time
 
 import pytest
 import torch
@@ -27,7 +29,15 @@ N, C = 97, 4  # N not divisible by 2 or 3: padding
 
 def _init(rank: int, world: int, path: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    # A collective that waits longer than this fails instead of hanging the suite.
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+
+
+def _done() -> None:
+    """Leave together: every rank has written its results (destroy_process_group
+    alone was seen to hang one rank of three once; the process exit cleans up)."""
+    dist.barrier()
 
 
 def _digest(engine) -> str:
@@ -76,13 +86,20 @@ def _run_world(rank, world, path, out):
     log: list = []
     _loop(s, 3, log=log)
     torch.save({"log": log, "lens": len(s)}, f"{out}.{rank}")
-    dist.destroy_process_group()
+    _done()
 
 
-def _spawn(fn, world, tmp_path, *args):
+def _spawn(fn, world, tmp_path, *args, deadline: float = 240.0):
+    """Run fn on `world` spawned ranks; fail (never hang) if they take longer than `deadline` s."""
     path = str(tmp_path / "pg")
     out = str(tmp_path / "out")
-    mp.spawn(fn, args=(world, path, out, *args), nprocs=world, join=True)
+    ctx = mp.spawn(fn, args=(world, path, out, *args), nprocs=world, join=False)
+    end = time.monotonic() + deadline
+    while not ctx.join(timeout=5):
+        if time.monotonic() > end:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"ranks still running after {deadline} s")
     return [torch.load(f"{out}.{r}", weights_only=False) for r in range(world)]
 
 
@@ -147,7 +164,7 @@ def _run_ddp(rank, world, path, out):
     params = torch.cat([p.detach().flatten() for p in model.parameters()])
     torch.save({"steps": steps, "last": last, "params": params, "digest": _digest(s.engine),
                 "size": s.stats()["size"]}, f"{out}.{rank}")
-    dist.destroy_process_group()
+    _done()
 
 
 def test_ddp_end_to_end(tmp_path):
@@ -174,7 +191,7 @@ def _run_resume(rank, world, path, out, stop):
     _loop(t, 3, start_epoch=ck["epoch"], log=rest)
     torch.save({"full": [e["batch"] for e in full], "resumed": [e["batch"] for e in first + rest],
                 "digests": (full[-1]["digest"], rest[-1]["digest"])}, f"{out}.{rank}")
-    dist.destroy_process_group()
+    _done()
 
 
 @pytest.mark.parametrize("stop", [7, 13])
@@ -200,7 +217,7 @@ def _run_bad(rank, world, path, out):
     unchanged = (_digest(s.engine), s._received) == before
     s.update(b, loss_of[b], logits=logits_of[b], targets=b % C)  # both go on together
     torch.save({"msg": msg, "unchanged": unchanged, "received": s._received}, f"{out}.{rank}")
-    dist.destroy_process_group()
+    _done()
 
 
 def test_bad_input_on_one_rank_fails_on_all_without_a_hang(tmp_path):

@@ -129,7 +129,7 @@ def test_len_is_fixed_within_an_epoch_and_iterating_on_starts_the_next():
 def test_sampler_defaults_are_the_tuned_ones_and_can_be_overridden():
     s = hardmix.ReplaySampler(100, batch_size=10, capacity=20)
     c = s.config
-    assert (c.max_replays, c.quarantine_steps, c.class_quotas) == (3, 10_000, False)
+    assert (c.alpha, c.gamma, c.max_replays, c.quarantine_steps, c.class_quotas) == (0.5, 0.0, 3, 10_000, False)
     assert s.schedule(0) == 0.7
     assert hardmix.ReplaySampler(100, batch_size=10, capacity=20, num_classes=4).config.class_quotas
     c = hardmix.ReplaySampler(100, batch_size=10, capacity=20, num_classes=4, class_quotas=False,

@@ -247,7 +247,7 @@ def test_bad_state_dicts_change_nothing():
         ({**good, "version": 99}, ValueError, "state version 99 is not supported"),
         ({**good, "signature": {**good["signature"], "batch_size": 16}}, ValueError, "batch_size: saved 16, now 8"),
         ({**good, "signature": {**good["signature"], "policy": {**good["signature"]["policy"], "alpha": 2.0}}},
-         ValueError, "alpha: saved 2.0, now 1.0"),
+         ValueError, "alpha: saved 2.0, now 0.5"),
         ({**good, "engine": {**good["engine"], "table": torch.zeros(3, 8, dtype=torch.float64)}}, ValueError,
          "table"),
         ({**good, "batches": []}, ValueError, "lacks the batches yielded but not updated") if good["batches"] else

@@ -54,6 +54,10 @@ def gather_entries(entry: dict | None, error: BaseException | None, world: int, 
     """
     import torch.distributed as dist
 
+    # NCCL moves CUDA tensors only: the exchange then goes through the GPU.
+    device = torch.device("cpu")
+    if dist.get_backend(group) == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
     ok = entry is not None
     B = entry["indices"].numel() if ok else 0
     has = [ok and entry[k] is not None for k in ("margins", "classes", "priorities")]
@@ -65,8 +69,10 @@ def gather_entries(entry: dict | None, error: BaseException | None, world: int, 
         for col, key in ((2, "margins"), (3, "classes"), (4, "priorities")):
             if entry[key] is not None:
                 mine[1 : B + 1, col] = entry[key].double()
+    mine = mine.to(device)
     parts = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(parts, mine, group=group)
+    parts = [p.cpu() for p in parts]
     bad = [int(p[0, 3]) for p in parts if p[0, 0] == 0]
     if bad:
         if error is not None:
