@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import os
 import statistics
 import sys
@@ -166,7 +167,8 @@ def make_stream(protocol: str, seed: int, fmnist_dir: str = FMNIST_DIR) -> Strea
         for c in rare:
             idx = (ytr == c).nonzero().squeeze(1)
             share = 0.10 + 0.15 * float(torch.rand(1, generator=g))
-            drop = idx[torch.randperm(len(idx), generator=g)[max(1, int(share * len(idx))) :]]
+            keep_n = min(len(idx), max(1, math.ceil(share * len(idx))))  # at least 10%
+            drop = idx[torch.randperm(len(idx), generator=g)[keep_n:]]
             keep[drop] = False
         xtr, ytr = xtr[keep], ytr[keep]
     true = ytr.clone()
@@ -244,7 +246,8 @@ def run(stream: Stream, method: str, seed: int, *, capacity: int = 200, epochs: 
     final = at_task_end[-1]
     T = len(stream.tasks)
     res.final_acc = sum(final) / T
-    res.forgetting = sum(max(at_task_end[k][j] for k in range(j, T - 1)) - final[j] for j in range(T - 1)) / (T - 1)
+    # Chaudhry et al. 2018: best accuracy at any task end before the last, minus the final one.
+    res.forgetting = sum(max(at_task_end[k][j] for k in range(T - 1)) - final[j] for j in range(T - 1)) / (T - 1)
     correct, total = _accuracy(model, stream.x_test, stream.y_test, C)
     per_class = correct / total.clamp(min=1)
     res.worst_class_acc = float(per_class.min())
@@ -253,7 +256,8 @@ def run(stream: Stream, method: str, seed: int, *, capacity: int = 200, epochs: 
     res.reservoir_classes = torch.bincount(stream.y_train[members], minlength=C).tolist()
     if bool(stream.noisy.any()):
         res.stream_noisy_frac = float(stream.noisy.float().mean())
-        res.reservoir_noisy_frac = float(stream.noisy[members].float().mean()) if len(members) else 0.0
+        if method != "none" and len(members):  # "none" replays nothing: its reservoir is not a memory
+            res.reservoir_noisy_frac = float(stream.noisy[members].float().mean())
     res.seconds = time.perf_counter() - start
     return res
 
