@@ -252,7 +252,6 @@ class ReplaySampler(BatchSampler):
         self._generation = 0
         self._last_updated: torch.Tensor | None = None
         self._prev_totals = [0] * 5
-        self._device: torch.device | None = None
         # Checkpoint log (see state_dict).
         self._base: dict | None = None
         self._log: list | None = None
@@ -773,8 +772,6 @@ class ReplaySampler(BatchSampler):
                         k = int(bad[0])
                         raise ValueError(f"update: {name}[{k}] = {float(v[k])} is not finite "
                                          f"(nonfinite='raise')")
-        if self._device is None:
-            self._device = idx.device
         return {"indices": rec["indices"], "losses": loss, "margins": margins, "classes": classes,
                 "priorities": prio}
 
