@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import hardmix
+from hardmix.bench import batches_forever
 
 
 def _rank(rank, world, path, out, N, B, R, warm, steps):
@@ -32,15 +33,10 @@ def _rank(rank, world, path, out, N, B, R, warm, steps):
         dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
     s = hardmix.ReplaySampler(N, batch_size=B, capacity=R, seed=0, replay_lag=0)
     loss_of = torch.rand(N, generator=torch.Generator().manual_seed(0))
-    it = iter(s)
+    it = batches_forever(s)
     times = []
     for k in range(warm + steps):
-        try:
-            b = next(it)
-        except StopIteration:
-            it = iter(s)
-            b = next(it)
-        idx = torch.tensor(b)
+        idx = torch.tensor(next(it))
         losses = loss_of[idx]
         if world > 1:
             dist.barrier()
@@ -48,7 +44,7 @@ def _rank(rank, world, path, out, N, B, R, warm, steps):
         s.update(idx, losses)
         if k >= warm:
             times.append(time.perf_counter() - t0)
-    torch.save({"times": times, "B": len(b)}, f"{out}.{rank}")
+    torch.save({"times": times, "B": len(idx)}, f"{out}.{rank}")
     if world > 1:
         dist.destroy_process_group()
 

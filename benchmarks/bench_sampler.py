@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import hardmix
+from hardmix.bench import batches_forever
 
 B, R = 256, 8192
 RHO = 0.25
@@ -32,7 +33,7 @@ def _losses(N):
 
 
 def _warm(s, loss_of, steps):
-    it = iter(s)
+    it = batches_forever(s)
     for _ in range(steps):
         b = torch.tensor(next(it))
         s.update(b, loss_of[b])
@@ -65,13 +66,7 @@ def test_step(benchmark, impl, N):
         with_sd = impl.endswith("state_dict")
 
         def one():
-            nonlocal it
-            try:
-                b = next(it)
-            except StopIteration:
-                it = iter(s)
-                b = next(it)
-            idx = torch.tensor(b)
+            idx = torch.tensor(next(it))
             s.weights(idx)
             s.update(idx, loss_of[idx])
             if with_sd:

@@ -269,3 +269,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["BENCH_CONFIG", "TorchPolicy", "bench_margin", "bench_step", "main"]
+
+
+def batches_forever(sampler):
+    """A ReplaySampler's batches, epoch after epoch (each new iteration starts
+    the next epoch), for benchmarks that time a number of steps."""
+    while True:
+        yield from sampler
