@@ -11,6 +11,8 @@ Groups (ratios are to the "engine" row of the group, or to N=10^4 for state_dict
 - "step+state_dict": the same plus one state_dict() per batch, as under
   StatefulDataLoader (its amortized copy of the engine every ceil(N/B) calls included).
 - "state_dict": one call, between two copies of the engine.
+- "stats": stats() with and without the class histogram and mean age (O(R)),
+  for R = 8192 and 65536 (the figures the README and the docstring quote).
 """
 
 import pytest
@@ -85,3 +87,14 @@ def test_state_dict(benchmark, N):
     benchmark.group = f"state_dict B={B} R={R}"
     benchmark.extra_info.update(impl=f"N={N}", what="state_dict", B=B, R=R, N=N)
     benchmark.pedantic(s.state_dict, rounds=2000, iterations=1)
+
+
+@pytest.mark.parametrize("full", [True, False])
+@pytest.mark.parametrize("R_", [8192, 65536])
+def test_stats(benchmark, R_, full):
+    N = 10**6
+    s = hardmix.ReplaySampler(N, batch_size=1024, capacity=R_, replay_fraction=RHO, seed=0, replay_lag=0)
+    _warm(s, _losses(N), 80)  # enough to fill the reservoir
+    benchmark.group = f"stats N={N}"
+    benchmark.extra_info.update(impl=f"R={R_} full={full}", what="stats", R=R_, N=N)
+    benchmark.pedantic(lambda: s.stats(full=full), rounds=200, iterations=1)

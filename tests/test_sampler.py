@@ -216,7 +216,6 @@ def test_same_batches_whatever_the_worker_count(workers):
     b0, m0 = _batches_and_reservoir(0)
     b2, m2 = _batches_and_reservoir(workers)
     assert b0 == b2 and torch.equal(m0, m2)
-    replayed = sum(len(b) - 32 for b in b0 if len(b) > 32)  # noqa: F841 (mix mode: size is B)
     other = sampler_loop.run(3, 0, sampler_kw={"seed": 8})["batches"]
     assert other != b0
 

@@ -548,7 +548,8 @@ class ReplaySampler(BatchSampler):
             self._pending.popleft()
 
     def _expected(self, name: str, indices: torch.Tensor) -> dict:
-        """The record of the batch these indices must belong to, or a clear error."""
+        """The record of the batch these indices must belong to, or a clear error
+        (the checks after the fast path only explain the mismatch)."""
         host = indices.cpu()
         if self._outstanding and torch.equal(host, self._outstanding[0]["indices"]):
             return self._outstanding[0]  # the usual case; the diagnostics below explain the others
@@ -561,26 +562,20 @@ class ReplaySampler(BatchSampler):
         if torch.unique(host).numel() != host.numel():
             v, c = torch.unique(host, return_counts=True)
             raise ValueError(f"{name}: indices contains {int(v[c > 1][0])} more than once (a batch never does)")
+        if self._last_updated is not None and torch.equal(host, self._last_updated):
+            raise ValueError(f"{name}: update() was already called for this batch (batch "
+                             f"{self._received - 1}); call it once per batch")
         if not self._outstanding:
-            if self._last_updated is not None and torch.equal(host, self._last_updated):
-                raise ValueError(f"{name}: update() was already called for this batch (batch "
-                                 f"{self._received - 1}); call it once per batch")
             raise ValueError(f"{name}: no batch is waiting for an update (every yielded batch was updated)")
-        rec = self._outstanding[0]
-        want = rec["indices"]
-        if indices.numel() != want.numel() or not torch.equal(host, want):
-            if self._last_updated is not None and torch.equal(host, self._last_updated):
-                raise ValueError(f"{name}: update() was already called for this batch (batch "
-                                 f"{self._received - 1}); call it once per batch")
-            got = host.tolist()
-            diff = next((k for k in range(min(len(got), want.numel())) if got[k] != int(want[k])), None)
-            where = (f"first difference at position {diff}: got {got[diff]}, expected {int(want[diff])}"
-                     if diff is not None else f"got {len(got)} indices, expected {want.numel()}")
-            raise ValueError(
-                f"{name}: indices are not those of batch {rec['g']}, the oldest batch not yet updated "
-                f"({where}). Pass each batch's indices in the order yielded, once per batch, in order"
-            )
-        return rec
+        rec = self._outstanding[0]  # (the fast path above: it does not match)
+        want, got = rec["indices"], host.tolist()
+        diff = next((k for k in range(min(len(got), want.numel())) if got[k] != int(want[k])), None)
+        where = (f"first difference at position {diff}: got {got[diff]}, expected {int(want[diff])}"
+                 if diff is not None else f"got {len(got)} indices, expected {want.numel()}")
+        raise ValueError(
+            f"{name}: indices are not those of batch {rec['g']}, the oldest batch not yet updated "
+            f"({where}). Pass each batch's indices in the order yielded, once per batch, in order"
+        )
 
     def batch_to_update(self) -> torch.Tensor:
         """The indices ``update()`` expects next: the oldest batch yielded and
