@@ -62,7 +62,9 @@ constexpr int64_t kPrefetch = 32;  // entries ahead whose table row is prefetche
 
 enum Col { kLastLoss, kEma, kSeen, kLastSeen, kCorrect, kForget, kReplays, kQuarantine };
 constexpr int kTableCols = 8;
-enum SlotField { kIndex, kKey, kLogp, kStep, kClass, kAdmitted, kBestLoss };
+// kSlotReplays: with a sharded table only, the member's replays column (its
+// table row lives on its owner; pass 2 runs on every rank).
+enum SlotField { kIndex, kKey, kLogp, kStep, kClass, kAdmitted, kBestLoss, kSlotReplays };
 constexpr int kSlotFields = 8;
 enum Link { kLeft, kRight, kParent, kNpl };
 constexpr int kLinkFields = 4;
@@ -96,12 +98,16 @@ enum ConfigField {
   kQuotas,
   kNumClasses,
   kRaiseNonfinite,
+  kShardWorld = 13,  // 0: the whole table here; else the number of shards
+  kShardRank,        // this shard: the indices i with i % world == rank
+  kNumExamples,      // N (needed when the table is sharded)
 };
 constexpr int kConfigFields = 16;
 
 struct Config {
   double alpha, lam, gamma, ema_beta, graduation, forget_boost;
   int64_t max_replays, quarantine_steps, max_new, num_classes;
+  int64_t world, rank, num_examples;  // sharding (world 0: not sharded)
   int score;
   bool quotas, raise_nonfinite;
   uint64_t seed;
@@ -121,6 +127,9 @@ struct Config {
     k.score = static_cast<int>(c[kScore]);
     k.quotas = c[kQuotas] != 0.0;
     k.raise_nonfinite = c[kRaiseNonfinite] != 0.0;
+    k.world = static_cast<int64_t>(c[kShardWorld]);
+    k.rank = static_cast<int64_t>(c[kShardRank]);
+    k.num_examples = static_cast<int64_t>(c[kNumExamples]);
     k.seed = seed;
     return k;
   }
@@ -157,9 +166,19 @@ struct PolicyView {
   int64_t* counters;
   int64_t N, R, K, P, W;
   Config cfg;
+  // Sharded update only: rows[B][8], each entry's table row as its owner
+  // had it after the entry's pass 1 (read in pass 1, the step's working copy
+  // of the columns pass 2 uses), and each entry's last position in the batch.
+  double* xrows = nullptr;
+  const int64_t* last = nullptr;
 
   // ---- accessors ----------------------------------------------------------
   double* row(int64_t i) const { return table + i * kTableCols; }
+  bool sharded() const { return cfg.world > 0; }
+  // Sharded: the table row of example i if this shard owns it, else null.
+  double* owned_row(int64_t i) const {
+    return i % cfg.world == cfg.rank ? table + (i / cfg.world) * kTableCols : nullptr;
+  }
   double* slot(int32_t j) const { return slots + static_cast<int64_t>(j) * kSlotFields; }
   int32_t& link(int32_t j, Link f) const { return links[static_cast<int64_t>(j) * kLinkFields + f]; }
   int32_t npl(int32_t j) const { return j < 0 ? 0 : link(j, kNpl); }
@@ -171,6 +190,54 @@ struct PolicyView {
   bool weaker(int32_t a, int32_t b) const {
     const double ka = slot(a)[kKey], kb = slot(b)[kKey];
     return ka < kb || (ka == kb && slot(a)[kIndex] > slot(b)[kIndex]);
+  }
+
+  // ---- dataset index -> slot ----------------------------------------------
+  // Not sharded: pos is an array [N]. Sharded (no N-sized state may be
+  // replicated): pos is an open-addressing hash of the member slots [H], H =
+  // 2P (load <= 1/2), -1 empty, linear probing; an entry's key is its slot's
+  // dataset index, so nothing else is stored. Erasure shifts the probe run
+  // back (no tombstones), so lookups stay O(1) expected however long it runs.
+  int64_t hmask() const { return 2 * P - 1; }
+  int64_t home(int64_t i) const { return static_cast<int64_t>(rng::mix13(static_cast<uint64_t>(i))) & hmask(); }
+
+  int32_t pos_get(int64_t i) const {
+    if (!sharded()) return pos[i];
+    for (int64_t h = home(i);; h = (h + 1) & hmask()) {
+      const int32_t j = pos[h];
+      if (j < 0 || slot(j)[kIndex] == static_cast<double>(i)) return j;
+    }
+  }
+
+  // i is not a member; slot j already holds index i.
+  void pos_put(int64_t i, int32_t j) {
+    if (!sharded()) {
+      pos[i] = j;
+      return;
+    }
+    int64_t h = home(i);
+    while (pos[h] >= 0) h = (h + 1) & hmask();
+    pos[h] = j;
+  }
+
+  // i is a member; its slot still holds index i.
+  void pos_erase(int64_t i) {
+    if (!sharded()) {
+      pos[i] = -1;
+      return;
+    }
+    int64_t hole = home(i);
+    while (slot(pos[hole])[kIndex] != static_cast<double>(i)) hole = (hole + 1) & hmask();
+    for (int64_t k = (hole + 1) & hmask(); pos[k] >= 0; k = (k + 1) & hmask()) {
+      // Entry k may fill the hole when the hole lies on its probe path
+      // (cyclically between its home and k).
+      const int64_t want = home(static_cast<int64_t>(slot(pos[k])[kIndex]));
+      if (((k - want) & hmask()) >= ((k - hole) & hmask())) {
+        pos[hole] = pos[k];
+        hole = k;
+      }
+    }
+    pos[hole] = -1;
   }
 
   // ---- leftist heaps over slots (root = weakest) ---------------------------
@@ -365,24 +432,61 @@ struct PolicyView {
                                                           static_cast<int64_t>(s[kStep]) - counters[kTRef])));
   }
 
+  // ---- one step -------------------------------------------------------------
+  struct Entry {
+    bool valid;
+    int64_t index;
+    double loss, p, logp, key;
+    int64_t cls;
+    double quarantine;  // the row's quarantine_until as pass 1 saw it
+    int64_t at;         // sharded: the batch position whose row copy pass 2 uses
+  };
+
+  // ---- the row columns pass 2 uses (correct, replays, quarantine) -----------
+  // Not sharded: the table row. Sharded: the step's copy of the row (the last
+  // entry of that index: its state after pass 1), and a member's replays in
+  // its slot; every change is also written to the table if this shard owns
+  // the row, so each shard's rows end as the whole table's would.
+  double* mrow(const Entry& e) const { return sharded() ? xrows + e.at * kTableCols : row(e.index); }
+
+  void set_quarantine(const Entry& e, double v) {
+    mrow(e)[kQuarantine] = v;
+    if (sharded()) {
+      if (double* o = owned_row(e.index)) o[kQuarantine] = v;
+    }
+  }
+
+  double replays_of(int32_t j, const Entry& e) const {
+    return sharded() ? slot(j)[kSlotReplays] : row(e.index)[kReplays];
+  }
+
+  void set_replays(int32_t j, const Entry& e, double v) {
+    if (!sharded()) {
+      row(e.index)[kReplays] = v;
+      return;
+    }
+    slot(j)[kSlotReplays] = v;
+    if (double* o = owned_row(e.index)) o[kReplays] = v;
+  }
+
   // ---- membership ---------------------------------------------------------
   // replays on admission: -1 (learned) if classified correctly, else 0.
-  double admission_replays(int64_t index) { return row(index)[kCorrect] == 1.0 ? -1.0 : 0.0; }
+  double admission_replays(const Entry& e) const { return mrow(e)[kCorrect] == 1.0 ? -1.0 : 0.0; }
 
-  void place(int32_t j, int64_t index, double key, double logp, int64_t t, int64_t cls, double loss) {
+  void place(int32_t j, const Entry& e, int64_t t) {
     double* s = slot(j);
-    s[kIndex] = static_cast<double>(index);
-    s[kKey] = key;
-    s[kLogp] = logp;
+    s[kIndex] = static_cast<double>(e.index);
+    s[kKey] = e.key;
+    s[kLogp] = e.logp;
     s[kStep] = static_cast<double>(t);
-    s[kClass] = static_cast<double>(cls);
+    s[kClass] = static_cast<double>(e.cls);
     s[kAdmitted] = static_cast<double>(t);
-    s[kBestLoss] = loss;
-    pos[index] = j;
+    s[kBestLoss] = e.loss;
+    pos_put(e.index, j);
     heap_insert(j);
     count(heap_class(s[kClass])) += 1;
     tree_set(j, weight(j));
-    row(index)[kReplays] = admission_replays(index);
+    set_replays(j, e, admission_replays(e));
   }
 
   void vacate(int32_t j, bool clear_leaf = true) {
@@ -390,7 +494,7 @@ struct PolicyView {
     const int64_t index = static_cast<int64_t>(s[kIndex]);
     heap_remove(j);
     count(heap_class(s[kClass])) -= 1;
-    pos[index] = -1;
+    pos_erase(index);
     s[kIndex] = -1.0;
     if (clear_leaf) tree_set(j, 0.0);
   }
@@ -409,22 +513,13 @@ struct PolicyView {
     }
   }
 
-  // ---- one step -------------------------------------------------------------
-  struct Entry {
-    bool valid;
-    int64_t index;
-    double loss, p, logp, key;
-    int64_t cls;
-    double quarantine;  // the row's quarantine_until as pass 1 saw it
-  };
-
   // Whether an example was quarantined during this step's pass 2: only then
   // can a row's quarantine_until differ from what pass 1 saw (and be re-read).
   bool quarantined_this_step = false;
 
   bool eligible(const Entry& e, int64_t t) const {
-    const double q = quarantined_this_step ? row(e.index)[kQuarantine] : e.quarantine;
-    if (pos[e.index] >= 0 || q > static_cast<double>(t) ||
+    const double q = quarantined_this_step ? mrow(e)[kQuarantine] : e.quarantine;
+    if (pos_get(e.index) >= 0 || q > static_cast<double>(t) ||
         e.key == -std::numeric_limits<double>::infinity()) {
       return false;
     }
@@ -449,6 +544,39 @@ struct PolicyView {
     return it != tallies->end() && it->cls == cls && 4 * it->right >= it->seen;
   }
 
+  static bool valid_input(const Batch& in, int64_t b) {
+    return finite(in.losses[b]) && (!in.margins || finite(in.margins[b])) &&
+           (!in.priorities || finite(in.priorities[b]));
+  }
+
+  // Pass 1's dynamics of a valid entry b on its table row r, at step t.
+  void dynamics(double* r, const Batch& in, int64_t b, int64_t t) const {
+    const double loss = in.losses[b];
+    r[kEma] = r[kSeen] == 0 ? loss : cfg.ema_beta * r[kEma] + (1.0 - cfg.ema_beta) * loss;
+    r[kLastLoss] = loss;
+    r[kSeen] += 1.0;
+    r[kLastSeen] = static_cast<double>(t);
+    if (in.margins) {
+      const double correct = in.margins[b] > 0 ? 1.0 : 0.0;
+      if (r[kCorrect] == 1.0 && correct == 0.0) r[kForget] += 1.0;
+      r[kCorrect] = correct;
+    }
+  }
+
+  // Sharded, on every shard, first half of the step that will run as step t:
+  // the dynamics of the entries this shard owns (in batch order), and each
+  // owned entry's row after its update into rows[b] (others untouched). The
+  // rows of all shards, summed (each entry has one owner), are the input of
+  // update() on every shard. O(B).
+  void owned_dynamics(const Batch& in, int64_t t, double* rows) const {
+    for (int64_t b = 0; b < in.B; ++b) {
+      double* r = owned_row(in.indices[b]);
+      if (r == nullptr) continue;
+      if (valid_input(in, b)) dynamics(r, in, b, t);
+      std::copy(r, r + kTableCols, rows + b * kTableCols);
+    }
+  }
+
   void update(const Batch& in) {
     const int64_t t = counters[kT];
     rebase_if_due();
@@ -458,9 +586,25 @@ struct PolicyView {
 
     thread_local std::vector<Entry> entries;
     entries.assign(static_cast<size_t>(in.B), Entry{});
+    thread_local std::vector<int64_t> last_at;
+    if (sharded()) {  // each entry's last position of its index in the batch
+      last_at.resize(static_cast<size_t>(in.B));
+      thread_local std::vector<int64_t> order;
+      order.resize(static_cast<size_t>(in.B));
+      for (int64_t b = 0; b < in.B; ++b) order[b] = b;
+      std::sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
+        return in.indices[x] != in.indices[y] ? in.indices[x] < in.indices[y] : x < y;
+      });
+      for (int64_t k = in.B - 1; k >= 0; --k) {
+        const bool end = k == in.B - 1 || in.indices[order[k + 1]] != in.indices[order[k]];
+        last_at[order[k]] = end ? order[k] : last_at[order[k + 1]];
+      }
+      last = last_at.data();
+    }
     // Pass 1: dynamics and scores.
+    const bool shard = sharded();
     for (int64_t b = 0; b < in.B; ++b) {
-      if (b + kPrefetch < in.B) {  // the table is N-sized: start its cache misses early
+      if (!shard && b + kPrefetch < in.B) {  // the table is N-sized: start its cache misses early
         __builtin_prefetch(row(in.indices[b + kPrefetch]), 1);
         __builtin_prefetch(pos + in.indices[b + kPrefetch], 0);
       }
@@ -469,21 +613,14 @@ struct PolicyView {
       const double loss = in.losses[b];
       const double mu = in.margins ? in.margins[b] : 0.0;
       const double given = in.priorities ? in.priorities[b] : 0.0;
-      if (!(finite(loss) && finite(mu) && finite(given))) {
+      if (!valid_input(in, b)) {
         counters[kNonfinite] += 1;
         e.valid = false;
         continue;
       }
-      double* r = row(i);
-      r[kEma] = r[kSeen] == 0 ? loss : cfg.ema_beta * r[kEma] + (1.0 - cfg.ema_beta) * loss;
-      r[kLastLoss] = loss;
-      r[kSeen] += 1.0;
-      r[kLastSeen] = static_cast<double>(t);
-      if (in.margins) {
-        const double correct = mu > 0 ? 1.0 : 0.0;
-        if (r[kCorrect] == 1.0 && correct == 0.0) r[kForget] += 1.0;
-        r[kCorrect] = correct;
-      }
+      // Sharded: the owner ran the dynamics (owned_dynamics); its row copy.
+      double* r = shard ? xrows + b * kTableCols : row(i);
+      if (!shard) dynamics(r, in, b, t);
       double p;
       switch (cfg.score) {
         case kScoreLoss:
@@ -512,7 +649,7 @@ struct PolicyView {
       const double base = cfg.alpha == 0 ? 0.0 : cfg.alpha * logp;
       const double g = rng::to_gumbel(rng::to_uniform(rng::draw_bits(admit_key, static_cast<uint64_t>(i))));
       e = Entry{true, i, loss, p, logp, base + cfg.lam * static_cast<double>(t) + g,
-                in.classes ? in.classes[b] : 0, r[kQuarantine]};
+                in.classes ? in.classes[b] : 0, r[kQuarantine], shard ? last[b] : b};
     }
     for (int64_t b = 0; b < in.B; ++b) {
       if (!entries[b].valid) continue;
@@ -570,14 +707,14 @@ struct PolicyView {
       // Members ahead will be rescored: fetch their slot and heap position
       // (far ahead), then their heap entry and the bottom of their sum-tree
       // path (nearer, once the position has arrived).
-      if (b + 2 * kPrefetch < in.B && entries[b + 2 * kPrefetch].valid) {
+      if (!shard && b + 2 * kPrefetch < in.B && entries[b + 2 * kPrefetch].valid) {
         const int32_t j = pos[entries[b + 2 * kPrefetch].index];
         if (j >= 0) {
           __builtin_prefetch(slot(j), 1);
           if (!cfg.quotas) __builtin_prefetch(&hpos(j), 0);
         }
       }
-      if (b + kPrefetch < in.B && entries[b + kPrefetch].valid) {
+      if (!shard && b + kPrefetch < in.B && entries[b + kPrefetch].valid) {
         const int64_t i = entries[b + kPrefetch].index;
         const int32_t j = pos[i];
         if (j >= 0) {
@@ -590,7 +727,7 @@ struct PolicyView {
       }
       const Entry& e = entries[b];
       if (!e.valid) continue;
-      if (pos[e.index] >= 0) {
+      if (pos_get(e.index) >= 0) {
         rescore(e, t);
       } else if (eligible(e, t) && (!capped || allowed[b])) {
         offer(e, t);
@@ -600,26 +737,27 @@ struct PolicyView {
   }
 
   void rescore(const Entry& e, int64_t t) {
-    const int32_t j = pos[e.index];
+    const int32_t j = pos_get(e.index);
     double* s = slot(j);
-    double* r = row(e.index);
+    const double correct = mrow(e)[kCorrect];
     // Does it stay wrong? Known only with margins (reference.py: rescore).
     if (e.loss < s[kBestLoss]) s[kBestLoss] = e.loss;
-    if (r[kCorrect] >= 0) {
-      if (r[kReplays] < 0 || r[kCorrect] == 1.0) {
-        r[kReplays] = -1.0;
+    if (correct >= 0) {
+      const double replays = replays_of(j, e);
+      if (replays < 0 || correct == 1.0) {
+        set_replays(j, e, -1.0);
       } else if (class_learned(e.cls)) {
-        r[kReplays] += 1.0;
+        set_replays(j, e, replays + 1.0);
       }
     }
     if (cfg.graduation > 0 && e.p < cfg.graduation) {
       vacate(j);
       push_free(j);
       counters[kGraduatedTotal] += 1;
-    } else if (cfg.max_replays > 0 && r[kReplays] >= static_cast<double>(cfg.max_replays)) {
+    } else if (cfg.max_replays > 0 && replays_of(j, e) >= static_cast<double>(cfg.max_replays)) {
       vacate(j);
       push_free(j);
-      r[kQuarantine] = static_cast<double>(t + cfg.quarantine_steps);
+      set_quarantine(e, static_cast<double>(t + cfg.quarantine_steps));
       quarantined_this_step = true;
       counters[kQuarantinedTotal] += 1;
     } else {
@@ -634,7 +772,7 @@ struct PolicyView {
   void offer(const Entry& e, int64_t t) {
     if (counters[kFreeTop] > 0) {
       const int32_t j = free[--counters[kFreeTop]];
-      place(j, e.index, e.key, e.logp, t, e.cls, e.loss);
+      place(j, e, t);
       counters[kAdmittedTotal] += 1;
       return;
     }
@@ -662,11 +800,10 @@ struct PolicyView {
   void replace(int32_t victim, const Entry& e, int64_t t) {
     if (cfg.quotas) {  // the classes may differ: out of one heap, into another
       vacate(victim, /*clear_leaf=*/false);  // place() sets the leaf anyway
-      place(victim, e.index, e.key, e.logp, t, e.cls, e.loss);
+      place(victim, e, t);
     } else {  // one heap: the newcomer takes the victim's slot and heap entry
       double* s = slot(victim);
-      const int64_t old = static_cast<int64_t>(s[kIndex]);
-      pos[old] = -1;
+      pos_erase(static_cast<int64_t>(s[kIndex]));
       s[kIndex] = static_cast<double>(e.index);
       s[kKey] = e.key;
       s[kLogp] = e.logp;
@@ -674,8 +811,8 @@ struct PolicyView {
       s[kClass] = static_cast<double>(e.cls);
       s[kAdmitted] = static_cast<double>(t);
       s[kBestLoss] = e.loss;
-      pos[e.index] = victim;
-      row(e.index)[kReplays] = admission_replays(e.index);
+      pos_put(e.index, victim);
+      set_replays(victim, e, admission_replays(e));
       heap_rekey(victim);
       tree_set(victim, weight(victim));
       // The next eviction will touch the new weakest member's slot: fetch it now.

@@ -72,7 +72,7 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   m.def("margin(Tensor logits, Tensor targets) -> Tensor");
 
   // policy_update(state..., config, seed, indices, losses, margins?, classes?,
-  //               priorities?)
+  //               priorities?, rows?)
   //   One step t of the policy (DESIGN §2; the exact rules are the docstring
   //   of python/hardmix/reference.py, which this op must match bit for bit).
   //   State (mutated; made and owned by hardmix.engine.Engine, CPU,
@@ -86,17 +86,48 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   (exactly when score is 'given'). B may be 0; duplicates are handled in
   //   batch order. Every input check runs before the first write: a call
   //   that raises changes nothing.
+  //   Sharded table (config world W > 0, rank r): table f64 [(N - r + W - 1)
+  //   // W, 8] holds the rows of indices i = r (mod W) at row i // W; pos is
+  //   an i32 hash [2P] of the member slots; rows f64 [B, 8] (mutated) is
+  //   required: the sum over shards of policy_dynamics' output for this
+  //   batch (each entry's row as its owner had it after the entry's pass 1,
+  //   quarantine_until as of this step). The step then runs on every shard
+  //   as one whole-table step would; rows[b] of each index's last entry is
+  //   the step's working copy of its row, and this shard's rows get the
+  //   replays/quarantine_until writes. Unsharded: rows must be None.
   //   Deterministic: a pure function of state, config, seed and inputs.
   //   Cost: O(B log R) (+ O(B * W) for score 'loss_rank', + O(K) per
   //   cross-class eviction with quotas, + an O(R) rebase of replay weights
-  //   every 64 / (gamma * lam) steps); B-sized scratch only.
+  //   every 64 / (gamma * lam) steps; + O(B log B) sharded); B-sized scratch
+  //   only.
   m.def(
       "policy_update(Tensor(a!) table, Tensor(b!) pos, Tensor(c!) slots, "
       "Tensor(d!) links, Tensor(e!) heap, Tensor(f!) free, "
       "Tensor(g!) classes_state, Tensor(h!) tree, Tensor(i!) window, "
       "Tensor(j!) counters, "
       "Tensor config, int seed, Tensor indices, Tensor losses, "
-      "Tensor? margins, Tensor? classes, Tensor? priorities) -> ()");
+      "Tensor? margins, Tensor? classes, Tensor? priorities, Tensor(k!)? rows=None) -> ()");
+
+  // policy_dynamics(table, config, t, indices, losses, margins?, priorities?,
+  //                 rows)
+  //   Sharded table only: the first half of step t on one shard. For each
+  //   entry b (in batch order) whose index this shard owns: the per-example
+  //   dynamics of a valid entry (finite loss, margin and priority) on its
+  //   table row, then that row into rows[b]; other rows[b] are not written.
+  //   Inputs as for policy_update (indices in [0, N) of the whole dataset);
+  //   rows f64 [B, 8] CPU contiguous (mutated). Checks run before any write.
+  //   Deterministic. Cost: O(B).
+  m.def(
+      "policy_dynamics(Tensor(a!) table, Tensor config, int t, Tensor indices, "
+      "Tensor losses, Tensor? margins, Tensor? priorities, Tensor(b!) rows) -> ()");
+
+  // policy_find(pos, slots, config, indices, out)
+  //   out[b] = the slot of member indices[b], or -1 if it is not a member
+  //   (pos as an array [N] or, sharded, a hash [2P]). out i64 [B], CPU,
+  //   contiguous, the only write. Deterministic. Cost: O(B) expected.
+  m.def(
+      "policy_find(Tensor pos, Tensor slots, Tensor config, Tensor indices, "
+      "Tensor(a!) out) -> ()");
 
   // policy_draw(tree, slots, pos, counters, config, seed, exclude, out)
   //   The replay draw for the next batch: with out of m + 1 entries,

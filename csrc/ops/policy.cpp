@@ -25,6 +25,8 @@ namespace pk = policy;
 
 constexpr const char* kUpdate = "hardmix::policy_update";
 constexpr const char* kDraw = "hardmix::policy_draw";
+constexpr const char* kDynamics = "hardmix::policy_dynamics";
+constexpr const char* kFind = "hardmix::policy_find";
 
 // A state tensor as the engine makes it: CPU, contiguous, dtype, numel.
 void state_tensor(const char* op, const char* name, const Tensor& t, ScalarType dtype) {
@@ -39,12 +41,37 @@ int64_t rows_of(const char* op, const char* name, const Tensor& t, int64_t cols)
   return t.size(0);
 }
 
+int64_t pow2_at_least(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+// The config vector, with the table's shape checked against its sharding:
+// [N, 8] unsharded; sharded (world W, rank r) the rows i // W of the indices
+// i = r (mod W) in [0, N): [(N - r + W - 1) // W, 8].
+pk::Config config_of(const char* op, const Tensor& table, const Tensor& config, int64_t seed) {
+  state_tensor(op, "table", table, ScalarType::Double);
+  state_tensor(op, "config", config, ScalarType::Double);
+  HM_CHECK(config.numel() == pk::kConfigFields, op, ": state config has the wrong size");
+  const pk::Config c = pk::Config::from(config.const_data_ptr<double>(), static_cast<uint64_t>(seed));
+  const int64_t rows = rows_of(op, "table", table, pk::kTableCols);
+  if (c.world != 0) {
+    HM_CHECK(c.world >= 1 && c.rank >= 0 && c.rank < c.world && c.num_examples >= 1, op,
+             ": state config has a bad sharding: world ", c.world, ", rank ", c.rank, ", N ",
+             c.num_examples);
+    const int64_t want = (c.num_examples - c.rank + c.world - 1) / c.world;
+    HM_CHECK(rows == want, op, ": state table must have ", want, " rows (shard ", c.rank, " of ",
+             c.world, ", N = ", c.num_examples, "), got ", rows);
+  }
+  return c;
+}
+
 // Views the state tensors; checks that they are mutually consistent.
 pk::PolicyView view(const char* op, const Tensor& table, const Tensor& pos, const Tensor& slots,
                     const Tensor& links, const Tensor& heap, const Tensor& free, const Tensor& classes,
                     const Tensor& tree, const Tensor& window, const Tensor& counters,
                     const Tensor& config, int64_t seed) {
-  state_tensor(op, "table", table, ScalarType::Double);
   state_tensor(op, "pos", pos, ScalarType::Int);
   state_tensor(op, "slots", slots, ScalarType::Double);
   state_tensor(op, "links", links, ScalarType::Int);
@@ -54,12 +81,15 @@ pk::PolicyView view(const char* op, const Tensor& table, const Tensor& pos, cons
   state_tensor(op, "tree", tree, ScalarType::Double);
   state_tensor(op, "window", window, ScalarType::Double);
   state_tensor(op, "counters", counters, ScalarType::Long);
-  state_tensor(op, "config", config, ScalarType::Double);
+  HM_CHECK(counters.numel() == pk::kCounters && config.numel() == pk::kConfigFields, op,
+           ": state counters/config have the wrong size");
   pk::PolicyView v{};
-  v.N = rows_of(op, "table", table, pk::kTableCols);
+  v.cfg = config_of(op, table, config, seed);
+  v.N = v.cfg.world ? v.cfg.num_examples : table.size(0);
   v.R = rows_of(op, "slots", slots, pk::kSlotFields);
   v.K = rows_of(op, "classes", classes, 2);
-  HM_CHECK(pos.dim() == 1 && pos.size(0) == v.N, op, ": state pos must have shape [", v.N,
+  const int64_t pos_n = v.cfg.world ? 2 * pow2_at_least(v.R) : v.N;
+  HM_CHECK(pos.dim() == 1 && pos.size(0) == pos_n, op, ": state pos must have shape [", pos_n,
            "], got ", detail::shape_str(pos));
   HM_CHECK(rows_of(op, "links", links, pk::kLinkFields) == v.R && free.numel() == v.R &&
                rows_of(op, "heap", heap, 2) == v.R && v.R >= 1,
@@ -70,8 +100,6 @@ pk::PolicyView view(const char* op, const Tensor& table, const Tensor& pos, cons
            tree.numel());
   v.W = window.numel();
   HM_CHECK(v.W >= 1, op, ": state window must not be empty");
-  HM_CHECK(counters.numel() == pk::kCounters && config.numel() == pk::kConfigFields, op,
-           ": state counters/config have the wrong size");
   v.table = table.mutable_data_ptr<double>();
   v.pos = pos.mutable_data_ptr<int32_t>();
   v.slots = slots.mutable_data_ptr<double>();
@@ -82,30 +110,29 @@ pk::PolicyView view(const char* op, const Tensor& table, const Tensor& pos, cons
   v.tree = tree.mutable_data_ptr<double>();
   v.window = window.mutable_data_ptr<double>();
   v.counters = counters.mutable_data_ptr<int64_t>();
-  v.cfg = pk::Config::from(config.const_data_ptr<double>(), static_cast<uint64_t>(seed));
   HM_CHECK(v.K == (v.cfg.quotas ? v.cfg.num_classes : 1), op,
            ": state classes must have one row per heap class");
   return v;
 }
 
 // A 1-D input of B entries on the CPU.
-void batch_input(const char* name, const Tensor& t, int64_t B) {
-  checks::on_cpu(kUpdate, name, t);
-  HM_CHECK(t.dim() == 1, kUpdate, ": ", name, " must be a 1-D tensor [B], got a ", t.dim(),
+void batch_input(const char* op, const char* name, const Tensor& t, int64_t B) {
+  checks::on_cpu(op, name, t);
+  HM_CHECK(t.dim() == 1, op, ": ", name, " must be a 1-D tensor [B], got a ", t.dim(),
            "-D tensor of shape ", detail::shape_str(t));
-  HM_CHECK(t.size(0) == B, kUpdate, ": ", name, " has ", t.size(0),
+  HM_CHECK(t.size(0) == B, op, ": ", name, " has ", t.size(0),
            " entries but indices has ", B);
 }
 
 // Widens a float32/float64 [B] tensor to doubles (exact).
-void widen(const char* name, const Tensor& t, std::vector<double>& out) {
+void widen(const char* op, const char* name, const Tensor& t, std::vector<double>& out) {
   const Tensor c = torch::stable::contiguous(t);
   const int64_t n = c.numel();
   if (c.scalar_type() == ScalarType::Double) {
     const double* p = c.const_data_ptr<double>();
     out.assign(p, p + n);
   } else {
-    HM_CHECK(c.scalar_type() == ScalarType::Float, kUpdate, ": ", name,
+    HM_CHECK(c.scalar_type() == ScalarType::Float, op, ": ", name,
              " must have dtype Float or Double, got ", c.scalar_type());
     const float* p = c.const_data_ptr<float>();
     out.assign(p, p + n);  // float -> double: exact
@@ -119,74 +146,140 @@ void check_indices(const char* op, const char* name, const int64_t* idx, int64_t
   }
 }
 
-void check_finite(const char* name, const std::vector<double>& v) {
+void check_finite(const char* op, const char* name, const std::vector<double>& v) {
   for (size_t k = 0; k < v.size(); ++k) {
-    HM_CHECK(std::isfinite(v[k]), kUpdate, ": ", name, "[", k, "] = ", v[k],
+    HM_CHECK(std::isfinite(v[k]), op, ": ", name, "[", k, "] = ", v[k],
              " is not finite (nonfinite='raise')");
   }
+}
+
+// A step's batch, checked and widened to doubles (held in thread_local
+// buffers until the next call on this thread).
+struct CheckedBatch {
+  Tensor idx_c, cls_c;
+  pk::Batch batch;
+};
+
+CheckedBatch checked_batch(const char* op, const pk::Config& cfg, int64_t N, const Tensor& indices,
+                           const Tensor& losses, const std::optional<Tensor>& margins,
+                           const std::optional<Tensor>& classes,
+                           const std::optional<Tensor>& priorities, bool whole_step = true) {
+  checks::on_cpu(op, "indices", indices);
+  checks::dim(op, "indices [B]", indices, 1);
+  checks::dtype(op, "indices", indices, ScalarType::Long);
+  const int64_t B = indices.size(0);
+  batch_input(op, "losses", losses, B);
+  if (margins) batch_input(op, "margins", *margins, B);
+  if (classes) {
+    batch_input(op, "classes", *classes, B);
+    checks::dtype(op, "classes", *classes, ScalarType::Long);
+  }
+  if (priorities) batch_input(op, "priorities", *priorities, B);
+
+  CheckedBatch out;
+  out.idx_c = torch::stable::contiguous(indices);
+  const int64_t* idx = out.idx_c.const_data_ptr<int64_t>();
+  check_indices(op, "indices", idx, B, N);
+  if (whole_step) {  // (policy_dynamics does not score or place: it reads what it is given)
+    HM_CHECK(cfg.score != pk::kScoreMargin || margins.has_value(), op,
+             ": score 'margin' needs margins (pass logits and targets)");
+    HM_CHECK((cfg.score == pk::kScoreGiven) == priorities.has_value(), op,
+             ": priorities must be given exactly when score is 'given'");
+    HM_CHECK(!cfg.quotas || classes.has_value(), op, ": class_quotas needs classes (pass targets)");
+  }
+
+  thread_local std::vector<double> loss_v, margin_v, prio_v;
+  widen(op, "losses", losses, loss_v);
+  if (margins) widen(op, "margins", *margins, margin_v);
+  if (priorities) widen(op, "priorities", *priorities, prio_v);
+  const int64_t* cls = nullptr;
+  if (classes) {
+    out.cls_c = torch::stable::contiguous(*classes);
+    cls = out.cls_c.const_data_ptr<int64_t>();
+    if (cfg.num_classes > 0) {
+      for (int64_t b = 0; b < B; ++b) {
+        HM_CHECK(cls[b] >= 0 && cls[b] < cfg.num_classes, op, ": classes[", b, "] = ", cls[b],
+                 " is out of range [0, ", cfg.num_classes, ")");
+      }
+    }
+  }
+  if (priorities) {
+    for (int64_t b = 0; b < B; ++b) {
+      HM_CHECK(!(prio_v[b] < 0), op, ": priorities[", b, "] = ", prio_v[b], " is negative");
+    }
+  }
+  if (cfg.raise_nonfinite) {
+    check_finite(op, "losses", loss_v);
+    if (margins) check_finite(op, "margins", margin_v);
+    if (priorities) check_finite(op, "priorities", prio_v);
+  }
+  out.batch = pk::Batch{B, idx, loss_v.data(), margins ? margin_v.data() : nullptr, cls,
+                        priorities ? prio_v.data() : nullptr};
+  return out;
+}
+
+// rows: f64 [B, 8], CPU, contiguous.
+double* rows_arg(const char* op, const Tensor& rows, int64_t B) {
+  state_tensor(op, "rows", rows, ScalarType::Double);
+  HM_CHECK(rows.dim() == 2 && rows.size(0) == B && rows.size(1) == pk::kTableCols, op,
+           ": rows must have shape [", B, ", ", pk::kTableCols, "], got ", detail::shape_str(rows));
+  return rows.mutable_data_ptr<double>();
 }
 
 void policy_update(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor heap, Tensor free,
                    Tensor classes_state, Tensor tree, Tensor window, Tensor counters,
                    Tensor config, int64_t seed, Tensor indices, Tensor losses,
                    std::optional<Tensor> margins, std::optional<Tensor> classes,
-                   std::optional<Tensor> priorities) {
+                   std::optional<Tensor> priorities, std::optional<Tensor> rows) {
   pk::PolicyView v = view(kUpdate, table, pos, slots, links, heap, free, classes_state, tree, window,
                           counters, config, seed);
-  checks::on_cpu(kUpdate, "indices", indices);
-  checks::dim(kUpdate, "indices [B]", indices, 1);
-  checks::dtype(kUpdate, "indices", indices, ScalarType::Long);
-  const int64_t B = indices.size(0);
-  batch_input("losses", losses, B);
-  if (margins) batch_input("margins", *margins, B);
-  if (classes) {
-    batch_input("classes", *classes, B);
-    checks::dtype(kUpdate, "classes", *classes, ScalarType::Long);
-  }
-  if (priorities) batch_input("priorities", *priorities, B);
-
-  const Tensor idx_c = torch::stable::contiguous(indices);
-  const int64_t* idx = idx_c.const_data_ptr<int64_t>();
-  check_indices(kUpdate, "indices", idx, B, v.N);
-  HM_CHECK(v.cfg.score != pk::kScoreMargin || margins.has_value(), kUpdate,
-           ": score 'margin' needs margins (pass logits and targets)");
-  HM_CHECK((v.cfg.score == pk::kScoreGiven) == priorities.has_value(), kUpdate,
-           ": priorities must be given exactly when score is 'given'");
-  HM_CHECK(!v.cfg.quotas || classes.has_value(), kUpdate,
-           ": class_quotas needs classes (pass targets)");
-
-  thread_local std::vector<double> loss_v, margin_v, prio_v;
-  widen("losses", losses, loss_v);
-  if (margins) widen("margins", *margins, margin_v);
-  if (priorities) widen("priorities", *priorities, prio_v);
-  Tensor cls_c;
-  const int64_t* cls = nullptr;
-  if (classes) {
-    cls_c = torch::stable::contiguous(*classes);
-    cls = cls_c.const_data_ptr<int64_t>();
-    if (v.cfg.num_classes > 0) {
-      for (int64_t b = 0; b < B; ++b) {
-        HM_CHECK(cls[b] >= 0 && cls[b] < v.cfg.num_classes, kUpdate, ": classes[", b, "] = ",
-                 cls[b], " is out of range [0, ", v.cfg.num_classes, ")");
-      }
-    }
-  }
-  if (priorities) {
-    for (int64_t b = 0; b < B; ++b) {
-      HM_CHECK(!(prio_v[b] < 0), kUpdate, ": priorities[", b, "] = ", prio_v[b],
-               " is negative");
-    }
-  }
-  if (v.cfg.raise_nonfinite) {
-    check_finite("losses", loss_v);
-    if (margins) check_finite("margins", margin_v);
-    if (priorities) check_finite("priorities", prio_v);
-  }
-
+  const CheckedBatch in = checked_batch(kUpdate, v.cfg, v.N, indices, losses, margins, classes, priorities);
+  HM_CHECK(v.sharded() == rows.has_value(), kUpdate,
+           ": rows must be given exactly when the table is sharded (world ", v.cfg.world, ")");
+  if (rows) v.xrows = rows_arg(kUpdate, *rows, in.batch.B);
   // All checks passed: from here on, state changes.
-  pk::Batch batch{B, idx, loss_v.data(), margins ? margin_v.data() : nullptr, cls,
-                  priorities ? prio_v.data() : nullptr};
-  v.update(batch);
+  v.update(in.batch);
+}
+
+void policy_dynamics(Tensor table, Tensor config, int64_t t, Tensor indices, Tensor losses,
+                     std::optional<Tensor> margins, std::optional<Tensor> priorities, Tensor rows) {
+  pk::PolicyView v{};
+  v.cfg = config_of(kDynamics, table, config, 0);
+  HM_CHECK(v.sharded(), kDynamics, ": the table is not sharded (world 0 in config)");
+  HM_CHECK(t >= 0, kDynamics, ": t must be >= 0, got ", t);
+  v.table = table.mutable_data_ptr<double>();
+  const CheckedBatch in = checked_batch(kDynamics, v.cfg, v.cfg.num_examples, indices, losses, margins,
+                                        std::nullopt, priorities, /*whole_step=*/false);
+  double* out = rows_arg(kDynamics, rows, in.batch.B);
+  v.owned_dynamics(in.batch, t, out);
+}
+
+void policy_find(Tensor pos, Tensor slots, Tensor config, Tensor indices, Tensor out) {
+  state_tensor(kFind, "pos", pos, ScalarType::Int);
+  state_tensor(kFind, "slots", slots, ScalarType::Double);
+  state_tensor(kFind, "config", config, ScalarType::Double);
+  HM_CHECK(config.numel() == pk::kConfigFields, kFind, ": state config has the wrong size");
+  checks::on_cpu(kFind, "indices", indices);
+  checks::dim(kFind, "indices [B]", indices, 1);
+  checks::dtype(kFind, "indices", indices, ScalarType::Long);
+  checks::on_cpu(kFind, "out", out);
+  checks::dtype(kFind, "out", out, ScalarType::Long);
+  checks::contiguous(kFind, "out", out);
+  HM_CHECK(out.dim() == 1 && out.size(0) == indices.size(0), kFind, ": out must have shape [",
+           indices.size(0), "], got ", detail::shape_str(out));
+  pk::PolicyView v{};
+  v.cfg = pk::Config::from(config.const_data_ptr<double>(), 0);
+  v.R = rows_of(kFind, "slots", slots, pk::kSlotFields);
+  v.P = pow2_at_least(v.R);
+  v.N = v.cfg.world ? v.cfg.num_examples : pos.numel();
+  HM_CHECK(pos.numel() == (v.cfg.world ? 2 * v.P : v.N), kFind, ": state pos does not match slots");
+  const Tensor ic = torch::stable::contiguous(indices);
+  const int64_t* idx = ic.const_data_ptr<int64_t>();
+  check_indices(kFind, "indices", idx, ic.numel(), v.N);
+  v.pos = pos.mutable_data_ptr<int32_t>();
+  v.slots = slots.mutable_data_ptr<double>();
+  int64_t* o = out.mutable_data_ptr<int64_t>();
+  for (int64_t b = 0; b < ic.numel(); ++b) o[b] = v.pos_get(idx[b]);
 }
 
 void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor config,
@@ -203,13 +296,14 @@ void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor 
   checks::dim(kDraw, "out [m]", out, 1);
   checks::dtype(kDraw, "out", out, ScalarType::Long);
   checks::contiguous(kDraw, "out", out);
+  HM_CHECK(counters.numel() == pk::kCounters && config.numel() == pk::kConfigFields, kDraw,
+           ": state counters/config have the wrong size");
   pk::PolicyView v{};
-  v.N = pos.numel();
+  v.cfg = pk::Config::from(config.const_data_ptr<double>(), static_cast<uint64_t>(seed));
+  v.N = v.cfg.world ? v.cfg.num_examples : pos.numel();
   v.R = rows_of(kDraw, "slots", slots, pk::kSlotFields);
   v.P = tree.numel() / 2;
   HM_CHECK(v.P >= v.R && (v.P & (v.P - 1)) == 0, kDraw, ": state tree does not match R = ", v.R);
-  HM_CHECK(counters.numel() == pk::kCounters && config.numel() == pk::kConfigFields, kDraw,
-           ": state counters/config have the wrong size");
   const Tensor ex = torch::stable::contiguous(exclude);
   const int64_t E = ex.numel();
   const int64_t* e = ex.const_data_ptr<int64_t>();
@@ -219,7 +313,6 @@ void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor 
   v.slots = slots.mutable_data_ptr<double>();
   v.pos = pos.mutable_data_ptr<int32_t>();
   v.counters = counters.mutable_data_ptr<int64_t>();
-  v.cfg = pk::Config::from(config.const_data_ptr<double>(), static_cast<uint64_t>(seed));
   HM_CHECK(out.numel() >= 1, kDraw, ": out must have m + 1 >= 1 entries, got ", out.numel());
   const int64_t m = out.numel() - 1;
   int64_t* o = out.mutable_data_ptr<int64_t>();
@@ -234,4 +327,6 @@ void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor 
 STABLE_TORCH_LIBRARY_IMPL(hardmix, CPU, m) {
   m.impl("policy_update", TORCH_BOX(&hardmix::policy_update));
   m.impl("policy_draw", TORCH_BOX(&hardmix::policy_draw));
+  m.impl("policy_dynamics", TORCH_BOX(&hardmix::policy_dynamics));
+  m.impl("policy_find", TORCH_BOX(&hardmix::policy_find));
 }

@@ -7,6 +7,19 @@ exactly as :class:`hardmix.reference.ReferencePolicy` under the same
 
 The per-step cost does not depend on N and grows as log R (see the contract of
 ``policy_update`` in csrc/ops/library.cpp). The state is CPU tensors for now.
+
+**Sharded table** (``Engine(config, shard=(rank, world))``, DESIGN §4): the
+N-sized state is split by index across ``world`` engines, one per rank, and
+the reservoir (R-sized state) is replicated. Shard ``rank`` holds the table
+rows of the indices i = rank (mod world) (row i // world) and looks members
+up in a hash over the slots instead of an array [N], so it holds about
+64 N / world + O(R) bytes. A step is then two halves with an exchange between:
+:meth:`Engine.dynamics` on every shard (each owner updates its rows and
+returns them for the batch), the sum of those rows over the shards (one
+``all_reduce``), and :meth:`Engine.update` with ``rows=`` on every shard. The
+engines then hold the reservoir, counters and draws of one whole-table engine
+fed the same batches, and each shard's table rows equal that engine's (tested
+in tests/test_sharded.py).
 """
 
 from __future__ import annotations
@@ -28,7 +41,7 @@ _NO_INDICES = torch.empty(0, dtype=torch.int64)
 STATE_TENSORS = ("table", "pos", "slots", "links", "heap", "free", "classes", "tree", "window", "counters")
 
 
-def _config_vector(c: PolicyConfig) -> torch.Tensor:
+def _config_vector(c: PolicyConfig, shard: tuple[int, int] | None = None) -> torch.Tensor:
     """The float64 config vector in the order of csrc/kernels/policy.h: ConfigField."""
     v = [
         c.alpha,
@@ -45,6 +58,8 @@ def _config_vector(c: PolicyConfig) -> torch.Tensor:
         c.num_classes,
         1.0 if c.nonfinite == "raise" else 0.0,
     ]
+    rank, world = shard if shard is not None else (0, 0)
+    v += [world, rank, c.num_examples]  # kShardWorld, kShardRank, kNumExamples
     return torch.tensor(v + [0.0] * (_N_CONFIG - len(v)), dtype=torch.float64)
 
 
@@ -71,23 +86,35 @@ class Engine:
         score_fn: with ``config.score == "given"``, an optional callable
             ``score_fn(indices, losses, margins) -> priorities`` (tensors [B];
             margins may be None) used when ``update`` gets no priorities.
+        shard: ``(rank, world)`` to hold only shard ``rank`` of the table
+            (see the module docstring); None (default) holds all of it.
     """
 
-    def __init__(self, config: PolicyConfig, score_fn: Callable | None = None):
+    def __init__(self, config: PolicyConfig, score_fn: Callable | None = None,
+                 shard: tuple[int, int] | None = None):
         if not isinstance(config, PolicyConfig):
             raise TypeError(f"config must be a PolicyConfig, got {type(config).__name__}")
         if score_fn is not None and config.score != "given":
             raise ValueError(f"score_fn needs score='given', got score={config.score!r}")
+        if shard is not None:
+            ok = (isinstance(shard, tuple) and len(shard) == 2
+                  and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+                  and 1 <= shard[1] < 2**31 and 0 <= shard[0] < shard[1])
+            if not ok:
+                raise ValueError(f"shard must be a tuple (rank, world) with 0 <= rank < world, got {shard!r}")
         self.config = config
         self.score_fn = score_fn
+        self.shard = shard
         N, R = config.num_examples, config.capacity
         K = config.num_classes if config.class_quotas else 1
         P = 1 << max(0, (R - 1).bit_length())
-        table = torch.zeros(N, 8, dtype=torch.float64)
+        rows = N if shard is None else (N - shard[0] + shard[1] - 1) // shard[1]
+        table = torch.zeros(rows, 8, dtype=torch.float64)
         table[:, 3] = -1.0  # last_seen
         table[:, 4] = -1.0  # last_correct
         self.table = table
-        self.pos = torch.full((N,), -1, dtype=torch.int32)
+        # dataset index -> slot: an array [N], or sharded a hash over the slots [2P]
+        self.pos = torch.full((N if shard is None else 2 * P,), -1, dtype=torch.int32)
         self.slots = torch.zeros(R, 8, dtype=torch.float64)
         self.slots[:, 0] = -1.0
         self.links = torch.full((R, 4), -1, dtype=torch.int32)
@@ -99,7 +126,7 @@ class Engine:
         self.window = torch.zeros(config.rank_window, dtype=torch.float64)
         self.counters = torch.zeros(_N_COUNTERS, dtype=torch.int64)
         self.counters[_FREE_TOP] = R
-        self.config_vector = _config_vector(config)
+        self.config_vector = _config_vector(config, shard)
         self._seed = _ops.as_int64(config.seed, "seed")
 
     # --- the step ------------------------------------------------------------
@@ -114,7 +141,8 @@ class Engine:
         margins: torch.Tensor | None = None,
         classes: torch.Tensor | None = None,
         priorities: torch.Tensor | None = None,
-    ) -> None:
+        rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """One step of the policy.
 
         Args:
@@ -126,10 +154,83 @@ class Engine:
             margins: [B] precomputed margins (instead of logits/targets).
             classes: [B] class of each example.
             priorities: [B] with score "given" (or computed by ``score_fn``).
+            rows: sharded table only (required there): the sum over the shards
+                of :meth:`dynamics` for this batch, float64 [B, 8]; the step
+                writes its working copy of the rows into it.
 
+        Returns None, or with a sharded table the quarantines this step made:
+        (dataset indices int64, quarantine_until float64), for :meth:`carry`.
         Raises ValueError/TypeError naming the argument and value, or the op's
         RuntimeError, before any state changes.
         """
+        args = self._inputs(indices, losses, logits, targets, margins, classes, priorities)
+        if (rows is None) != (self.shard is None):
+            raise ValueError("rows must be given exactly when the table is sharded "
+                             f"(shard={self.shard!r}), got {'None' if rows is None else 'a tensor'}")
+        if rows is None:
+            torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, None)
+            return None
+        ok = isinstance(rows, torch.Tensor) and rows.dim() == 2 and rows.shape[1] == 8
+        before = rows[:, 7].clone() if ok else None  # (else the op raises)
+        torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, rows)
+        made = rows[:, 7] != before  # only the step's working copies change, one per index
+        return args[0][made], rows[made, 7].clone()
+
+    @staticmethod
+    def carry(rows: torch.Tensor, indices: torch.Tensor, made: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Brings ``rows`` (from :meth:`dynamics` of a later step, for the batch
+        ``indices``) up to date with quarantines ``made`` by a step applied
+        after they were computed (what :meth:`update` returned). In place;
+        idempotent, so carrying a quarantine twice is harmless."""
+        who, until = made
+        if who.numel() == 0 or indices.numel() == 0:
+            return
+        order = torch.argsort(who)
+        who, until = who[order], until[order]
+        at = torch.searchsorted(who, indices).clamp_(max=who.numel() - 1)
+        hit = who[at] == indices
+        if hit.any():
+            rows[hit, 7] = torch.maximum(rows[hit, 7], until[at[hit]])
+
+    def dynamics(
+        self,
+        t: int,
+        indices: torch.Tensor,
+        losses: torch.Tensor,
+        *,
+        logits: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        margins: torch.Tensor | None = None,
+        classes: torch.Tensor | None = None,
+        priorities: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sharded table: the first half of the step that will run as step ``t``
+        (the arguments as for :meth:`update`). Updates the dynamics of the
+        entries this shard owns and returns float64 [B, 8] with, for each, its
+        row after that (zeros elsewhere). Summed over the shards, it is the
+        ``rows`` of :meth:`update`. ``t`` may run ahead of :attr:`step` (the
+        replay lag): then the rows' ``quarantine_until`` can miss quarantines
+        of the steps in between, which the caller must carry over (the
+        sampler does)."""
+        if self.shard is None:
+            raise ValueError("dynamics() is for a sharded table (Engine(..., shard=(rank, world)))")
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise ValueError(f"t must be an int >= 0, got {t!r}")
+        idx, loss, marg, _, prio = self._inputs(indices, losses, logits, targets, margins, classes, priorities)
+        rows = torch.zeros(idx.numel(), 8, dtype=torch.float64)
+        torch.ops.hardmix.policy_dynamics(self.table, self.config_vector, t, idx, loss, marg, prio, rows)
+        return rows
+
+    def slots_of(self, indices: torch.Tensor) -> torch.Tensor:
+        """The slot of each member in ``indices`` (int64 [B]; -1: not a member)."""
+        if self.shard is None:
+            return self.pos[indices].long()
+        out = torch.empty(indices.numel(), dtype=torch.int64)
+        torch.ops.hardmix.policy_find(self.pos, self.slots, self.config_vector, indices.long(), out)
+        return out
+
+    def _inputs(self, indices, losses, logits, targets, margins, classes, priorities) -> tuple:
+        """The op's batch arguments from update()'s, checked (see update)."""
         indices = _tensor("indices", indices, None, (torch.int64, torch.int32, torch.int16, torch.uint8))
         B = indices.shape[0]
         losses = _tensor("losses", losses, B, (torch.float32, torch.float64, torch.float16, torch.bfloat16))
@@ -154,16 +255,8 @@ class Engine:
             priorities = _tensor("priorities", priorities, B, (torch.float32, torch.float64))
         if losses.dtype in (torch.float16, torch.bfloat16):
             losses = losses.float()
-        torch.ops.hardmix.policy_update(
-            *self.state_tensors(),
-            self.config_vector,
-            self._seed,
-            indices.long(),
-            losses.detach(),
-            None if margins is None else margins.detach(),
-            classes,
-            None if priorities is None else priorities.detach(),
-        )
+        return (indices.long(), losses.detach(), None if margins is None else margins.detach(), classes,
+                None if priorities is None else priorities.detach())
 
     def draw(self, m: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Up to m members drawn for replay (int64 dataset indices, in draw order),
@@ -221,12 +314,16 @@ class Engine:
 
     def state_dict(self) -> dict:
         """Every state tensor (cloned) and the config, for checkpoints."""
-        return {"config": self.config.as_dict(), **{k: getattr(self, k).clone() for k in STATE_TENSORS}}
+        return {"config": self.config.as_dict(), "shard": self.shard,
+                **{k: getattr(self, k).clone() for k in STATE_TENSORS}}
 
     def load_state_dict(self, state: dict) -> None:
         cfg = PolicyConfig(**state["config"])
         if cfg != self.config:
             raise ValueError(f"state_dict was saved with a different config: {cfg} != {self.config}")
+        shard = state.get("shard")
+        if shard != self.shard:
+            raise ValueError(f"state_dict holds table shard {shard!r}, this engine shard {self.shard!r}")
         for k in STATE_TENSORS:
             mine, theirs = getattr(self, k), state[k]
             if theirs.shape != mine.shape or theirs.dtype != mine.dtype:

@@ -124,7 +124,8 @@ def _fake_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 # --- policy ------------------------------------------------------------------
-# policy_update / policy_draw are driven by hardmix.engine.Engine, which owns
+# policy_update / policy_draw (and, for a sharded table, policy_dynamics /
+# policy_find) are driven by hardmix.engine.Engine, which owns
 # their state tensors; their contracts are in csrc/ops/library.cpp. Both only
 # mutate their declared (a!) arguments, so their fake kernels check nothing
 # and return nothing.
@@ -133,7 +134,7 @@ def _fake_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 @torch.library.register_fake("hardmix::policy_update")
 def _fake_policy_update(
     table, pos, slots, links, heap, free, classes_state, tree, window, counters,
-    config, seed, indices, losses, margins, classes, priorities,
+    config, seed, indices, losses, margins, classes, priorities, rows=None,
 ) -> None:  # fmt: skip
     torch._check(indices.dim() == 1, lambda: f"indices must be 1-D, got {indices.dim()}-D")
     torch._check(losses.shape == indices.shape, lambda: "losses must have one entry per index")
@@ -145,7 +146,17 @@ def _fake_policy_draw(tree, slots, pos, counters, config, seed, exclude, out) ->
     torch._check(out.numel() >= 1, lambda: "out must have m + 1 >= 1 entries")
 
 
-OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw")
+@torch.library.register_fake("hardmix::policy_dynamics")
+def _fake_policy_dynamics(table, config, t, indices, losses, margins, priorities, rows) -> None:
+    torch._check(rows.shape[0] == indices.shape[0], lambda: "rows must have one row per index")
+
+
+@torch.library.register_fake("hardmix::policy_find")
+def _fake_policy_find(pos, slots, config, indices, out) -> None:
+    torch._check(out.shape == indices.shape, lambda: "out must have one entry per index")
+
+
+OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw", "policy_dynamics", "policy_find")
 """Every op of the library, by name in ``torch.ops.hardmix``."""
 
 CUDA_OPS = ("uniform_fill", "gumbel_fill", "margin")

@@ -1,0 +1,190 @@
+"""A sharded table (Engine(shard=(rank, world))) against one whole-table engine.
+
+W shards are simulated in one process: each step, every shard runs
+``dynamics`` for the batch, the rows are summed (what the sampler's all_reduce
+does), and every shard runs ``update`` with them. ``dynamics`` may run ``lag``
+steps ahead of ``update`` (the sampler's replay lag); the quarantines made in
+between are carried over with ``Engine.carry``. After every step every shard
+must hold the whole engine's reservoir, counters, heap, tree and window, draw
+the same replay, and its table rows must equal the whole table's rows of the
+indices it owns."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hardmix.config import PolicyConfig
+from hardmix.engine import Engine
+from policy_helpers import assert_state_unchanged, full_state
+from test_policy_agreement import configs, steps
+
+REPLICATED = ("links", "heap", "free", "classes", "tree", "window", "counters")
+
+
+def as_args(step) -> dict:
+    idx, losses, margins, classes, priorities, _, _ = step
+    return dict(
+        indices=torch.tensor(idx, dtype=torch.int64),
+        losses=torch.tensor(losses, dtype=torch.float32),
+        margins=None if margins is None else torch.tensor(margins, dtype=torch.float32),
+        classes=None if classes is None else torch.tensor(classes, dtype=torch.int64),
+        priorities=None if priorities is None else torch.tensor(priorities, dtype=torch.float64),
+    )
+
+
+def assert_same(whole: Engine, shards: list[Engine], where: str, ahead: bool) -> None:
+    W = len(shards)
+    every = torch.arange(whole.config.num_examples)
+    for r, s in enumerate(shards):
+        # slot column 7 is the sharded engine's copy of the members' replays
+        assert torch.equal(s.slots[:, :7], whole.slots[:, :7]), f"{where}: shard {r} slots"
+        for name in REPLICATED:
+            assert torch.equal(getattr(s, name), getattr(whole, name)), f"{where}: shard {r} {name}"
+        # dynamics computed ahead are in the shard's table already; replays and
+        # quarantine_until are written by update() only
+        cols = slice(6, 8) if ahead else slice(0, 8)
+        assert torch.equal(s.table[:, cols], whole.table[r::W, cols]), f"{where}: shard {r} table rows"
+        assert torch.equal(s.slots_of(every), whole.slots_of(every)), f"{where}: shard {r} membership"
+        occ = s.slots[:, 0] >= 0
+        mine = whole.table[s.slots[occ, 0].long(), 6]
+        assert torch.equal(s.slots[occ, 7], mine), f"{where}: shard {r} members' replays"
+
+
+def run(cfg: PolicyConfig, stream: list, W: int, lag: int) -> None:
+    whole = Engine(cfg)
+    shards = [Engine(cfg, shard=(r, W)) for r in range(W)]
+    pending: collections.deque = collections.deque()  # (step, args, each shard's rows)
+    for t, step in enumerate(stream):
+        args = as_args(step)
+        rows = sum(s.dynamics(t, **args) for s in shards)  # the all_reduce
+        pending.append((step, args, [rows.clone() for _ in shards]))
+        while len(pending) > lag or (t == len(stream) - 1 and pending):
+            step, args, mine = pending.popleft()
+            whole.update(**args)
+            made = [s.update(**args, rows=r) for s, r in zip(shards, mine)]
+            for m in made[1:]:
+                assert all(torch.equal(a, b) for a, b in zip(m, made[0])), "shards disagree on quarantines"
+            for _, later_args, later_rows in pending:
+                for r, rows_r in enumerate(later_rows):
+                    Engine.carry(rows_r, later_args["indices"], made[r])
+            where = f"W={W} lag={lag} step {whole.step - 1}"
+            assert_same(whole, shards, where, ahead=bool(pending))
+            m, exclude = step[5], torch.tensor(step[6], dtype=torch.int64)
+            want = whole.draw(m, exclude)
+            for s in shards:
+                assert torch.equal(s.draw(m, exclude), want), f"{where}: draw"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_sharded_engines_equal_one_whole_engine(data):
+    cfg = data.draw(configs())
+    stream = data.draw(st.lists(steps(cfg), min_size=1, max_size=25))
+    W = data.draw(st.integers(1, 4))
+    lag = data.draw(st.sampled_from([0, 0, 1, 3]))
+    run(cfg, stream, W, lag)
+
+
+@pytest.mark.parametrize("W,lag", [(2, 0), (3, 5)])
+def test_sharded_long_stream_with_quarantine(W, lag):
+    """300 steps, B = 32 of N = 200, margins that keep a fifth of the data
+    wrong (quarantine at work), class quotas, the forgetting score."""
+    g = torch.Generator().manual_seed(7)
+    cfg = PolicyConfig(num_examples=200, capacity=24, seed=3, score="forgetting", alpha=1.0, lam=0.01,
+                       gamma=1.0, max_replays=2, quarantine_steps=15, class_quotas=True, num_classes=4,
+                       max_new_per_step=5)
+    stubborn = torch.arange(200) % 5 == 0
+    stream = []
+    for _ in range(300):
+        idx = torch.randint(0, 200, (32,), generator=g)
+        losses = torch.rand(32, generator=g) * 2
+        margins = torch.where(stubborn[idx], -torch.rand(32, generator=g), torch.randn(32, generator=g))
+        stream.append((idx.tolist(), losses.tolist(), margins.tolist(), (idx % 4).tolist(), None, 6, []))
+    run(cfg, stream, W, lag)
+    whole = Engine(cfg)
+    for step in stream:
+        whole.update(**as_args(step))
+    assert whole.totals()["quarantined"] > 10  # the stream exercised quarantine
+
+
+def test_shard_memory_is_a_part_of_the_table():
+    cfg = PolicyConfig(num_examples=10_001, capacity=64)
+    whole = Engine(cfg)
+    parts = [Engine(cfg, shard=(r, 4)) for r in range(4)]
+    assert sum(p.table.shape[0] for p in parts) == 10_001
+    assert [p.table.shape[0] for p in parts] == [2501, 2500, 2500, 2500]
+    for p in parts:
+        assert p.pos.numel() == 128  # a hash over the slots, not [N]
+        n_bytes = sum(t.numel() * t.element_size() for t in p.state_tensors())
+        assert n_bytes < sum(t.numel() * t.element_size() for t in whole.state_tensors()) / 3.5
+
+
+def small_sharded():
+    cfg = PolicyConfig(num_examples=10, capacity=3, seed=1, max_replays=2, quarantine_steps=5)
+    return [Engine(cfg, shard=(r, 2)) for r in range(2)]
+
+
+def test_sharded_bad_input_changes_nothing():
+    a, b = small_sharded()
+    idx, losses = torch.tensor([1, 2, 3]), torch.tensor([1.0, 2.0, 3.0])
+    rows = a.dynamics(0, idx, losses) + b.dynamics(0, idx, losses)
+    before = full_state(a)
+    cases = [
+        (dict(indices=idx, losses=losses), ValueError, "rows must be given exactly when the table is sharded"),
+        (dict(indices=idx, losses=losses, rows=rows[:2]), RuntimeError, r"rows must have shape \[3, 8\]"),
+        (dict(indices=idx, losses=losses, rows=rows.float()), RuntimeError, "rows must have dtype Double"),
+        (dict(indices=torch.tensor([1, 2, 10]), losses=losses, rows=rows), RuntimeError,
+         r"indices\[2\] = 10 is out of range \[0, 10\)"),
+    ]
+    for kwargs, kind, match in cases:
+        with pytest.raises(kind, match=match):
+            a.update(**kwargs)
+        assert_state_unchanged(before, a)
+    for kwargs, kind, match in [
+        (dict(t=-1, indices=idx, losses=losses), ValueError, "t must be an int >= 0, got -1"),
+        (dict(t=0, indices=torch.tensor([0, 11, 2]), losses=losses), RuntimeError,
+         r"policy_dynamics: indices\[1\] = 11 is out of range \[0, 10\)"),
+        (dict(t=0, indices=idx, losses=losses[:2]), ValueError, "losses has 2 entries but indices has 3"),
+    ]:
+        with pytest.raises(kind, match=match):
+            a.dynamics(**kwargs)
+        assert_state_unchanged(before, a)
+
+
+def test_shard_arguments_and_checkpoints():
+    cfg = PolicyConfig(num_examples=10, capacity=3)
+    for bad in [(2, 2), (0, 0), (-1, 2), [0, 2], (0, True)]:
+        with pytest.raises(ValueError, match="shard must be a tuple"):
+            Engine(cfg, shard=bad)
+    with pytest.raises(ValueError, match="dynamics\\(\\) is for a sharded table"):
+        Engine(cfg).dynamics(0, torch.tensor([1]), torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="rows must be given exactly"):
+        Engine(cfg).update(torch.tensor([1]), torch.tensor([1.0]), rows=torch.zeros(1, 8, dtype=torch.float64))
+    a, b = small_sharded()
+    with pytest.raises(ValueError, match=r"state_dict holds table shard \(0, 2\), this engine shard \(1, 2\)"):
+        b.load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match=r"state_dict holds table shard None"):
+        a.load_state_dict(Engine(PolicyConfig(num_examples=10, capacity=3, seed=1, max_replays=2,
+                                              quarantine_steps=5)).state_dict())
+    state = a.state_dict()
+    b2 = Engine(a.config, shard=(0, 2))
+    b2.load_state_dict(state)
+    assert all(torch.equal(x, y) for x, y in zip(b2.state_tensors(), a.state_tensors()))
+
+
+def test_opcheck_sharded_ops():
+    a, b = small_sharded()
+    idx, losses = torch.tensor([1, 2, 3]), torch.tensor([1.0, 2.0, 3.0])
+    rows = torch.zeros(3, 8, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.hardmix.policy_dynamics, (a.table, a.config_vector, 0, idx, losses, None, None,
+                                                              rows))
+    rows = a.dynamics(0, idx, losses) + b.dynamics(0, idx, losses)
+    torch.library.opcheck(torch.ops.hardmix.policy_update,
+                          (*a.state_tensors(), a.config_vector, 1, idx, losses, None, None, None, rows))
+    out = torch.empty(3, dtype=torch.int64)
+    torch.library.opcheck(torch.ops.hardmix.policy_find, (a.pos, a.slots, a.config_vector, idx, out))
