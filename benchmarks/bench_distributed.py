@@ -7,7 +7,10 @@ Each rank runs the sampler loop (next batch, update) for --steps steps after
 --warm steps; the figure is the median over steps of the slowest rank's
 update() time (the collective makes every rank wait for the slowest).
 Bytes per step and rank: one all_gather receives W blocks of (B_max + 1) x 5
-float64 (B_max = B here).
+float64 (B_max = B here). With ``shard_table=True`` (rows "sharded") one
+all_reduce of [W * B, 8] float64 follows (its payload is listed; a ring
+all-reduce moves about twice that per rank), and the engine state per rank is
+listed beside it.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ import hardmix
 from hardmix.bench import batches_forever
 
 
-def _rank(rank, world, path, out, N, B, R, warm, steps):
+def _rank(rank, world, path, out, N, B, R, warm, steps, shard):
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
-    s = hardmix.ReplaySampler(N, batch_size=B, capacity=R, seed=0, replay_lag=0)
+    s = hardmix.ReplaySampler(N, batch_size=B, capacity=R, seed=0, replay_lag=0, shard_table=shard,
+                              num_replicas=world, rank=rank)
     loss_of = torch.rand(N, generator=torch.Generator().manual_seed(0))
     it = batches_forever(s)
     times = []
@@ -44,18 +48,19 @@ def _rank(rank, world, path, out, N, B, R, warm, steps):
         s.update(idx, losses)
         if k >= warm:
             times.append(time.perf_counter() - t0)
-    torch.save({"times": times, "B": len(idx)}, f"{out}.{rank}")
+    state = sum(t.numel() * t.element_size() for t in s.engine.state_tensors())
+    torch.save({"times": times, "B": len(idx), "state": state}, f"{out}.{rank}")
     if world > 1:
         dist.destroy_process_group()
 
 
-def measure(world, N, B, R, warm, steps):
+def measure(world, N, B, R, warm, steps, shard):
     with tempfile.TemporaryDirectory() as d:
         path, out = os.path.join(d, "pg"), os.path.join(d, "out")
-        mp.spawn(_rank, args=(world, path, out, N, B, R, warm, steps), nprocs=world, join=True)
+        mp.spawn(_rank, args=(world, path, out, N, B, R, warm, steps, shard), nprocs=world, join=True)
         res = [torch.load(f"{out}.{r}") for r in range(world)]
     slowest = [max(r["times"][k] for r in res) for k in range(steps)]
-    return statistics.median(slowest)
+    return statistics.median(slowest), max(r["state"] for r in res)
 
 
 def main() -> None:
@@ -66,20 +71,27 @@ def main() -> None:
     ap.add_argument("--R", type=int, default=8192)
     ap.add_argument("--warm", type=int, default=50)
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--shard", default="0,1", help="table sharded: 0, 1 or both")
     ap.add_argument("--json")
     a = ap.parse_args()
     rows = []
-    for w in [int(x) for x in a.worlds.split(",")]:
-        med = measure(w, a.N, a.B, a.R, a.warm, a.steps)
-        bytes_recv = 0 if w == 1 else w * (a.B + 1) * 5 * 8
-        rows.append({"world": w, "median_update_us": med * 1e6, "global_batch": w * a.B,
-                     "bytes_received_per_rank_per_step": bytes_recv})
+    for shard in [x == "1" for x in a.shard.split(",")]:
+        for w in [int(x) for x in a.worlds.split(",")]:
+            med, state = measure(w, a.N, a.B, a.R, a.warm, a.steps, shard)
+            bytes_recv = 0 if w == 1 else w * (a.B + 1) * 5 * 8
+            rows.append({"world": w, "sharded": shard, "median_update_us": med * 1e6, "global_batch": w * a.B,
+                         "bytes_received_per_rank_per_step": bytes_recv,
+                         "all_reduce_payload_bytes": w * a.B * 64 if shard and w > 1 else 0,
+                         "engine_state_bytes_per_rank": state})
     base = rows[0]["median_update_us"]
-    print(f"| world size | global batch | update median (µs) | × world 1 | bytes received per rank and step |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| table | world size | global batch | update median (µs) | × first row | all_gather bytes received "
+          "per rank | all_reduce payload (bytes) | engine state per rank (MB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['world']} | {r['global_batch']} | {r['median_update_us']:.0f} | "
-              f"{r['median_update_us'] / base:.2f} | {r['bytes_received_per_rank_per_step']} |")
+        print(f"| {'sharded' if r['sharded'] else 'whole'} | {r['world']} | {r['global_batch']} | "
+              f"{r['median_update_us']:.0f} | {r['median_update_us'] / base:.2f} | "
+              f"{r['bytes_received_per_rank_per_step']} | {r['all_reduce_payload_bytes']} | "
+              f"{r['engine_state_bytes_per_rank'] / 1e6:.2f} |")
     print(f"\nN={a.N}, B={a.B} per rank, R={a.R}, {os.cpu_count()} cores, gloo, one thread per process")
     if a.json:
         with open(a.json, "w") as f:

@@ -85,7 +85,7 @@ def run(epochs: int = 3, workers: int = 0, loader: str = "plain", stop_after: in
                 torch.save(ck, buf)
                 return {"batches": batches, "checkpoint": buf.getvalue()}
     return {"batches": batches, "weights": weights, "members": sampler.reservoir(), "stats": sampler.stats(),
-            "lens": len(sampler)}
+            "lens": len(sampler), "table": sampler.engine.table}
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ exact resume, and bad input on one rank failing on all without a hang.
 
 Semantics tested: every rank applies the concatenation of all ranks' batches
 (in rank order) as one step; a single process feeding that concatenation to an
-Engine ends in the same state."""
+Engine ends in the same state. With ``shard_table=True`` the same holds for
+the replicated state (reservoir, counters, draws), and each rank's table rows
+are that engine's rows of the indices it owns."""
 
 from __future__ import annotations
 
@@ -35,14 +37,27 @@ def _init(rank: int, world: int, path: str) -> None:
 
 
 def _done() -> None:
-    """Leave together: every rank has written its results (destroy_process_group
-    alone was seen to hang one rank of three once; the process exit cleans up)."""
+    """Leave together, then destroy the group: every rank has written its
+    results. (destroy_process_group alone was seen to hang one rank of three
+    once; without it, gloo's worker threads can abort the process at exit,
+    "terminate called without an active exception": pytorch/pytorch#179291.)"""
     dist.barrier()
+    dist.destroy_process_group()
 
 
 def _digest(engine) -> str:
     h = hashlib.sha1()
     for k in STATE_TENSORS:
+        h.update(getattr(engine, k).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _replicated_digest(engine) -> str:
+    """The state every rank holds whether or not the table is sharded (slot
+    column 7 is the sharded engine's copy of the members' replays)."""
+    h = hashlib.sha1()
+    h.update(engine.slots[:, :7].numpy().tobytes())
+    for k in ("links", "heap", "free", "classes", "tree", "window", "counters"):
         h.update(getattr(engine, k).numpy().tobytes())
     return h.hexdigest()
 
@@ -72,6 +87,7 @@ def _loop(s, epochs, start_epoch=0, stop=None, log=None):
             s.update(idx, loss_of[idx], logits=logits_of[idx], targets=idx % C)
             if log is not None:
                 log[-1]["digest"] = _digest(s.engine)
+                log[-1]["replicated"] = _replicated_digest(s.engine)
                 log[-1]["applied"] = s.engine.step
             step += 1
             if stop is not None and step == stop:
@@ -79,13 +95,13 @@ def _loop(s, epochs, start_epoch=0, stop=None, log=None):
     return epochs
 
 
-def _run_world(rank, world, path, out):
+def _run_world(rank, world, path, out, shard):
     _init(rank, world, path)
-    s = _sampler()
+    s = _sampler(shard_table=shard)
     assert (s.num_replicas, s.rank) == (world, rank)
     log: list = []
     _loop(s, 3, log=log)
-    torch.save({"log": log, "lens": len(s)}, f"{out}.{rank}")
+    torch.save({"log": log, "lens": len(s), "table": s.engine.table, "received": s._received}, f"{out}.{rank}")
     _done()
 
 
@@ -103,15 +119,16 @@ def _spawn(fn, world, tmp_path, *args, deadline: float = 240.0):
     return [torch.load(f"{out}.{r}", weights_only=False) for r in range(world)]
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_ranks_agree_and_split_the_data(world, tmp_path):
-    res = _spawn(_run_world, world, tmp_path)
+@pytest.mark.parametrize("world,shard", [(2, False), (3, False), (2, True), (3, True)])
+def test_ranks_agree_and_split_the_data(world, shard, tmp_path):
+    res = _spawn(_run_world, world, tmp_path, shard)
     logs = [r["log"] for r in res]
+    digest = "replicated" if shard else "digest"  # (a sharded table differs by rank, by design)
     assert len({len(log) for log in logs}) == 1  # the same number of batches on every rank
     per = -(-N // world)
     for step in range(len(logs[0])):
         entries = [log[step] for log in logs]
-        assert len({e["digest"] for e in entries}) == 1, step  # identical reservoirs
+        assert len({e[digest] for e in entries}) == 1, step  # identical reservoirs
         replays = [set(e["replay"]) for e in entries]
         for a in range(world):
             for b in range(a + 1, world):
@@ -124,12 +141,21 @@ def test_ranks_agree_and_split_the_data(world, tmp_path):
     # One engine fed the concatenated batches, in rank order, reaches the same state.
     loss_of, logits_of = _losses()
     eng = hardmix.Engine(_sampler().config)
-    for step, entries in enumerate(zip(*logs)):
-        while eng.step < entries[0]["applied"]:
-            k = eng.step
-            idx = torch.tensor([i for log in logs for i in log[k]["batch"]])
+    def feed(upto):
+        while eng.step < upto:
+            idx = torch.tensor([i for log in logs for i in log[eng.step]["batch"]])
             eng.update(idx, loss_of[idx], logits=logits_of[idx], targets=idx % C)
-        assert _digest(eng) == entries[0]["digest"], step
+
+    for step, entries in enumerate(zip(*logs)):
+        feed(entries[0]["applied"])
+        assert (_replicated_digest(eng) if shard else _digest(eng)) == entries[0][digest], step
+    if shard:  # each rank's rows: replays/quarantine as of the last update applied, the
+        for r, res_r in enumerate(res):  # dynamics as of the last received (run ahead)
+            assert torch.equal(res_r["table"][:, 6:], eng.table[r::world, 6:])
+        feed(res[0]["received"])
+        for r, res_r in enumerate(res):
+            assert torch.equal(res_r["table"][:, :6], eng.table[r::world, :6])
+            assert res_r["table"].shape[0] == len(range(r, N, world))
 
 
 def test_single_process_is_unchanged_by_the_distributed_code():
@@ -175,16 +201,16 @@ def test_ddp_end_to_end(tmp_path):
     assert all(torch.isfinite(torch.tensor(r["last"])) for r in res)
 
 
-def _run_resume(rank, world, path, out, stop):
+def _run_resume(rank, world, path, out, stop, shard):
     _init(rank, world, path)
     full: list = []
-    _loop(_sampler(), 3, log=full)
-    s = _sampler()
+    _loop(_sampler(shard_table=shard), 3, log=full)
+    s = _sampler(shard_table=shard)
     first: list = []
     epoch = _loop(s, 3, stop=stop, log=first)
     buf = io.BytesIO()
     torch.save({"sampler": s.state_dict(), "epoch": epoch}, buf)
-    t = _sampler()  # a new sampler, as in a new process
+    t = _sampler(shard_table=shard)  # a new sampler, as in a new process
     ck = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
     t.load_state_dict(ck["sampler"])
     rest: list = []
@@ -194,9 +220,9 @@ def _run_resume(rank, world, path, out, stop):
     _done()
 
 
-@pytest.mark.parametrize("stop", [7, 13])
-def test_resume_of_a_distributed_run_is_exact(tmp_path, stop):
-    for r in _spawn(_run_resume, 2, tmp_path, stop):
+@pytest.mark.parametrize("stop,shard", [(7, False), (13, False), (7, True), (13, True)])
+def test_resume_of_a_distributed_run_is_exact(tmp_path, stop, shard):
+    for r in _spawn(_run_resume, 2, tmp_path, stop, shard):
         assert r["resumed"] == r["full"]
         assert r["digests"][0] == r["digests"][1]
 

@@ -9,6 +9,11 @@ collective, and every rank raises. Every rank then applies the concatenation
 of the ranks' batches, in rank order, as one step. Each rank receives
 40 * W * (B_max + 1) bytes per step, independent of N and R; B_max is the
 batch size (twice it with ``replay_mode="append"``).
+
+With ``shard_table=True`` a second collective, :func:`sum_rows`, brings every
+rank the rows of the batch's examples from the ranks that own them: an
+``all_reduce`` of [W * B, 8] float64 (ring all-reduce: about 2 * 64 * W * B
+bytes received per rank), again independent of N and R.
 """
 
 from __future__ import annotations
@@ -40,6 +45,20 @@ def resolve(num_replicas, rank, group) -> tuple[int, int]:
     if not 0 <= rank < num_replicas:
         raise ValueError(f"ReplaySampler: rank must be in [0, num_replicas={num_replicas}), got {rank}")
     return num_replicas, rank
+
+
+def sum_rows(rows: torch.Tensor, group) -> torch.Tensor:
+    """The sum over the ranks of ``rows`` (the sharded table's exchange: each
+    entry's row comes from its one owner, the others add zeros, so the sum is
+    exact); one ``all_reduce``, through the GPU under NCCL."""
+    import torch.distributed as dist
+
+    device = torch.device("cpu")
+    if dist.get_backend(group) == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    out = rows.to(device)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out.cpu() if device.type != "cpu" else out
 
 
 def gather_entries(entry: dict | None, error: BaseException | None, world: int, rank: int, group,

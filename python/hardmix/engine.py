@@ -155,8 +155,8 @@ class Engine:
             classes: [B] class of each example.
             priorities: [B] with score "given" (or computed by ``score_fn``).
             rows: sharded table only (required there): the sum over the shards
-                of :meth:`dynamics` for this batch, float64 [B, 8]; the step
-                writes its working copy of the rows into it.
+                of :meth:`dynamics` for this batch, float64 [B, 8] (not
+                changed: the op works on a copy).
 
         Returns None, or with a sharded table the quarantines this step made:
         (dataset indices int64, quarantine_until float64), for :meth:`carry`.
@@ -171,10 +171,10 @@ class Engine:
             torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, None)
             return None
         ok = isinstance(rows, torch.Tensor) and rows.dim() == 2 and rows.shape[1] == 8
-        before = rows[:, 7].clone() if ok else None  # (else the op raises)
-        torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, rows)
-        made = rows[:, 7] != before  # only the step's working copies change, one per index
-        return args[0][made], rows[made, 7].clone()
+        work = rows.clone() if ok else rows  # the caller's rows stay as given (else the op raises)
+        torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, work)
+        made = work[:, 7] != rows[:, 7]  # only the step's working copies change, one per index
+        return args[0][made], work[made, 7]
 
     @staticmethod
     def carry(rows: torch.Tensor, indices: torch.Tensor, made: tuple[torch.Tensor, torch.Tensor]) -> None:

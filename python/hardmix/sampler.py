@@ -166,6 +166,14 @@ class ReplaySampler(BatchSampler):
             ``drop_last``), every rank yields the same number of batches, and
             ``update()`` gathers all ranks' batches so every rank holds the
             same reservoir; each rank replays its own slice of one shared draw.
+        shard_table: with several ranks, split the per-example table (64
+            bytes per example) across them by index instead of holding all
+            of it on every rank: about 64 N / num_replicas bytes per rank
+            plus the replicated reservoir (O(R)). ``update()`` then makes a
+            second collective (an ``all_reduce`` of [W * B, 8] float64: the
+            owners' rows of the batch's examples); batches, reservoir and
+            draws are exactly those of an unsharded run. Each rank's
+            ``state_dict`` holds its own shard.
         **policy: the policy's knobs, as :class:`hardmix.PolicyConfig` takes
             them (``score``, ``alpha``, ``lam``, ``gamma``, ``graduation``,
             ``max_replays``, ``class_quotas``, ``num_classes``,
@@ -193,6 +201,7 @@ class ReplaySampler(BatchSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
         process_group=None,
+        shard_table: bool = False,
         **policy,
     ):
         # No super().__init__: BatchSampler's only wraps a sampler we do not have.
@@ -210,6 +219,7 @@ class ReplaySampler(BatchSampler):
         need(isinstance(shuffle, bool), "shuffle", "a bool", shuffle)
         need(replay_mode in ("mix", "append"), "replay_mode", "'mix' or 'append'", replay_mode)
         need(_is_int(replay_lag) and replay_lag >= 0, "replay_lag", "an int >= 0", replay_lag)
+        need(isinstance(shard_table, bool), "shard_table", "a bool", shard_table)
         for k in ("num_examples", "capacity", "seed"):
             if k in policy:
                 raise TypeError(f"ReplaySampler: {k} is an argument of its own, not a policy knob")
@@ -226,7 +236,10 @@ class ReplaySampler(BatchSampler):
         if "class_quotas" not in policy:
             policy["class_quotas"] = bool(policy.get("num_classes"))
         self.config = PolicyConfig(num_examples=num_examples, capacity=capacity, seed=seed, **policy)
-        self.engine = Engine(self.config, score_fn=score_fn)
+        self.num_replicas, self.rank = _dist.resolve(num_replicas, rank, process_group)
+        self.shard_table = shard_table
+        shard = (self.rank, self.num_replicas) if shard_table else None
+        self.engine = Engine(self.config, score_fn=score_fn, shard=shard)
         self.schedule = schedule
         self.num_examples = num_examples
         self.batch_size = batch_size
@@ -235,7 +248,6 @@ class ReplaySampler(BatchSampler):
         self.replay_mode = replay_mode
         self.replay_lag = replay_lag
         self.seed = seed
-        self.num_replicas, self.rank = _dist.resolve(num_replicas, rank, process_group)
         self._group = process_group
         self.sampler = FreshOrder(self)
         self._rebase_every = max(1, -(-num_examples // batch_size))
@@ -256,6 +268,7 @@ class ReplaySampler(BatchSampler):
         self._base: dict | None = None
         self._log: list | None = None
         self._log_start = 0
+        self._log_dynamics = 0  # sharded: the updates whose dynamics the copied engine holds
         self._log_until = 0
         self._open_logs: list = []
         self._requested: int | None = None  # the last set_epoch(), applied again after load_state_dict
@@ -480,7 +493,7 @@ class ReplaySampler(BatchSampler):
 
     def _leaf_weights(self, indices: torch.Tensor) -> torch.Tensor:
         eng = self.engine
-        slots = eng.pos[indices].long()
+        slots = eng.slots_of(indices)
         return eng.tree[eng.tree.numel() // 2 + slots.clamp(min=0)] * (slots >= 0)
 
     def _draw_facts(self, indices: torch.Tensor, fresh_all: torch.Tensor, drawn: torch.Tensor) -> dict:
@@ -543,9 +556,14 @@ class ReplaySampler(BatchSampler):
         while self._pending and eng.step < upto:
             e = self._pending[0]
             self._prev_totals = eng.counters[2:7].tolist()
-            eng.update(e["indices"], e["losses"], margins=e["margins"], classes=e["classes"],
-                       priorities=e["priorities"])
+            made = eng.update(e["indices"], e["losses"], margins=e["margins"], classes=e["classes"],
+                              priorities=e["priorities"], rows=e.get("rows"))
             self._pending.popleft()
+            if made is not None and made[0].numel():
+                # Sharded: the rows of later updates were taken before this
+                # step's quarantines (Engine.dynamics).
+                for later in self._pending:
+                    Engine.carry(later["rows"], later["indices"], made)
 
     def _expected(self, name: str, indices: torch.Tensor) -> dict:
         """The record of the batch these indices must belong to, or a clear error
@@ -652,17 +670,29 @@ class ReplaySampler(BatchSampler):
                 mine, error = None, e
             rows = self.batch_size * (2 if self.replay_mode == "append" else 1)  # no batch is longer
             entry = _dist.gather_entries(mine, error, self.num_replicas, self.rank, self._group, rows)
+        if self.shard_table:  # the owners' half of the step, now (the only time a collective may run)
+            entry["rows"] = self._owned_rows(entry, self._received)
         rec = self._outstanding.popleft()
         self._last_updated = rec["indices"]
         self._receive(entry)
         self._apply(self._yielded - self.replay_lag)
 
+    def _owned_rows(self, entry: dict, t: int) -> torch.Tensor:
+        """Sharded table: this rank's dynamics for update ``t`` (all ranks'
+        examples), and the batch's rows from their owners (all_reduce)."""
+        rows = self.engine.dynamics(t, entry["indices"], entry["losses"], margins=entry["margins"],
+                                    priorities=entry["priorities"])
+        return _dist.sum_rows(rows, self._group) if self.num_replicas > 1 else rows
+
     def _empty_entry(self) -> dict:
         c = self.config
-        return {"indices": torch.empty(0, dtype=torch.int64), "losses": torch.empty(0),
-                "margins": torch.empty(0) if c.score == "margin" else None,
-                "classes": torch.empty(0, dtype=torch.int64) if c.class_quotas else None,
-                "priorities": torch.empty(0) if c.score == "given" else None}
+        entry = {"indices": torch.empty(0, dtype=torch.int64), "losses": torch.empty(0),
+                 "margins": torch.empty(0) if c.score == "margin" else None,
+                 "classes": torch.empty(0, dtype=torch.int64) if c.class_quotas else None,
+                 "priorities": torch.empty(0) if c.score == "given" else None}
+        if self.shard_table:
+            entry["rows"] = torch.zeros(0, 8, dtype=torch.float64)
+        return entry
 
     def _receive(self, entry: dict) -> None:
         """Queue an update (and log it for the checkpoints that need it)."""
@@ -812,9 +842,12 @@ class ReplaySampler(BatchSampler):
     # --- checkpoints -------------------------------------------------------
 
     def _signature(self) -> dict:
-        return {"policy": self.config.as_dict(), "batch_size": self.batch_size, "drop_last": self.drop_last,
-                "shuffle": self.shuffle, "replay_mode": self.replay_mode, "replay_lag": self.replay_lag,
-                "num_replicas": self.num_replicas, "rank": self.rank}
+        sig = {"policy": self.config.as_dict(), "batch_size": self.batch_size, "drop_last": self.drop_last,
+               "shuffle": self.shuffle, "replay_mode": self.replay_mode, "replay_lag": self.replay_lag,
+               "num_replicas": self.num_replicas, "rank": self.rank}
+        if self.shard_table:  # (absent otherwise: states saved before the option load as they were)
+            sig["shard_table"] = True
+        return sig
 
     def state_dict(self) -> dict:
         """A versioned checkpoint (torch.save-able, loads with weights_only=True).
@@ -831,6 +864,7 @@ class ReplaySampler(BatchSampler):
                 self._open_logs.append((self._log, self._log_start, self._log_until))
             self._base = self.engine.state_dict()
             self._log_start = self.engine.step
+            self._log_dynamics = self._received
             self._log = list(self._pending)
         return {
             "version": STATE_VERSION,
@@ -843,6 +877,7 @@ class ReplaySampler(BatchSampler):
             "batches": [dict(r) for r in (*self._outstanding, *self._again)],
             "engine": self._base,
             "updates_start": self._log_start,
+            "dynamics_until": self._log_dynamics,
             "updates": self._log,
             "prev_totals": list(self._prev_totals),
         }
@@ -863,7 +898,7 @@ class ReplaySampler(BatchSampler):
                 diff = [f"{k}: saved {p.get(k)!r}, now {q[k]!r}" for k in q if p.get(k) != q[k]] + diff[1:]
             raise ValueError("load_state_dict: the state was saved with other arguments: " + "; ".join(diff))
         pos = state["position"]
-        engine = Engine(self.config, score_fn=self.engine.score_fn)
+        engine = Engine(self.config, score_fn=self.engine.score_fn, shard=self.engine.shard)
         engine.load_state_dict(state["engine"])
         start = int(state["updates_start"])
         if engine.step != start:
@@ -871,6 +906,10 @@ class ReplaySampler(BatchSampler):
         yielded = int(pos["yielded"])
         updates = list(state["updates"])[: max(0, yielded - start)]
         received = start + len(updates)
+        if self.shard_table:  # the copied table lacks the dynamics of the updates received after the copy
+            for n in range(max(start, int(state["dynamics_until"])), received):
+                u = updates[n - start]
+                engine.dynamics(n, u["indices"], u["losses"], margins=u["margins"], priorities=u["priorities"])
         records = [r for r in state["batches"] if received <= r["g"] < yielded]
         if [r["g"] for r in records] != list(range(received, yielded)):
             raise ValueError("load_state_dict: the state lacks the batches yielded but not updated")
