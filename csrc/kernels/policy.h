@@ -43,13 +43,27 @@
 // indices and X rejected picks (each member is rejected at most once).
 #pragma once
 
-#include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <limits>
-#include <vector>
 
 #include "rng.h"
+
+// Every function below runs on the host (the CPU ops) and, compiled by nvcc,
+// on the device (one thread runs a step: the policy is sequential by nature;
+// csrc/cuda/policy.cu). So the code uses no std:: algorithm, container or
+// math function: sorting and selection are the heap sort below, scratch
+// memory comes from the caller (Scratch), and logarithms and exponentials are
+// rng.h's own (+ - * / only), which is what makes CPU, CUDA and the Python
+// reference agree to the bit.
+#if defined(__CUDACC__)
+#define HM_FN __host__ __device__
+#else
+#define HM_FN
+#endif
+#if defined(__CUDA_ARCH__)
+#define HM_PREFETCH(p, rw) ((void)0)
+#else
+#define HM_PREFETCH(p, rw) __builtin_prefetch((p), (rw))
+#endif
 
 namespace hardmix {
 namespace policy {
@@ -112,7 +126,7 @@ struct Config {
   bool quotas, raise_nonfinite;
   uint64_t seed;
 
-  static Config from(const double* c, uint64_t seed) {
+  HM_FN static Config from(const double* c, uint64_t seed) {
     Config k;
     k.alpha = c[kAlpha];
     k.lam = c[kLam];
@@ -145,12 +159,104 @@ struct Batch {
   const double* priorities;  // or null
 };
 
-inline double softplus(double x) {
+constexpr double kInf = __builtin_huge_val();
+
+HM_FN inline double softplus(double x) {
   if (x > 0) return x + std::log1p(std::exp(-x));
   return std::log1p(std::exp(x));
 }
 
-inline bool finite(double x) { return std::isfinite(x); }
+// Exactly std::isfinite: x - x is 0 for finite x, NaN for inf and NaN.
+HM_FN inline bool finite(double x) { return x - x == 0; }
+
+template <class T>
+HM_FN inline T min_of(T a, T b) { return b < a ? b : a; }
+template <class T>
+HM_FN inline T max_of(T a, T b) { return a < b ? b : a; }
+template <class T>
+HM_FN inline void swap_of(T& a, T& b) {
+  T t = a;
+  a = b;
+  b = t;
+}
+
+// Sorts a[0, n) by `less` (a strict weak order): heap sort, O(n log n), in
+// place, no recursion, no allocation (host and device alike). Not stable:
+// every use here sorts by a total order, or only needs the groups.
+template <class T, class Less>
+HM_FN void heap_sort(T* a, int64_t n, Less less) {
+  auto sift = [&](int64_t root, int64_t end) {
+    for (;;) {
+      int64_t c = 2 * root + 1;
+      if (c >= end) return;
+      if (c + 1 < end && less(a[c], a[c + 1])) ++c;
+      if (!less(a[root], a[c])) return;
+      swap_of(a[root], a[c]);
+      root = c;
+    }
+  };
+  for (int64_t k = n / 2 - 1; k >= 0; --k) sift(k, n);
+  for (int64_t end = n - 1; end > 0; --end) {
+    swap_of(a[0], a[end]);
+    sift(0, end);
+  }
+}
+
+// One entry of a step, after pass 1.
+struct Entry {
+  bool valid;
+  int64_t index;
+  double loss, p, logp, key;
+  int64_t cls;
+  double quarantine;  // the row's quarantine_until as pass 1 saw it
+  int64_t at;         // sharded: the batch position whose row copy pass 2 uses
+};
+
+struct ClassTally {
+  int64_t cls, right, seen;
+};
+
+// Scratch memory, from the caller: update() needs update_scratch_bytes(B),
+// draw() draw_scratch_bytes(E, m), 8-byte aligned (a CPU thread keeps a
+// buffer; the CUDA op allocates one on the device per call).
+struct UpdateScratch {
+  Entry* entries;
+  ClassTally* tally;
+  int64_t* last_at;
+  int64_t* order;
+  int64_t* pick;
+  uint8_t* allowed;
+};
+
+HM_FN inline int64_t update_scratch_bytes(int64_t B) {
+  return B * static_cast<int64_t>(sizeof(Entry) + sizeof(ClassTally) + 3 * sizeof(int64_t)) + B + 8;
+}
+
+HM_FN inline UpdateScratch carve_update(void* buf, int64_t B) {
+  char* p = static_cast<char*>(buf);
+  UpdateScratch s;
+  s.entries = reinterpret_cast<Entry*>(p);
+  p += B * sizeof(Entry);
+  s.tally = reinterpret_cast<ClassTally*>(p);
+  p += B * sizeof(ClassTally);
+  s.last_at = reinterpret_cast<int64_t*>(p);
+  s.order = s.last_at + B;
+  s.pick = s.order + B;
+  s.allowed = reinterpret_cast<uint8_t*>(s.pick + B);
+  return s;
+}
+
+// The draw's set of excluded and drawn indices: open addressing, a power of
+// two >= 16 and >= 2 (E + m) slots.
+HM_FN inline int64_t draw_set_cap(int64_t E, int64_t m) {
+  int64_t cap = 16;
+  while (cap < 2 * (E + m)) cap *= 2;
+  return cap;
+}
+
+HM_FN inline int64_t draw_scratch_bytes(int64_t E, int64_t m) {
+  return draw_set_cap(E, m) * 8 + (E + m) * 4 + m * 4 + 8;
+}
 
 // A non-owning view of the state arrays, with the policy's operations.
 struct PolicyView {
@@ -171,23 +277,24 @@ struct PolicyView {
   // of the columns pass 2 uses), and each entry's last position in the batch.
   double* xrows = nullptr;
   const int64_t* last = nullptr;
+  void* scratch = nullptr;  // update_scratch_bytes(B) / draw_scratch_bytes(E, m)
 
   // ---- accessors ----------------------------------------------------------
-  double* row(int64_t i) const { return table + i * kTableCols; }
-  bool sharded() const { return cfg.world > 0; }
+  HM_FN double* row(int64_t i) const { return table + i * kTableCols; }
+  HM_FN bool sharded() const { return cfg.world > 0; }
   // Sharded: the table row of example i if this shard owns it, else null.
-  double* owned_row(int64_t i) const {
+  HM_FN double* owned_row(int64_t i) const {
     return i % cfg.world == cfg.rank ? table + (i / cfg.world) * kTableCols : nullptr;
   }
-  double* slot(int32_t j) const { return slots + static_cast<int64_t>(j) * kSlotFields; }
-  int32_t& link(int32_t j, Link f) const { return links[static_cast<int64_t>(j) * kLinkFields + f]; }
-  int32_t npl(int32_t j) const { return j < 0 ? 0 : link(j, kNpl); }
-  int64_t& root(int64_t hc) const { return classes[hc * 2]; }
-  int64_t& count(int64_t hc) const { return classes[hc * 2 + 1]; }
-  int64_t heap_class(double cls) const { return cfg.quotas ? static_cast<int64_t>(cls) : 0; }
+  HM_FN double* slot(int32_t j) const { return slots + static_cast<int64_t>(j) * kSlotFields; }
+  HM_FN int32_t& link(int32_t j, Link f) const { return links[static_cast<int64_t>(j) * kLinkFields + f]; }
+  HM_FN int32_t npl(int32_t j) const { return j < 0 ? 0 : link(j, kNpl); }
+  HM_FN int64_t& root(int64_t hc) const { return classes[hc * 2]; }
+  HM_FN int64_t& count(int64_t hc) const { return classes[hc * 2 + 1]; }
+  HM_FN int64_t heap_class(double cls) const { return cfg.quotas ? static_cast<int64_t>(cls) : 0; }
 
   // a is weaker than b: lower key; ties: higher dataset index.
-  bool weaker(int32_t a, int32_t b) const {
+  HM_FN bool weaker(int32_t a, int32_t b) const {
     const double ka = slot(a)[kKey], kb = slot(b)[kKey];
     return ka < kb || (ka == kb && slot(a)[kIndex] > slot(b)[kIndex]);
   }
@@ -198,10 +305,10 @@ struct PolicyView {
   // 2P (load <= 1/2), -1 empty, linear probing; an entry's key is its slot's
   // dataset index, so nothing else is stored. Erasure shifts the probe run
   // back (no tombstones), so lookups stay O(1) expected however long it runs.
-  int64_t hmask() const { return 2 * P - 1; }
-  int64_t home(int64_t i) const { return static_cast<int64_t>(rng::mix13(static_cast<uint64_t>(i))) & hmask(); }
+  HM_FN int64_t hmask() const { return 2 * P - 1; }
+  HM_FN int64_t home(int64_t i) const { return static_cast<int64_t>(rng::mix13(static_cast<uint64_t>(i))) & hmask(); }
 
-  int32_t pos_get(int64_t i) const {
+  HM_FN int32_t pos_get(int64_t i) const {
     if (!sharded()) return pos[i];
     for (int64_t h = home(i);; h = (h + 1) & hmask()) {
       const int32_t j = pos[h];
@@ -210,7 +317,7 @@ struct PolicyView {
   }
 
   // i is not a member; slot j already holds index i.
-  void pos_put(int64_t i, int32_t j) {
+  HM_FN void pos_put(int64_t i, int32_t j) {
     if (!sharded()) {
       pos[i] = j;
       return;
@@ -221,7 +328,7 @@ struct PolicyView {
   }
 
   // i is a member; its slot still holds index i.
-  void pos_erase(int64_t i) {
+  HM_FN void pos_erase(int64_t i) {
     if (!sharded()) {
       pos[i] = -1;
       return;
@@ -241,20 +348,41 @@ struct PolicyView {
   }
 
   // ---- leftist heaps over slots (root = weakest) ---------------------------
-  // Melds two heaps given by their roots; returns the new root. Recursion
-  // follows right spines only, whose length is O(log R).
-  int32_t meld(int32_t a, int32_t b) {
+  // Melds two heaps given by their roots; returns the new root. The classic
+  // recursion (the weaker root wins; its right subtree is melded with the
+  // other heap; then children are swapped where the left's null-path length
+  // is shorter), unrolled: down the right spines, whose length is O(log R),
+  // then back up fixing each node, so no stack is needed (device code).
+  HM_FN int32_t meld(int32_t a, int32_t b) {
     if (a < 0) return b;
     if (b < 0) return a;
-    if (weaker(b, a)) std::swap(a, b);
-    const int32_t r = meld(link(a, kRight), b);
-    link(a, kRight) = r;
-    link(r, kParent) = a;
-    if (npl(link(a, kLeft)) < npl(link(a, kRight))) {
-      std::swap(link(a, kLeft), link(a, kRight));
+    if (weaker(b, a)) swap_of(a, b);
+    const int32_t top = a;
+    int32_t cur = a;
+    for (;;) {  // cur's right subtree := meld(its right subtree, b)
+      int32_t r = link(cur, kRight);
+      if (r >= 0 && weaker(b, r)) swap_of(r, b);
+      if (r < 0) r = swap_b_out(b);
+      link(cur, kRight) = r;
+      link(r, kParent) = cur;
+      if (b < 0) break;
+      cur = r;
     }
-    link(a, kNpl) = npl(link(a, kRight)) + 1;
-    return a;
+    for (int32_t n = cur;; n = link(n, kParent)) {
+      if (npl(link(n, kLeft)) < npl(link(n, kRight))) {
+        swap_of(link(n, kLeft), link(n, kRight));
+      }
+      link(n, kNpl) = npl(link(n, kRight)) + 1;
+      if (n == top) break;
+    }
+    return top;
+  }
+
+  // (meld: an empty right subtree melded with b is b, and nothing is left.)
+  HM_FN static int32_t swap_b_out(int32_t& b) {
+    const int32_t r = b;
+    b = -1;
+    return r;
   }
 
   // ---- 4-ary heap (no class quotas) ----------------------------------------
@@ -264,15 +392,15 @@ struct PolicyView {
   // hpos reuses the links tensor as a compact int32 [R] (links holds leftist
   // links only with class quotas), small enough to stay in cache.
   static constexpr int64_t kArity = 4;
-  int32_t& hpos(int32_t j) const { return links[j]; }
-  int32_t bh_slot(int64_t h) const { return static_cast<int32_t>(heap[2 * h + 1]); }
+  HM_FN int32_t& hpos(int32_t j) const { return links[j]; }
+  HM_FN int32_t bh_slot(int64_t h) const { return static_cast<int32_t>(heap[2 * h + 1]); }
 
-  bool bh_weaker(int64_t a, int64_t b) const {
+  HM_FN bool bh_weaker(int64_t a, int64_t b) const {
     const double ka = heap[2 * a], kb = heap[2 * b];
     return ka < kb || (ka == kb && slot(bh_slot(a))[kIndex] > slot(bh_slot(b))[kIndex]);
   }
 
-  void bh_move(int64_t to, int64_t from) {
+  HM_FN void bh_move(int64_t to, int64_t from) {
     heap[2 * to] = heap[2 * from];
     heap[2 * to + 1] = heap[2 * from + 1];
     hpos(bh_slot(to)) = static_cast<int32_t>(to);
@@ -280,7 +408,7 @@ struct PolicyView {
 
   // Restores heap order around entry h of a heap of n entries (the entry is
   // moved along a hole; each displaced entry is written once).
-  void bh_sift(int64_t h, int64_t n) {
+  HM_FN void bh_sift(int64_t h, int64_t n) {
     const double key = heap[2 * h], sl = heap[2 * h + 1];
     const double idx = slot(static_cast<int32_t>(sl))[kIndex];
     auto weaker_than_me = [&](int64_t a) {  // entry a is weaker than the moving entry
@@ -301,7 +429,7 @@ struct PolicyView {
         const int64_t first = kArity * hole + 1;
         if (first >= n) break;
         int64_t c = first;
-        const int64_t last = std::min(first + kArity, n);
+        const int64_t last = min_of(first + kArity, n);
         for (int64_t k = first + 1; k < last; ++k) {
           if (bh_weaker(k, c)) c = k;
         }
@@ -317,7 +445,7 @@ struct PolicyView {
 
   // ---- heap interface: one heap per heap class ------------------------------
   // Heap size = count(hc) when these are called (place/vacate keep it so).
-  void heap_insert(int32_t j) {
+  HM_FN void heap_insert(int32_t j) {
     const int64_t hc = heap_class(slot(j)[kClass]);
     if (!cfg.quotas) {
       const int64_t h = count(0);
@@ -334,7 +462,7 @@ struct PolicyView {
     root(hc) = r;
   }
 
-  void heap_remove(int32_t j) {
+  HM_FN void heap_remove(int32_t j) {
     const int64_t hc = heap_class(slot(j)[kClass]);
     if (!cfg.quotas) {
       const int64_t n = count(0) - 1;
@@ -362,7 +490,7 @@ struct PolicyView {
     // Restore the leftist property on the path up; stop once nothing changes.
     while (p >= 0) {
       if (npl(link(p, kLeft)) < npl(link(p, kRight))) {
-        std::swap(link(p, kLeft), link(p, kRight));
+        swap_of(link(p, kLeft), link(p, kRight));
       }
       const int32_t n = npl(link(p, kRight)) + 1;
       if (n == link(p, kNpl)) break;
@@ -372,7 +500,7 @@ struct PolicyView {
   }
 
   // The key of slot j (a member, same heap class) has changed.
-  void heap_rekey(int32_t j) {
+  HM_FN void heap_rekey(int32_t j) {
     if (!cfg.quotas) {
       const int64_t h = hpos(j);
       heap[2 * h] = slot(j)[kKey];
@@ -385,7 +513,7 @@ struct PolicyView {
   }
 
   // ---- sum tree -------------------------------------------------------------
-  void tree_set(int32_t j, double w) {
+  HM_FN void tree_set(int32_t j, double w) {
     int64_t k = P + j;
     tree[k] = w;
     for (k /= 2; k >= 1; k /= 2) tree[k] = tree[2 * k] + tree[2 * k + 1];
@@ -397,10 +525,10 @@ struct PolicyView {
   // tree_find_many does it for x(0) .. x(n-1) into out, kGroup descents
   // interleaved level by level (independent loads: their cache misses overlap).
   template <class X>
-  void tree_find_many(int64_t n, X x_of, int32_t* out) const {
+  HM_FN void tree_find_many(int64_t n, X x_of, int32_t* out) const {
     constexpr int kGroup = 8;
     for (int64_t g = 0; g < n; g += kGroup) {
-      const int gn = static_cast<int>(std::min<int64_t>(kGroup, n - g));
+      const int gn = static_cast<int>(min_of<int64_t>(kGroup, n - g));
       double x[kGroup];
       int64_t k[kGroup];
       for (int q = 0; q < gn; ++q) {
@@ -419,13 +547,13 @@ struct PolicyView {
     }
   }
 
-  int32_t tree_find(double x) const {
+  HM_FN int32_t tree_find(double x) const {
     int32_t leaf;
     tree_find_many(1, [x](int64_t) { return x; }, &leaf);
     return leaf;
   }
 
-  double weight(int32_t j) const {
+  HM_FN double weight(int32_t j) const {
     if (cfg.gamma == 0) return 1.0;
     const double* s = slot(j);
     return std::exp(cfg.gamma * (s[kLogp] + cfg.lam * static_cast<double>(
@@ -433,34 +561,25 @@ struct PolicyView {
   }
 
   // ---- one step -------------------------------------------------------------
-  struct Entry {
-    bool valid;
-    int64_t index;
-    double loss, p, logp, key;
-    int64_t cls;
-    double quarantine;  // the row's quarantine_until as pass 1 saw it
-    int64_t at;         // sharded: the batch position whose row copy pass 2 uses
-  };
-
   // ---- the row columns pass 2 uses (correct, replays, quarantine) -----------
   // Not sharded: the table row. Sharded: the step's copy of the row (the last
   // entry of that index: its state after pass 1), and a member's replays in
   // its slot; every change is also written to the table if this shard owns
   // the row, so each shard's rows end as the whole table's would.
-  double* mrow(const Entry& e) const { return sharded() ? xrows + e.at * kTableCols : row(e.index); }
+  HM_FN double* mrow(const Entry& e) const { return sharded() ? xrows + e.at * kTableCols : row(e.index); }
 
-  void set_quarantine(const Entry& e, double v) {
+  HM_FN void set_quarantine(const Entry& e, double v) {
     mrow(e)[kQuarantine] = v;
     if (sharded()) {
       if (double* o = owned_row(e.index)) o[kQuarantine] = v;
     }
   }
 
-  double replays_of(int32_t j, const Entry& e) const {
+  HM_FN double replays_of(int32_t j, const Entry& e) const {
     return sharded() ? slot(j)[kSlotReplays] : row(e.index)[kReplays];
   }
 
-  void set_replays(int32_t j, const Entry& e, double v) {
+  HM_FN void set_replays(int32_t j, const Entry& e, double v) {
     if (!sharded()) {
       row(e.index)[kReplays] = v;
       return;
@@ -471,9 +590,9 @@ struct PolicyView {
 
   // ---- membership ---------------------------------------------------------
   // replays on admission: -1 (learned) if classified correctly, else 0.
-  double admission_replays(const Entry& e) const { return mrow(e)[kCorrect] == 1.0 ? -1.0 : 0.0; }
+  HM_FN double admission_replays(const Entry& e) const { return mrow(e)[kCorrect] == 1.0 ? -1.0 : 0.0; }
 
-  void place(int32_t j, const Entry& e, int64_t t) {
+  HM_FN void place(int32_t j, const Entry& e, int64_t t) {
     double* s = slot(j);
     s[kIndex] = static_cast<double>(e.index);
     s[kKey] = e.key;
@@ -489,7 +608,7 @@ struct PolicyView {
     set_replays(j, e, admission_replays(e));
   }
 
-  void vacate(int32_t j, bool clear_leaf = true) {
+  HM_FN void vacate(int32_t j, bool clear_leaf = true) {
     double* s = slot(j);
     const int64_t index = static_cast<int64_t>(s[kIndex]);
     heap_remove(j);
@@ -499,9 +618,9 @@ struct PolicyView {
     if (clear_leaf) tree_set(j, 0.0);
   }
 
-  void push_free(int32_t j) { free[counters[kFreeTop]++] = j; }
+  HM_FN void push_free(int32_t j) { free[counters[kFreeTop]++] = j; }
 
-  void rebase_if_due() {
+  HM_FN void rebase_if_due() {
     const int64_t t = counters[kT];
     if (cfg.gamma > 0 && cfg.lam > 0 &&
         cfg.gamma * cfg.lam * static_cast<double>(t - counters[kTRef]) > kRebaseExponent) {
@@ -517,10 +636,10 @@ struct PolicyView {
   // can a row's quarantine_until differ from what pass 1 saw (and be re-read).
   bool quarantined_this_step = false;
 
-  bool eligible(const Entry& e, int64_t t) const {
+  HM_FN bool eligible(const Entry& e, int64_t t) const {
     const double q = quarantined_this_step ? mrow(e)[kQuarantine] : e.quarantine;
     if (pos_get(e.index) >= 0 || q > static_cast<double>(t) ||
-        e.key == -std::numeric_limits<double>::infinity()) {
+        e.key == -kInf) {
       return false;
     }
     return !(cfg.graduation > 0 && e.p < cfg.graduation);
@@ -532,25 +651,30 @@ struct PolicyView {
   // not learned yet (rare, or forgotten), which says nothing about the label.
   // (A quarter, not a half: with 40% label noise, mislabeled entries can be
   // most of a class in a batch; evaluated on split digits, see README.)
-  struct ClassTally {
-    int64_t cls, right, seen;
-  };
-  const std::vector<ClassTally>* tallies = nullptr;
+  const ClassTally* tallies = nullptr;  // sorted by class; null without margins
+  int64_t n_tallies = 0;
 
-  bool class_learned(int64_t cls) const {
+  HM_FN bool class_learned(int64_t cls) const {
     if (tallies == nullptr) return false;
-    const auto it = std::lower_bound(tallies->begin(), tallies->end(), cls,
-                                     [](const ClassTally& a, int64_t c) { return a.cls < c; });
-    return it != tallies->end() && it->cls == cls && 4 * it->right >= it->seen;
+    int64_t lo = 0, hi = n_tallies;  // the first tally of class >= cls
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (tallies[mid].cls < cls) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    return lo < n_tallies && tallies[lo].cls == cls && 4 * tallies[lo].right >= tallies[lo].seen;
   }
 
-  static bool valid_input(const Batch& in, int64_t b) {
+  HM_FN static bool valid_input(const Batch& in, int64_t b) {
     return finite(in.losses[b]) && (!in.margins || finite(in.margins[b])) &&
            (!in.priorities || finite(in.priorities[b]));
   }
 
   // Pass 1's dynamics of a valid entry b on its table row r, at step t.
-  void dynamics(double* r, const Batch& in, int64_t b, int64_t t) const {
+  HM_FN void dynamics(double* r, const Batch& in, int64_t b, int64_t t) const {
     const double loss = in.losses[b];
     r[kEma] = r[kSeen] == 0 ? loss : cfg.ema_beta * r[kEma] + (1.0 - cfg.ema_beta) * loss;
     r[kLastLoss] = loss;
@@ -568,45 +692,44 @@ struct PolicyView {
   // owned entry's row after its update into rows[b] (others untouched). The
   // rows of all shards, summed (each entry has one owner), are the input of
   // update() on every shard. O(B).
-  void owned_dynamics(const Batch& in, int64_t t, double* rows) const {
+  HM_FN void owned_dynamics(const Batch& in, int64_t t, double* rows) const {
     for (int64_t b = 0; b < in.B; ++b) {
       double* r = owned_row(in.indices[b]);
       if (r == nullptr) continue;
       if (valid_input(in, b)) dynamics(r, in, b, t);
-      std::copy(r, r + kTableCols, rows + b * kTableCols);
+      for (int c = 0; c < kTableCols; ++c) rows[b * kTableCols + c] = r[c];
     }
   }
 
-  void update(const Batch& in) {
+  HM_FN void update(const Batch& in) {
     const int64_t t = counters[kT];
     rebase_if_due();
     // Admission noise per example, for life (reference.py: key).
     const uint64_t admit_key = rng::stream_key(cfg.seed, 0, kStreamAdmit);
     const int64_t win_n = counters[kWindowCount];
 
-    thread_local std::vector<Entry> entries;
-    entries.assign(static_cast<size_t>(in.B), Entry{});
-    thread_local std::vector<int64_t> last_at;
+    const UpdateScratch sc = carve_update(scratch, in.B);
+    Entry* entries = sc.entries;
+    for (int64_t b = 0; b < in.B; ++b) entries[b] = Entry{};
     if (sharded()) {  // each entry's last position of its index in the batch
-      last_at.resize(static_cast<size_t>(in.B));
-      thread_local std::vector<int64_t> order;
-      order.resize(static_cast<size_t>(in.B));
+      int64_t* last_at = sc.last_at;
+      int64_t* order = sc.order;
       for (int64_t b = 0; b < in.B; ++b) order[b] = b;
-      std::sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
+      heap_sort(order, in.B, [&](int64_t x, int64_t y) {
         return in.indices[x] != in.indices[y] ? in.indices[x] < in.indices[y] : x < y;
       });
       for (int64_t k = in.B - 1; k >= 0; --k) {
         const bool end = k == in.B - 1 || in.indices[order[k + 1]] != in.indices[order[k]];
         last_at[order[k]] = end ? order[k] : last_at[order[k + 1]];
       }
-      last = last_at.data();
+      last = last_at;
     }
     // Pass 1: dynamics and scores.
     const bool shard = sharded();
     for (int64_t b = 0; b < in.B; ++b) {
       if (!shard && b + kPrefetch < in.B) {  // the table is N-sized: start its cache misses early
-        __builtin_prefetch(row(in.indices[b + kPrefetch]), 1);
-        __builtin_prefetch(pos + in.indices[b + kPrefetch], 0);
+        HM_PREFETCH(row(in.indices[b + kPrefetch]), 1);
+        HM_PREFETCH(pos + in.indices[b + kPrefetch], 0);
       }
       Entry& e = entries[b];
       const int64_t i = in.indices[b];
@@ -624,7 +747,7 @@ struct PolicyView {
       double p;
       switch (cfg.score) {
         case kScoreLoss:
-          p = std::max(loss, 0.0);
+          p = max_of(loss, 0.0);
           break;
         case kScoreMargin:
           p = softplus(-mu);
@@ -640,12 +763,12 @@ struct PolicyView {
           break;
         }
         case kScoreForgetting:
-          p = std::max(loss, 0.0) * (1.0 + cfg.forget_boost * r[kForget]);
+          p = max_of(loss, 0.0) * (1.0 + cfg.forget_boost * r[kForget]);
           break;
         default:
           p = given;
       }
-      const double logp = p > 0 ? std::log(p) : -std::numeric_limits<double>::infinity();
+      const double logp = p > 0 ? std::log(p) : -kInf;
       const double base = cfg.alpha == 0 ? 0.0 : cfg.alpha * logp;
       const double g = rng::to_gumbel(rng::to_uniform(rng::draw_bits(admit_key, static_cast<uint64_t>(i))));
       e = Entry{true, i, loss, p, logp, base + cfg.lam * static_cast<double>(t) + g,
@@ -655,19 +778,18 @@ struct PolicyView {
       if (!entries[b].valid) continue;
       window[counters[kWindowHead]] = entries[b].loss;
       counters[kWindowHead] = (counters[kWindowHead] + 1) % W;
-      counters[kWindowCount] = std::min(counters[kWindowCount] + 1, W);
+      counters[kWindowCount] = min_of(counters[kWindowCount] + 1, W);
     }
-    thread_local std::vector<ClassTally> tally;
     tallies = nullptr;
     if (in.margins) {
-      tally.clear();
+      ClassTally* tally = sc.tally;
+      int64_t nt = 0;
       for (int64_t b = 0; b < in.B; ++b) {
-        if (entries[b].valid) tally.push_back({entries[b].cls, in.margins[b] > 0 ? 1 : 0, 1});
+        if (entries[b].valid) tally[nt++] = ClassTally{entries[b].cls, in.margins[b] > 0 ? 1 : 0, 1};
       }
-      std::sort(tally.begin(), tally.end(),
-                [](const ClassTally& a, const ClassTally& b) { return a.cls < b.cls; });
-      size_t n = 0;
-      for (size_t k = 0; k < tally.size(); ++k) {
+      heap_sort(tally, nt, [](const ClassTally& a, const ClassTally& b) { return a.cls < b.cls; });
+      int64_t n = 0;
+      for (int64_t k = 0; k < nt; ++k) {
         if (n > 0 && tally[n - 1].cls == tally[k].cls) {
           tally[n - 1].right += tally[k].right;
           tally[n - 1].seen += tally[k].seen;
@@ -675,20 +797,20 @@ struct PolicyView {
           tally[n++] = tally[k];
         }
       }
-      tally.resize(n);
-      tallies = &tally;
+      tallies = tally;
+      n_tallies = n;
     }
 
     // The cap on new members: the k best eligible candidates (key, then lower
     // index, then batch position).
-    thread_local std::vector<int64_t> pick;
-    thread_local std::vector<uint8_t> allowed;
     const bool capped = cfg.max_new > 0;
+    uint8_t* allowed = sc.allowed;
     if (capped) {
-      pick.clear();
-      allowed.assign(static_cast<size_t>(in.B), 0);
+      int64_t* pick = sc.pick;
+      int64_t np = 0;
       for (int64_t b = 0; b < in.B; ++b) {
-        if (entries[b].valid && eligible(entries[b], t)) pick.push_back(b);
+        allowed[b] = 0;
+        if (entries[b].valid && eligible(entries[b], t)) pick[np++] = b;
       }
       auto better = [&](int64_t x, int64_t y) {
         const Entry &ex = entries[x], &ey = entries[y];
@@ -696,9 +818,9 @@ struct PolicyView {
         if (ex.index != ey.index) return ex.index < ey.index;
         return x < y;
       };
-      const size_t k = static_cast<size_t>(std::min<int64_t>(cfg.max_new, static_cast<int64_t>(pick.size())));
-      if (k < pick.size()) std::nth_element(pick.begin(), pick.begin() + k, pick.end(), better);
-      for (size_t n = 0; n < k; ++n) allowed[pick[n]] = 1;
+      const int64_t k = min_of<int64_t>(cfg.max_new, np);
+      if (k < np) heap_sort(pick, np, better);  // the k best first
+      for (int64_t n = 0; n < k; ++n) allowed[pick[n]] = 1;
     }
 
     // Pass 2: membership.
@@ -710,19 +832,19 @@ struct PolicyView {
       if (!shard && b + 2 * kPrefetch < in.B && entries[b + 2 * kPrefetch].valid) {
         const int32_t j = pos[entries[b + 2 * kPrefetch].index];
         if (j >= 0) {
-          __builtin_prefetch(slot(j), 1);
-          if (!cfg.quotas) __builtin_prefetch(&hpos(j), 0);
+          HM_PREFETCH(slot(j), 1);
+          if (!cfg.quotas) HM_PREFETCH(&hpos(j), 0);
         }
       }
       if (!shard && b + kPrefetch < in.B && entries[b + kPrefetch].valid) {
         const int64_t i = entries[b + kPrefetch].index;
         const int32_t j = pos[i];
         if (j >= 0) {
-          __builtin_prefetch(row(i), 1);  // read in pass 1, likely evicted since
-          if (!cfg.quotas) __builtin_prefetch(heap + 2 * hpos(j), 1);
-          __builtin_prefetch(tree + P + j, 1);
-          __builtin_prefetch(tree + (P + j) / 2, 1);
-          __builtin_prefetch(tree + (P + j) / 4, 1);
+          HM_PREFETCH(row(i), 1);  // read in pass 1, likely evicted since
+          if (!cfg.quotas) HM_PREFETCH(heap + 2 * hpos(j), 1);
+          HM_PREFETCH(tree + P + j, 1);
+          HM_PREFETCH(tree + (P + j) / 2, 1);
+          HM_PREFETCH(tree + (P + j) / 4, 1);
         }
       }
       const Entry& e = entries[b];
@@ -736,7 +858,7 @@ struct PolicyView {
     counters[kT] = t + 1;
   }
 
-  void rescore(const Entry& e, int64_t t) {
+  HM_FN void rescore(const Entry& e, int64_t t) {
     const int32_t j = pos_get(e.index);
     double* s = slot(j);
     const double correct = mrow(e)[kCorrect];
@@ -769,7 +891,7 @@ struct PolicyView {
     }
   }
 
-  void offer(const Entry& e, int64_t t) {
+  HM_FN void offer(const Entry& e, int64_t t) {
     if (counters[kFreeTop] > 0) {
       const int32_t j = free[--counters[kFreeTop]];
       place(j, e, t);
@@ -797,7 +919,7 @@ struct PolicyView {
     }
   }
 
-  void replace(int32_t victim, const Entry& e, int64_t t) {
+  HM_FN void replace(int32_t victim, const Entry& e, int64_t t) {
     if (cfg.quotas) {  // the classes may differ: out of one heap, into another
       vacate(victim, /*clear_leaf=*/false);  // place() sets the leaf anyway
       place(victim, e, t);
@@ -816,7 +938,7 @@ struct PolicyView {
       heap_rekey(victim);
       tree_set(victim, weight(victim));
       // The next eviction will touch the new weakest member's slot: fetch it now.
-      __builtin_prefetch(slot(static_cast<int32_t>(root(0))), 1);
+      HM_PREFETCH(slot(static_cast<int32_t>(root(0))), 1);
     }
     counters[kEvictedTotal] += 1;
     counters[kAdmittedTotal] += 1;
@@ -831,21 +953,21 @@ struct PolicyView {
   // among the others (successive sampling), and in the usual case (m small
   // against the reservoir) the tree is only read. Zeroed leaves are restored
   // before return.
-  int64_t draw(int64_t m, const int64_t* exclude, int64_t E, int64_t* out) {
+  HM_FN int64_t draw(int64_t m, const int64_t* exclude, int64_t E, int64_t* out) {
     // Excluded and drawn dataset indices, in a small open-addressing set.
-    thread_local std::vector<int64_t> set;
-    size_t cap = 16;
-    while (cap < static_cast<size_t>(2 * (E + m))) cap *= 2;
-    set.assign(cap, -1);
-    const size_t mask = cap - 1;
+    const int64_t cap = draw_set_cap(E, m);
+    int64_t* set = static_cast<int64_t*>(scratch);
+    int32_t* zeroed = reinterpret_cast<int32_t*>(set + cap);  // at most E + m (each member once)
+    int32_t* ahead = zeroed + (E + m);
+    int64_t n_zeroed = 0;
+    for (int64_t h = 0; h < cap; ++h) set[h] = -1;
+    const int64_t mask = cap - 1;
     auto slot_of = [&](int64_t i) {
-      size_t h = static_cast<size_t>(rng::mix13(static_cast<uint64_t>(i))) & mask;
+      int64_t h = static_cast<int64_t>(rng::mix13(static_cast<uint64_t>(i)) & static_cast<uint64_t>(mask));
       while (set[h] >= 0 && set[h] != i) h = (h + 1) & mask;
       return h;
     };
     for (int64_t k = 0; k < E; ++k) set[slot_of(exclude[k])] = exclude[k];
-    thread_local std::vector<int32_t> zeroed;
-    zeroed.clear();
     const uint64_t key =
         rng::stream_key(cfg.seed, static_cast<uint64_t>(counters[kT]), kStreamReplay);
     auto pick_x = [&](uint64_t r, double total) {
@@ -856,10 +978,8 @@ struct PolicyView {
     // loads are independent, so their cache misses overlap. From the first
     // rejection on, picks are made one by one on the changed tree. Either
     // way each pick is the descent of the same x in the same tree.
-    thread_local std::vector<int32_t> ahead;
     const double total0 = tree[1];
-    ahead.resize(static_cast<size_t>(m));
-    if (total0 > 0) tree_find_many(m, [&](int64_t r) { return pick_x(static_cast<uint64_t>(r), total0); }, ahead.data());
+    if (total0 > 0) tree_find_many(m, [&](int64_t r) { return pick_x(static_cast<uint64_t>(r), total0); }, ahead);
     bool changed = false;
     int64_t n = 0;
     for (uint64_t r = 0; n < m; ++r) {
@@ -867,17 +987,17 @@ struct PolicyView {
       if (!(total > 0)) break;
       const int32_t j = changed || r >= static_cast<uint64_t>(m) ? tree_find(pick_x(r, total)) : ahead[r];
       const int64_t index = static_cast<int64_t>(slot(j)[kIndex]);
-      const size_t h = slot_of(index);
+      const int64_t h = slot_of(index);
       if (set[h] == index) {  // excluded or drawn already
         tree_set(j, 0.0);
-        zeroed.push_back(j);
+        zeroed[n_zeroed++] = j;
         changed = true;
         continue;
       }
       set[h] = index;
       out[n++] = index;
     }
-    for (const int32_t j : zeroed) tree_set(j, weight(j));
+    for (int64_t k = 0; k < n_zeroed; ++k) tree_set(zeroed[k], weight(zeroed[k]));
     return n;
   }
 };

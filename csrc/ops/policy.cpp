@@ -28,6 +28,15 @@ constexpr const char* kDraw = "hardmix::policy_draw";
 constexpr const char* kDynamics = "hardmix::policy_dynamics";
 constexpr const char* kFind = "hardmix::policy_find";
 
+// This thread's scratch buffer of at least `bytes` bytes (8-byte aligned),
+// kept between calls.
+void* host_scratch(int64_t bytes) {
+  thread_local std::vector<int64_t> buf;
+  const size_t words = static_cast<size_t>(bytes / 8 + 1);
+  if (buf.size() < words) buf.resize(words);
+  return buf.data();
+}
+
 // A state tensor as the engine makes it: CPU, contiguous, dtype, numel.
 void state_tensor(const char* op, const char* name, const Tensor& t, ScalarType dtype) {
   checks::on_cpu(op, name, t);
@@ -237,6 +246,7 @@ void policy_update(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor 
   HM_CHECK(v.sharded() == rows.has_value(), kUpdate,
            ": rows must be given exactly when the table is sharded (world ", v.cfg.world, ")");
   if (rows) v.xrows = rows_arg(kUpdate, *rows, in.batch.B);
+  v.scratch = host_scratch(pk::update_scratch_bytes(in.batch.B));
   // All checks passed: from here on, state changes.
   v.update(in.batch);
 }
@@ -316,6 +326,7 @@ void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor 
   HM_CHECK(out.numel() >= 1, kDraw, ": out must have m + 1 >= 1 entries, got ", out.numel());
   const int64_t m = out.numel() - 1;
   int64_t* o = out.mutable_data_ptr<int64_t>();
+  v.scratch = host_scratch(pk::draw_scratch_bytes(E, m));
   const int64_t n = v.draw(m, e, E, o);
   for (int64_t k = n; k < m; ++k) o[k] = -1;
   o[m] = n;
