@@ -2,7 +2,11 @@
 the distributions they claim, and their input checks."""
 
 import math
+import random
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +24,10 @@ FILLS = {"uniform": (hardmix.ops.uniform_, rng.uniforms), "gumbel": (hardmix.ops
 
 def bits(x: float) -> int:
     return struct.unpack("<Q", struct.pack("<d", x))[0]
+
+
+def from_bits(b: int) -> float:
+    return struct.unpack("<d", struct.pack("<Q", b))[0]
 
 
 def native(kind, n, seed, step, stream, offset, device="cpu"):
@@ -104,6 +112,138 @@ def test_portable_log_exact_points():
     assert rng.log(1.0) == 0.0
     assert rng.log(2.0) == math.log(2.0)
     assert rng.log(0.5) == -math.log(2.0)
+
+
+def within_one_ulp(got: float, want: float) -> bool:
+    """|got - want| <= ulp(want); ulp(0) and ulp(subnormal) are 2**-1074, the
+    absolute tolerance of one subnormal ulp."""
+    return abs(got - want) <= math.ulp(want)
+
+
+def floats(lo: float, hi: float):
+    return st.floats(min_value=lo, max_value=hi, allow_nan=False, allow_infinity=False)
+
+
+def by_bits(lo: float, hi: float):
+    """Non-negative floats in [lo, hi] uniform over bit patterns, so every binade
+    (subnormals included) is drawn about equally often."""
+    return st.integers(bits(lo), bits(hi)).map(from_bits)
+
+
+SUBNORMALS = by_bits(5e-324, 2.0**-1022 - 5e-324)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(x=floats(-745.2, 709.7))
+def test_portable_exp_within_one_ulp_of_libm(x):
+    got, want = rng.exp(x), math.exp(x)
+    assert within_one_ulp(got, want), (x, got, want)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(x=st.one_of(floats(-745.2, -707.0), floats(-1.5, 1.5), floats(700.0, 709.78), floats(-1e-8, 1e-8)))
+def test_portable_exp_within_one_ulp_at_subnormal_results_and_edges(x):
+    got, want = rng.exp(x), math.exp(x)
+    assert within_one_ulp(got, want), (x, got, want)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(x=st.one_of(floats(0.0, 1.0), by_bits(0.0, 1.0)))
+def test_portable_log1p_within_one_ulp_of_libm(x):
+    got, want = rng.log1p(x), math.log1p(x)
+    assert within_one_ulp(got, want), (x, got, want)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(x=st.one_of(by_bits(0.0, 2.0**-20), SUBNORMALS))
+def test_portable_log1p_within_one_ulp_on_tiny_values(x):
+    got, want = rng.log1p(x), math.log1p(x)
+    assert within_one_ulp(got, want), (x, got, want)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(x=st.one_of(floats(-1.0, 0.0).filter(lambda v: v > -1.0), by_bits(1.0, 1e308)))
+def test_portable_log1p_within_one_ulp_beyond_the_policy_domain(x):
+    got, want = rng.log1p(x), math.log1p(x)
+    assert within_one_ulp(got, want), (x, got, want)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(x=SUBNORMALS)
+def test_portable_log_within_one_ulp_on_subnormals(x):
+    got, want = rng.log(x), math.log(x)
+    assert within_one_ulp(got, want), (x, got, want)
+
+
+def test_portable_exp_log1p_log_special_values():
+    inf = math.inf
+    assert rng.exp(0.0) == 1.0 and rng.exp(-0.0) == 1.0
+    assert within_one_ulp(rng.exp(1.0), math.e)  # fdlibm's e^1 is the double above e, 0.68 ulp off
+    assert bits(rng.exp(-inf)) == bits(0.0)
+    assert rng.exp(inf) == inf
+    assert math.isnan(rng.exp(math.nan))
+    assert rng.exp(710.0) == inf
+    assert rng.exp(709.782712893384) == math.exp(709.782712893384)  # the largest finite result
+    assert bits(rng.exp(-746.0)) == bits(0.0)
+    assert rng.exp(-745.1332191019411) == 5e-324
+    assert rng.exp(-744.0) == math.exp(-744.0)
+    assert bits(rng.log1p(0.0)) == bits(0.0)
+    assert bits(rng.log1p(-0.0)) == bits(-0.0)
+    assert rng.log1p(5e-324) == 5e-324
+    assert rng.log1p(1e-300) == 1e-300
+    assert rng.log1p(1.0) == math.log(2.0)
+    assert rng.log1p(inf) == inf
+    assert rng.log1p(-1.0) == -inf
+    assert math.isnan(rng.log1p(-2.0)) and math.isnan(rng.log1p(math.nan))
+    assert rng.log(inf) == inf
+    assert rng.log(0.0) == -inf and rng.log(-0.0) == -inf
+    assert math.isnan(rng.log(-1.0)) and math.isnan(rng.log(math.nan))
+    assert rng.log(5e-324) == math.log(5e-324)
+
+
+PROBE = Path(__file__).with_name("rng_probe.cpp")
+KERNELS = Path(__file__).resolve().parents[1] / "csrc" / "kernels"
+SPECIALS = [0.0, -0.0, 5e-324, -5e-324, 2.0**-1022, 1.0, -1.0, 2.0, 0.5, math.inf, -math.inf, math.nan, -math.nan,
+            1e-300, 2.0**-54, 2.0**-29, 2.0**-28, 709.782712893384, -745.1332191019411, 710.0, -746.0, 1e308,
+            2.0**53, 0.41421365737915039, -0.2928934097290039, 0.3465735912322998, 1.0397205352783203]
+
+
+def probe_inputs(seed: int = 20240607) -> list[tuple[str, float]]:
+    """About 3000 (function, x) pairs: seeded random draws over each function's
+    domain (uniform and by bit pattern), and the special values for all three."""
+    r = random.Random(seed)
+    draws = {
+        "exp": [lambda: r.uniform(-745.2, 709.8), lambda: r.uniform(-2.0, 2.0),
+                lambda: r.uniform(-745.2, -707.0), lambda: from_bits(r.randrange(bits(1e-20))) * r.choice((1, -1))],
+        "log1p": [lambda: r.random(), lambda: from_bits(r.randrange(bits(1.0))),
+                  lambda: r.uniform(-1.0, 0.0), lambda: from_bits(r.randrange(bits(1.0), bits(math.inf)))],
+        "log": [lambda: from_bits(r.randrange(1, bits(math.inf))), lambda: from_bits(r.randrange(1, 2**52)),
+                lambda: r.uniform(0.5, 2.0)],
+    }
+    pairs = [(fn, x) for fn in draws for x in SPECIALS]
+    for fn, gens in draws.items():
+        pairs += [(fn, r.choice(gens)()) for _ in range(1000)]
+    return pairs
+
+
+def test_portable_exp_log1p_log_cpp_matches_python_bit_for_bit(tmp_path):
+    """rng.h's exp_det / log1p_det / log_det (compiled as the extension is: g++
+    -O2 -ffp-contract=off) give the bits of rng.exp / rng.log1p / rng.log."""
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("needs the system g++ to compile tests/rng_probe.cpp")
+    exe = tmp_path / "rng_probe"
+    subprocess.run([cxx, "-O2", "-ffp-contract=off", "-std=c++17", f"-I{KERNELS}", str(PROBE), "-o", str(exe)],
+                   check=True, capture_output=True, text=True)
+    pairs = probe_inputs()
+    assert len(pairs) > 3000
+    out = subprocess.run([str(exe)], input="".join(f"{fn} {bits(x):x}\n" for fn, x in pairs),
+                         check=True, capture_output=True, text=True).stdout.split()
+    assert len(out) == len(pairs)
+    python = {"exp": rng.exp, "log1p": rng.log1p, "log": rng.log}
+    bad = [(fn, x, from_bits(int(o, 16)), python[fn](x)) for (fn, x), o in zip(pairs, out)
+           if int(o, 16) != bits(python[fn](x))]
+    assert not bad, f"{len(bad)} differ, (fn, x, C++, Python): {bad[:5]}"
 
 
 def ks_statistic(sample: torch.Tensor, cdf) -> float:
