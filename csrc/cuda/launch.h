@@ -13,6 +13,8 @@
 
 #include <cstdint>
 
+#include "../kernels/policy.h"
+
 namespace hardmix {
 namespace cuda {
 
@@ -33,6 +35,18 @@ enum LogitsType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 int launch_margin(const void* logits, int logits_type, int64_t B, int64_t C,
                   int64_t row_stride, const void* targets, bool targets_int64,
                   float* out, void* stream);
+
+// The policy on the device (csrc/cuda/policy.cu): the arrays of `v` and `in`
+// (and v.scratch: update_scratch_bytes(B) / draw_scratch_bytes(E, m) bytes)
+// are device memory; v and in are copied into the launch. One thread runs a
+// step or a draw; value errors are left in v.counters (see policy.cu).
+int launch_policy_update(const policy::PolicyView& v, const policy::Batch& in, void* stream);
+// out[0, m) = the drawn indices (-1 padded), out[m] = how many.
+int launch_policy_draw(const policy::PolicyView& v, int64_t m, const int64_t* exclude, int64_t E,
+                       int64_t* out, void* stream);
+// out[b] = slot of member indices[b], else -1. One thread per index.
+int launch_policy_find(const policy::PolicyView& v, const int64_t* indices, int64_t B, int64_t* out,
+                       void* stream);
 
 }  // namespace cuda
 }  // namespace hardmix

@@ -93,7 +93,11 @@ enum Counter {
   kWindowCount,
   kWindowHead,
   kFreeTop,
+  kErrorCode,   // CUDA only: the first bad input of a skipped step (codes below)
+  kErrorAt,     // its position in the batch (or in exclude)
+  kErrorValue,  // the value (an int64, or a double's bits)
 };
+enum ErrorCode { kErrNone, kErrIndex, kErrClass, kErrNegative, kErrNonfinite, kErrExclude };
 constexpr int kCounters = 16;
 enum Score { kScoreLoss, kScoreMargin, kScoreRank, kScoreForgetting, kScoreGiven };
 
@@ -162,8 +166,8 @@ struct Batch {
 constexpr double kInf = __builtin_huge_val();
 
 HM_FN inline double softplus(double x) {
-  if (x > 0) return x + std::log1p(std::exp(-x));
-  return std::log1p(std::exp(x));
+  if (x > 0) return x + rng::log1p_det(rng::exp_det(-x));
+  return rng::log1p_det(rng::exp_det(x));
 }
 
 // Exactly std::isfinite: x - x is 0 for finite x, NaN for inf and NaN.
@@ -556,7 +560,7 @@ struct PolicyView {
   HM_FN double weight(int32_t j) const {
     if (cfg.gamma == 0) return 1.0;
     const double* s = slot(j);
-    return std::exp(cfg.gamma * (s[kLogp] + cfg.lam * static_cast<double>(
+    return rng::exp_det(cfg.gamma * (s[kLogp] + cfg.lam * static_cast<double>(
                                                           static_cast<int64_t>(s[kStep]) - counters[kTRef])));
   }
 
@@ -768,7 +772,7 @@ struct PolicyView {
         default:
           p = given;
       }
-      const double logp = p > 0 ? std::log(p) : -kInf;
+      const double logp = p > 0 ? rng::log_det(p) : -kInf;
       const double base = cfg.alpha == 0 ? 0.0 : cfg.alpha * logp;
       const double g = rng::to_gumbel(rng::to_uniform(rng::draw_bits(admit_key, static_cast<uint64_t>(i))));
       e = Entry{true, i, loss, p, logp, base + cfg.lam * static_cast<double>(t) + g,

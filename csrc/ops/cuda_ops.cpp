@@ -17,6 +17,7 @@
 #include "../cuda/launch.h"
 #include "../kernels/rng.h"
 #include "checks.h"
+#include "policy_view.h"
 
 namespace hardmix {
 namespace {
@@ -88,6 +89,125 @@ Tensor margin_cuda(const Tensor& logits_in, const Tensor& targets_in) {
   return out;
 }
 
+// ---- the policy on the device ---------------------------------------------
+// The engine's state tensors live on one CUDA device (config, read on the
+// host, stays a CPU tensor). Shapes, dtypes and devices are checked here;
+// values (index and class ranges, signs, non-finite values under 'raise')
+// on the device before any write, see csrc/cuda/policy.cu. Inputs must be
+// on the state's device with the engine's dtypes (hardmix.Engine converts).
+
+namespace pk = policy;
+
+// A state tensor on the CUDA device of `table`.
+struct OnDevice {
+  int32_t index;
+  void operator()(const char* op, const char* name, const Tensor& t) const {
+    HM_CHECK(t.is_cuda() && t.get_device_index() == index, op, ": ", name,
+             " must be on the state's device cuda:", index, ", got ", detail::device_str(t));
+  }
+};
+
+void device_input(const char* op, const OnDevice& dev, const char* name, const Tensor& t,
+                  ScalarType dtype, int64_t B) {
+  dev(op, name, t);
+  checks::dtype(op, name, t, dtype);
+  checks::contiguous(op, name, t);
+  HM_CHECK(t.dim() == 1 && (B < 0 || t.size(0) == B), op, ": ", name, " must be a 1-D tensor [",
+           B, "], got shape ", detail::shape_str(t));
+}
+
+Tensor device_scratch(int64_t bytes, const Tensor& like) {
+  return torch::stable::empty({bytes / 8 + 1}, ScalarType::Long, std::nullopt, like.device());
+}
+
+void policy_update_cuda(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor heap, Tensor free,
+                        Tensor classes_state, Tensor tree, Tensor window, Tensor counters,
+                        Tensor config, int64_t seed, Tensor indices, Tensor losses,
+                        std::optional<Tensor> margins, std::optional<Tensor> classes,
+                        std::optional<Tensor> priorities, std::optional<Tensor> rows) {
+  const char* op = "hardmix::policy_update";
+  on_cuda(op, "table", table);
+  const OnDevice dev{table.get_device_index()};
+  const torch::stable::accelerator::DeviceGuard guard(dev.index);
+  pk::PolicyView v = policy_ops::view(op, dev, table, pos, slots, links, heap, free, classes_state, tree,
+                                      window, counters, config, seed);
+  HM_CHECK(!rows.has_value() && !v.sharded(), op, ": a sharded table is not supported on CUDA");
+  device_input(op, dev, "indices", indices, ScalarType::Long, -1);
+  const int64_t B = indices.size(0);
+  device_input(op, dev, "losses", losses, ScalarType::Double, B);
+  if (margins) device_input(op, dev, "margins", *margins, ScalarType::Double, B);
+  if (classes) device_input(op, dev, "classes", *classes, ScalarType::Long, B);
+  if (priorities) device_input(op, dev, "priorities", *priorities, ScalarType::Double, B);
+  HM_CHECK(v.cfg.score != pk::kScoreMargin || margins.has_value(), op,
+           ": score 'margin' needs margins (pass logits and targets)");
+  HM_CHECK((v.cfg.score == pk::kScoreGiven) == priorities.has_value(), op,
+           ": priorities must be given exactly when score is 'given'");
+  HM_CHECK(!v.cfg.quotas || classes.has_value(), op, ": class_quotas needs classes (pass targets)");
+  Tensor scratch = device_scratch(pk::update_scratch_bytes(B), table);
+  v.scratch = scratch.mutable_data_ptr();
+  const pk::Batch in{B, indices.const_data_ptr<int64_t>(), losses.const_data_ptr<double>(),
+                     margins ? margins->const_data_ptr<double>() : nullptr,
+                     classes ? classes->const_data_ptr<int64_t>() : nullptr,
+                     priorities ? priorities->const_data_ptr<double>() : nullptr};
+  check_launch(op, cuda::launch_policy_update(v, in, current_stream(table)));
+}
+
+void policy_draw_cuda(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor config,
+                      int64_t seed, Tensor exclude, Tensor out) {
+  const char* op = "hardmix::policy_draw";
+  on_cuda(op, "tree", tree);
+  const OnDevice dev{tree.get_device_index()};
+  const torch::stable::accelerator::DeviceGuard guard(dev.index);
+  policy_ops::state_tensor(op, dev, "tree", tree, ScalarType::Double);
+  policy_ops::state_tensor(op, dev, "slots", slots, ScalarType::Double);
+  policy_ops::state_tensor(op, dev, "pos", pos, ScalarType::Int);
+  policy_ops::state_tensor(op, dev, "counters", counters, ScalarType::Long);
+  policy_ops::state_tensor(op, checks::on_cpu, "config", config, ScalarType::Double);
+  HM_CHECK(counters.numel() == pk::kCounters && config.numel() == pk::kConfigFields, op,
+           ": state counters/config have the wrong size");
+  device_input(op, dev, "exclude", exclude, ScalarType::Long, -1);
+  device_input(op, dev, "out", out, ScalarType::Long, -1);
+  HM_CHECK(out.numel() >= 1, op, ": out must have m + 1 >= 1 entries, got ", out.numel());
+  pk::PolicyView v{};
+  v.cfg = pk::Config::from(config.const_data_ptr<double>(), static_cast<uint64_t>(seed));
+  v.N = v.cfg.world ? v.cfg.num_examples : pos.numel();
+  v.R = policy_ops::rows_of(op, "slots", slots, pk::kSlotFields);
+  v.P = tree.numel() / 2;
+  HM_CHECK(v.P >= v.R && (v.P & (v.P - 1)) == 0, op, ": state tree does not match R = ", v.R);
+  const int64_t m = out.numel() - 1, E = exclude.numel();
+  Tensor scratch = device_scratch(pk::draw_scratch_bytes(E, m), tree);
+  v.tree = tree.mutable_data_ptr<double>();
+  v.slots = slots.mutable_data_ptr<double>();
+  v.pos = pos.mutable_data_ptr<int32_t>();
+  v.counters = counters.mutable_data_ptr<int64_t>();
+  v.scratch = scratch.mutable_data_ptr();
+  check_launch(op, cuda::launch_policy_draw(v, m, exclude.const_data_ptr<int64_t>(), E,
+                                            out.mutable_data_ptr<int64_t>(), current_stream(tree)));
+}
+
+void policy_find_cuda(Tensor pos, Tensor slots, Tensor config, Tensor indices, Tensor out) {
+  const char* op = "hardmix::policy_find";
+  on_cuda(op, "pos", pos);
+  const OnDevice dev{pos.get_device_index()};
+  const torch::stable::accelerator::DeviceGuard guard(dev.index);
+  policy_ops::state_tensor(op, dev, "pos", pos, ScalarType::Int);
+  policy_ops::state_tensor(op, dev, "slots", slots, ScalarType::Double);
+  policy_ops::state_tensor(op, checks::on_cpu, "config", config, ScalarType::Double);
+  HM_CHECK(config.numel() == pk::kConfigFields, op, ": state config has the wrong size");
+  device_input(op, dev, "indices", indices, ScalarType::Long, -1);
+  device_input(op, dev, "out", out, ScalarType::Long, indices.size(0));
+  pk::PolicyView v{};
+  v.cfg = pk::Config::from(config.const_data_ptr<double>(), 0);
+  v.R = policy_ops::rows_of(op, "slots", slots, pk::kSlotFields);
+  v.P = policy_ops::pow2_at_least(v.R);
+  v.N = v.cfg.world ? v.cfg.num_examples : pos.numel();
+  HM_CHECK(pos.numel() == (v.cfg.world ? 2 * v.P : v.N), op, ": state pos does not match slots");
+  v.pos = pos.mutable_data_ptr<int32_t>();
+  v.slots = slots.mutable_data_ptr<double>();
+  check_launch(op, cuda::launch_policy_find(v, indices.const_data_ptr<int64_t>(), indices.numel(),
+                                            out.mutable_data_ptr<int64_t>(), current_stream(pos)));
+}
+
 }  // namespace
 }  // namespace hardmix
 
@@ -95,4 +215,7 @@ STABLE_TORCH_LIBRARY_IMPL(hardmix, CUDA, m) {
   m.impl("uniform_fill", TORCH_BOX(&hardmix::uniform_fill_cuda));
   m.impl("gumbel_fill", TORCH_BOX(&hardmix::gumbel_fill_cuda));
   m.impl("margin", TORCH_BOX(&hardmix::margin_cuda));
+  m.impl("policy_update", TORCH_BOX(&hardmix::policy_update_cuda));
+  m.impl("policy_draw", TORCH_BOX(&hardmix::policy_draw_cuda));
+  m.impl("policy_find", TORCH_BOX(&hardmix::policy_find_cuda));
 }

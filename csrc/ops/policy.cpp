@@ -15,6 +15,7 @@
 
 #include "../kernels/policy.h"
 #include "checks.h"
+#include "policy_view.h"
 
 namespace hardmix {
 namespace {
@@ -37,92 +38,24 @@ void* host_scratch(int64_t bytes) {
   return buf.data();
 }
 
-// A state tensor as the engine makes it: CPU, contiguous, dtype, numel.
-void state_tensor(const char* op, const char* name, const Tensor& t, ScalarType dtype) {
-  checks::on_cpu(op, name, t);
-  checks::dtype(op, name, t, dtype);
-  checks::contiguous(op, name, t);
-}
+// Every state tensor on the CPU.
+void on_cpu_state(const char* op, const char* name, const Tensor& t) { checks::on_cpu(op, name, t); }
 
-int64_t rows_of(const char* op, const char* name, const Tensor& t, int64_t cols) {
-  HM_CHECK(t.dim() == 2 && t.size(1) == cols, op, ": state ", name, " must have shape [n, ", cols,
-           "], got ", detail::shape_str(t));
-  return t.size(0);
-}
-
-int64_t pow2_at_least(int64_t n) {
-  int64_t p = 1;
-  while (p < n) p *= 2;
-  return p;
-}
-
-// The config vector, with the table's shape checked against its sharding:
-// [N, 8] unsharded; sharded (world W, rank r) the rows i // W of the indices
-// i = r (mod W) in [0, N): [(N - r + W - 1) // W, 8].
-pk::Config config_of(const char* op, const Tensor& table, const Tensor& config, int64_t seed) {
-  state_tensor(op, "table", table, ScalarType::Double);
-  state_tensor(op, "config", config, ScalarType::Double);
-  HM_CHECK(config.numel() == pk::kConfigFields, op, ": state config has the wrong size");
-  const pk::Config c = pk::Config::from(config.const_data_ptr<double>(), static_cast<uint64_t>(seed));
-  const int64_t rows = rows_of(op, "table", table, pk::kTableCols);
-  if (c.world != 0) {
-    HM_CHECK(c.world >= 1 && c.rank >= 0 && c.rank < c.world && c.num_examples >= 1, op,
-             ": state config has a bad sharding: world ", c.world, ", rank ", c.rank, ", N ",
-             c.num_examples);
-    const int64_t want = (c.num_examples - c.rank + c.world - 1) / c.world;
-    HM_CHECK(rows == want, op, ": state table must have ", want, " rows (shard ", c.rank, " of ",
-             c.world, ", N = ", c.num_examples, "), got ", rows);
-  }
-  return c;
-}
-
-// Views the state tensors; checks that they are mutually consistent.
 pk::PolicyView view(const char* op, const Tensor& table, const Tensor& pos, const Tensor& slots,
                     const Tensor& links, const Tensor& heap, const Tensor& free, const Tensor& classes,
                     const Tensor& tree, const Tensor& window, const Tensor& counters,
                     const Tensor& config, int64_t seed) {
-  state_tensor(op, "pos", pos, ScalarType::Int);
-  state_tensor(op, "slots", slots, ScalarType::Double);
-  state_tensor(op, "links", links, ScalarType::Int);
-  state_tensor(op, "heap", heap, ScalarType::Double);
-  state_tensor(op, "free", free, ScalarType::Int);
-  state_tensor(op, "classes", classes, ScalarType::Long);
-  state_tensor(op, "tree", tree, ScalarType::Double);
-  state_tensor(op, "window", window, ScalarType::Double);
-  state_tensor(op, "counters", counters, ScalarType::Long);
-  HM_CHECK(counters.numel() == pk::kCounters && config.numel() == pk::kConfigFields, op,
-           ": state counters/config have the wrong size");
-  pk::PolicyView v{};
-  v.cfg = config_of(op, table, config, seed);
-  v.N = v.cfg.world ? v.cfg.num_examples : table.size(0);
-  v.R = rows_of(op, "slots", slots, pk::kSlotFields);
-  v.K = rows_of(op, "classes", classes, 2);
-  const int64_t pos_n = v.cfg.world ? 2 * pow2_at_least(v.R) : v.N;
-  HM_CHECK(pos.dim() == 1 && pos.size(0) == pos_n, op, ": state pos must have shape [", pos_n,
-           "], got ", detail::shape_str(pos));
-  HM_CHECK(rows_of(op, "links", links, pk::kLinkFields) == v.R && free.numel() == v.R &&
-               rows_of(op, "heap", heap, 2) == v.R && v.R >= 1,
-           op, ": state links/heap/free do not match R = ", v.R);
-  v.P = tree.numel() / 2;
-  HM_CHECK(tree.numel() % 2 == 0 && v.P >= v.R && v.P < 2 * v.R + 1 && (v.P & (v.P - 1)) == 0, op,
-           ": state tree must have 2P entries, P the power of two >= R = ", v.R, ", got ",
-           tree.numel());
-  v.W = window.numel();
-  HM_CHECK(v.W >= 1, op, ": state window must not be empty");
-  v.table = table.mutable_data_ptr<double>();
-  v.pos = pos.mutable_data_ptr<int32_t>();
-  v.slots = slots.mutable_data_ptr<double>();
-  v.links = links.mutable_data_ptr<int32_t>();
-  v.heap = heap.mutable_data_ptr<double>();
-  v.free = free.mutable_data_ptr<int32_t>();
-  v.classes = classes.mutable_data_ptr<int64_t>();
-  v.tree = tree.mutable_data_ptr<double>();
-  v.window = window.mutable_data_ptr<double>();
-  v.counters = counters.mutable_data_ptr<int64_t>();
-  HM_CHECK(v.K == (v.cfg.quotas ? v.cfg.num_classes : 1), op,
-           ": state classes must have one row per heap class");
-  return v;
+  return policy_ops::view(op, on_cpu_state, table, pos, slots, links, heap, free, classes, tree, window,
+                          counters, config, seed);
 }
+
+void state_tensor(const char* op, const char* name, const Tensor& t, ScalarType dtype) {
+  policy_ops::state_tensor(op, on_cpu_state, name, t, dtype);
+}
+
+using policy_ops::config_of;
+using policy_ops::pow2_at_least;
+using policy_ops::rows_of;
 
 // A 1-D input of B entries on the CPU.
 void batch_input(const char* op, const char* name, const Tensor& t, int64_t B) {
@@ -254,7 +187,7 @@ void policy_update(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor 
 void policy_dynamics(Tensor table, Tensor config, int64_t t, Tensor indices, Tensor losses,
                      std::optional<Tensor> margins, std::optional<Tensor> priorities, Tensor rows) {
   pk::PolicyView v{};
-  v.cfg = config_of(kDynamics, table, config, 0);
+  v.cfg = config_of(kDynamics, on_cpu_state, table, config, 0);
   HM_CHECK(v.sharded(), kDynamics, ": the table is not sharded (world 0 in config)");
   HM_CHECK(t >= 0, kDynamics, ": t must be >= 0, got ", t);
   v.table = table.mutable_data_ptr<double>();

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import struct
+
 import torch
 
 from . import ops as _ops  # noqa: F401  (registers the fake kernels)
@@ -33,6 +35,7 @@ from .config import SCORES, PolicyConfig
 
 # Positions in the native counters vector (csrc/kernels/policy.h: Counter).
 _T, _T_REF, _NONFINITE, _ADMITTED, _EVICTED, _GRADUATED, _QUARANTINED, _WIN_COUNT, _WIN_HEAD, _FREE_TOP = range(10)
+_ERROR = 10  # CUDA: error code, position, value of a skipped step (csrc/cuda/policy.cu)
 _N_COUNTERS = 16
 _N_CONFIG = 16
 
@@ -63,12 +66,23 @@ def _config_vector(c: PolicyConfig, shard: tuple[int, int] | None = None) -> tor
     return torch.tensor(v + [0.0] * (_N_CONFIG - len(v)), dtype=torch.float64)
 
 
-def _tensor(name: str, x, B: int | None, kinds: tuple[torch.dtype, ...]) -> torch.Tensor:
-    """`x` as a 1-D CPU tensor of B entries with a dtype in `kinds`, or a clear error."""
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """x on ``device``; from the host through pinned memory, so no wait."""
+    if x.device == device:
+        return x
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def _tensor(name: str, x, B: int | None, kinds: tuple[torch.dtype, ...],
+            device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """`x` as a 1-D tensor of B entries with a dtype in `kinds`, on the CPU or
+    on ``device`` (the engine's), or a clear error."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.device.type != "cpu":
-        raise ValueError(f"{name} must be on the CPU (the engine's state is), got {x.device}")
+    if x.device.type != "cpu" and x.device != device:
+        raise ValueError(f"{name} must be on the CPU or on the engine's device {device}, got {x.device}")
     if x.dim() != 1:
         raise ValueError(f"{name} must be a 1-D tensor [B], got shape {list(x.shape)}")
     if B is not None and x.shape[0] != B:
@@ -88,10 +102,19 @@ class Engine:
             margins may be None) used when ``update`` gets no priorities.
         shard: ``(rank, world)`` to hold only shard ``rank`` of the table
             (see the module docstring); None (default) holds all of it.
+        device: where the state lives (default: the CPU). On a CUDA device
+            :meth:`update` only enqueues work (one device thread runs the
+            step: csrc/cuda/policy.cu) and never waits; :meth:`draw` waits
+            for its result. Input values a step cannot check without waiting
+            (index and class ranges, negative priorities, non-finite values
+            under ``nonfinite="raise"``) make the device run that step as an
+            update with no examples (the step count stays in line), and the
+            next :meth:`draw` (or :meth:`check`) raises the error. Not with
+            ``shard`` (yet).
     """
 
     def __init__(self, config: PolicyConfig, score_fn: Callable | None = None,
-                 shard: tuple[int, int] | None = None):
+                 shard: tuple[int, int] | None = None, device: torch.device | str | None = None):
         if not isinstance(config, PolicyConfig):
             raise TypeError(f"config must be a PolicyConfig, got {type(config).__name__}")
         if score_fn is not None and config.score != "given":
@@ -126,8 +149,42 @@ class Engine:
         self.window = torch.zeros(config.rank_window, dtype=torch.float64)
         self.counters = torch.zeros(_N_COUNTERS, dtype=torch.int64)
         self.counters[_FREE_TOP] = R
-        self.config_vector = _config_vector(config, shard)
+        self.config_vector = _config_vector(config, shard)  # read on the host: stays on the CPU
         self._seed = _ops.as_int64(config.seed, "seed")
+        self.device = torch.device("cpu")
+        if device is not None:
+            self.to(device)
+
+    def to(self, device: torch.device | str) -> "Engine":
+        """Moves the state to ``device`` (in place; returns self)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be the CPU or a CUDA device, got {device}")
+        if device.type == "cuda" and self.shard is not None:
+            raise ValueError("a sharded table is not supported on CUDA yet")
+        for k in STATE_TENSORS:
+            setattr(self, k, getattr(self, k).to(device))
+        self.device = device
+        return self
+
+    def check(self) -> None:
+        """CUDA: raises the error of a step the device skipped for bad input
+        (see ``device``), and clears it. Waits for the device."""
+        if self.device.type == "cpu":
+            return
+        code, at, value = self.counters[_ERROR : _ERROR + 3].tolist()
+        if code:
+            self.counters[_ERROR : _ERROR + 3] = 0
+            what = {1: "indices[{at}] = {v} is out of range [0, N)",
+                    2: "classes[{at}] = {v} is out of range [0, num_classes)",
+                    3: "priorities[{at}] = {f} is negative",
+                    4: "losses/margins/priorities[{at}] is not finite (nonfinite='raise'; loss {f})",
+                    5: "exclude[{at}] = {v} is out of range [0, N)"}.get(code, "error code {c}")
+            f = struct.unpack("<d", struct.pack("<q", value))[0]
+            raise ValueError("an update on the device had bad input and ran as an update with no "
+                             "examples: " + what.format(at=at, v=value, f=f, c=code))
 
     # --- the step ------------------------------------------------------------
 
@@ -224,50 +281,64 @@ class Engine:
     def slots_of(self, indices: torch.Tensor) -> torch.Tensor:
         """The slot of each member in ``indices`` (int64 [B]; -1: not a member)."""
         if self.shard is None:
-            return self.pos[indices].long()
+            return self.pos[_to_device(indices, self.device)].long()
         out = torch.empty(indices.numel(), dtype=torch.int64)
         torch.ops.hardmix.policy_find(self.pos, self.slots, self.config_vector, indices.long(), out)
         return out
 
     def _inputs(self, indices, losses, logits, targets, margins, classes, priorities) -> tuple:
         """The op's batch arguments from update()'s, checked (see update)."""
-        indices = _tensor("indices", indices, None, (torch.int64, torch.int32, torch.int16, torch.uint8))
+        dev = self.device
+        indices = _tensor("indices", indices, None, (torch.int64, torch.int32, torch.int16, torch.uint8), dev)
         B = indices.shape[0]
-        losses = _tensor("losses", losses, B, (torch.float32, torch.float64, torch.float16, torch.bfloat16))
+        losses = _tensor("losses", losses, B, (torch.float32, torch.float64, torch.float16, torch.bfloat16), dev)
         if logits is not None or targets is not None:
             if logits is None or targets is None:
                 raise ValueError("logits and targets go together: pass both or neither")
             if margins is not None:
                 raise ValueError("pass margins or logits/targets, not both")
-            targets = _tensor("targets", targets, B, (torch.int64, torch.int32))
+            targets = _tensor("targets", targets, B, (torch.int64, torch.int32), dev)
             if logits.dim() != 2 or logits.shape[0] != B:
                 raise ValueError(f"logits must have shape [B={B}, C], got {list(logits.shape)}")
+            if logits.device != targets.device:
+                raise ValueError(f"logits and targets must be on one device, got {logits.device} and "
+                                 f"{targets.device}")
             margins = _ops.margin(logits.detach(), targets)
             if classes is None:
                 classes = targets
         if margins is not None:
-            margins = _tensor("margins", margins, B, (torch.float32, torch.float64))
+            margins = _tensor("margins", margins, B, (torch.float32, torch.float64), dev)
         if classes is not None:
-            classes = _tensor("classes", classes, B, (torch.int64, torch.int32)).long()
+            classes = _tensor("classes", classes, B, (torch.int64, torch.int32), dev).long()
         if priorities is None and self.score_fn is not None:
             priorities = torch.as_tensor(self.score_fn(indices, losses, margins))
         if priorities is not None:
-            priorities = _tensor("priorities", priorities, B, (torch.float32, torch.float64))
+            priorities = _tensor("priorities", priorities, B, (torch.float32, torch.float64), dev)
         if losses.dtype in (torch.float16, torch.bfloat16):
             losses = losses.float()
-        return (indices.long(), losses.detach(), None if margins is None else margins.detach(), classes,
+        args = (indices.long(), losses.detach(), None if margins is None else margins.detach(), classes,
                 None if priorities is None else priorities.detach())
+        if dev.type == "cpu":
+            return args
+        # The device op takes its own dtypes, on its device; host inputs go over without a wait.
+        kinds = (torch.int64, torch.float64, torch.float64, torch.int64, torch.float64)
+        return tuple(None if a is None else _to_device(a.to(k), dev) for a, k in zip(args, kinds))
 
     def draw(self, m: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Up to m members drawn for replay (int64 dataset indices, in draw order),
         skipping those in ``exclude`` (the next batch's fresh part)."""
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise ValueError(f"m must be an int >= 0, got {m!r}")
-        exclude = _NO_INDICES if exclude is None else _tensor("exclude", exclude, None, (torch.int64, torch.int32)).long()
-        out = torch.empty(m + 1, dtype=torch.int64)
+        exclude = _NO_INDICES if exclude is None else _tensor("exclude", exclude, None, (torch.int64, torch.int32),
+                                                               self.device).long()
+        out = torch.empty(m + 1, dtype=torch.int64, device=self.device)
         torch.ops.hardmix.policy_draw(
-            self.tree, self.slots, self.pos, self.counters, self.config_vector, self._seed, exclude, out
+            self.tree, self.slots, self.pos, self.counters, self.config_vector, self._seed,
+            _to_device(exclude, self.device), out
         )
+        if self.device.type != "cpu":  # the one wait: the DataLoader needs the batch on the host
+            out = out.cpu()
+            self.check()
         return out[: int(out[m])]
 
     # --- inspection --------------------------------------------------------
@@ -314,8 +385,8 @@ class Engine:
 
     def state_dict(self) -> dict:
         """Every state tensor (cloned) and the config, for checkpoints."""
-        return {"config": self.config.as_dict(), "shard": self.shard,
-                **{k: getattr(self, k).clone() for k in STATE_TENSORS}}
+        return {"config": self.config.as_dict(), "shard": self.shard,  # (CPU tensors whatever the device)
+                **{k: getattr(self, k).to("cpu", copy=True) for k in STATE_TENSORS}}
 
     def load_state_dict(self, state: dict) -> None:
         cfg = PolicyConfig(**state["config"])

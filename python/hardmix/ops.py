@@ -159,6 +159,6 @@ def _fake_policy_find(pos, slots, config, indices, out) -> None:
 OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw", "policy_dynamics", "policy_find")
 """Every op of the library, by name in ``torch.ops.hardmix``."""
 
-CUDA_OPS = ("uniform_fill", "gumbel_fill", "margin")
-"""The ops with a CUDA kernel. The policy ops are CPU-only so far: the GPU
-engine (state on the device, an O(R) Gumbel-top-m draw) is later work."""
+CUDA_OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw", "policy_find")
+"""The ops with a CUDA kernel. policy_dynamics (the sharded table's first
+half) is CPU-only: a sharded table lives on the CPU."""

@@ -5,6 +5,9 @@ policy.h, driven by :mod:`hardmix.engine`) must agree with it on every output:
 membership, keys, the dynamics table and the replay draws, bit for bit. It uses
 the standard library only (lists, dicts, ``heapq``, ``math``) and the random
 numbers of :mod:`hardmix.rng`, and is written to be read, not to be fast.
+Logarithms and exponentials are :mod:`hardmix.rng`'s own (``rng.log``,
+``rng.exp``, ``rng.log1p``: within 1 ulp of libm, written with + - * / only),
+which the engine computes identically on the CPU and on a GPU.
 
 One step
 ========
@@ -142,8 +145,8 @@ NEW_ROW = (0.0, 0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0)
 def softplus(x: float) -> float:
     """log(1 + e^x), without overflow."""
     if x > 0:
-        return x + math.log1p(math.exp(-x))
-    return math.log1p(math.exp(x))
+        return x + rng.log1p(rng.exp(-x))
+    return rng.log1p(rng.exp(x))
 
 
 @dataclass
@@ -233,7 +236,7 @@ class ReferencePolicy:
         c = self.config
         if c.gamma == 0:
             return 1.0
-        return math.exp(c.gamma * (m.logp + c.lam * (m.s - self.t_ref)))
+        return rng.exp(c.gamma * (m.logp + c.lam * (m.s - self.t_ref)))
 
     def heap_class(self, cls: int) -> int:
         return cls if self.config.class_quotas else 0
@@ -362,7 +365,7 @@ class ReferencePolicy:
                 p = max(loss, 0.0) * (1.0 + c.forget_boost * row[COL_FORGET])
             else:
                 p = given
-            logp = math.log(p) if p > 0 else -math.inf
+            logp = rng.log(p) if p > 0 else -math.inf
             base = 0.0 if c.alpha == 0 else c.alpha * logp
             key = base + c.lam * t + rng.gumbel(admit_key, i)
             cls = classes[b] if classes is not None else 0

@@ -1,0 +1,115 @@
+// The policy ops' view of the engine's state tensors, shared by the CPU ops
+// (policy.cpp) and the CUDA ops (cuda_ops.cpp): shape, dtype and consistency
+// checks of the state, and the PolicyView over it. `place` checks a state
+// tensor's device (CPU, or the engine's CUDA device).
+#pragma once
+
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include <cstdint>
+
+#include "../kernels/policy.h"
+#include "checks.h"
+
+namespace hardmix {
+namespace policy_ops {
+
+using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
+namespace pk = policy;
+
+// A state tensor as the engine makes it: on the engine's device (`place`
+// checks it), contiguous, of its dtype.
+template <class Place>
+void state_tensor(const char* op, Place place, const char* name, const Tensor& t, ScalarType dtype) {
+  place(op, name, t);
+  checks::dtype(op, name, t, dtype);
+  checks::contiguous(op, name, t);
+}
+
+inline int64_t rows_of(const char* op, const char* name, const Tensor& t, int64_t cols) {
+  HM_CHECK(t.dim() == 2 && t.size(1) == cols, op, ": state ", name, " must have shape [n, ", cols,
+           "], got ", detail::shape_str(t));
+  return t.size(0);
+}
+
+inline int64_t pow2_at_least(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+// The config vector, with the table's shape checked against its sharding:
+// [N, 8] unsharded; sharded (world W, rank r) the rows i // W of the indices
+// i = r (mod W) in [0, N): [(N - r + W - 1) // W, 8].
+// (config is read on the host: a CPU tensor whatever the engine's device.)
+template <class Place>
+pk::Config config_of(const char* op, Place place, const Tensor& table, const Tensor& config, int64_t seed) {
+  state_tensor(op, place, "table", table, ScalarType::Double);
+  state_tensor(op, checks::on_cpu, "config", config, ScalarType::Double);
+  HM_CHECK(config.numel() == pk::kConfigFields, op, ": state config has the wrong size");
+  const pk::Config c = pk::Config::from(config.const_data_ptr<double>(), static_cast<uint64_t>(seed));
+  const int64_t rows = rows_of(op, "table", table, pk::kTableCols);
+  if (c.world != 0) {
+    HM_CHECK(c.world >= 1 && c.rank >= 0 && c.rank < c.world && c.num_examples >= 1, op,
+             ": state config has a bad sharding: world ", c.world, ", rank ", c.rank, ", N ",
+             c.num_examples);
+    const int64_t want = (c.num_examples - c.rank + c.world - 1) / c.world;
+    HM_CHECK(rows == want, op, ": state table must have ", want, " rows (shard ", c.rank, " of ",
+             c.world, ", N = ", c.num_examples, "), got ", rows);
+  }
+  return c;
+}
+
+// Views the state tensors; checks that they are mutually consistent.
+template <class Place>
+pk::PolicyView view(const char* op, Place place, const Tensor& table, const Tensor& pos, const Tensor& slots,
+                    const Tensor& links, const Tensor& heap, const Tensor& free, const Tensor& classes,
+                    const Tensor& tree, const Tensor& window, const Tensor& counters,
+                    const Tensor& config, int64_t seed) {
+  state_tensor(op, place, "pos", pos, ScalarType::Int);
+  state_tensor(op, place, "slots", slots, ScalarType::Double);
+  state_tensor(op, place, "links", links, ScalarType::Int);
+  state_tensor(op, place, "heap", heap, ScalarType::Double);
+  state_tensor(op, place, "free", free, ScalarType::Int);
+  state_tensor(op, place, "classes", classes, ScalarType::Long);
+  state_tensor(op, place, "tree", tree, ScalarType::Double);
+  state_tensor(op, place, "window", window, ScalarType::Double);
+  state_tensor(op, place, "counters", counters, ScalarType::Long);
+  HM_CHECK(counters.numel() == pk::kCounters && config.numel() == pk::kConfigFields, op,
+           ": state counters/config have the wrong size");
+  pk::PolicyView v{};
+  v.cfg = config_of(op, place, table, config, seed);
+  v.N = v.cfg.world ? v.cfg.num_examples : table.size(0);
+  v.R = rows_of(op, "slots", slots, pk::kSlotFields);
+  v.K = rows_of(op, "classes", classes, 2);
+  const int64_t pos_n = v.cfg.world ? 2 * pow2_at_least(v.R) : v.N;
+  HM_CHECK(pos.dim() == 1 && pos.size(0) == pos_n, op, ": state pos must have shape [", pos_n,
+           "], got ", detail::shape_str(pos));
+  HM_CHECK(rows_of(op, "links", links, pk::kLinkFields) == v.R && free.numel() == v.R &&
+               rows_of(op, "heap", heap, 2) == v.R && v.R >= 1,
+           op, ": state links/heap/free do not match R = ", v.R);
+  v.P = tree.numel() / 2;
+  HM_CHECK(tree.numel() % 2 == 0 && v.P >= v.R && v.P < 2 * v.R + 1 && (v.P & (v.P - 1)) == 0, op,
+           ": state tree must have 2P entries, P the power of two >= R = ", v.R, ", got ",
+           tree.numel());
+  v.W = window.numel();
+  HM_CHECK(v.W >= 1, op, ": state window must not be empty");
+  v.table = table.mutable_data_ptr<double>();
+  v.pos = pos.mutable_data_ptr<int32_t>();
+  v.slots = slots.mutable_data_ptr<double>();
+  v.links = links.mutable_data_ptr<int32_t>();
+  v.heap = heap.mutable_data_ptr<double>();
+  v.free = free.mutable_data_ptr<int32_t>();
+  v.classes = classes.mutable_data_ptr<int64_t>();
+  v.tree = tree.mutable_data_ptr<double>();
+  v.window = window.mutable_data_ptr<double>();
+  v.counters = counters.mutable_data_ptr<int64_t>();
+  HM_CHECK(v.K == (v.cfg.quotas ? v.cfg.num_classes : 1), op,
+           ": state classes must have one row per heap class");
+  return v;
+}
+
+}  // namespace policy_ops
+}  // namespace hardmix
