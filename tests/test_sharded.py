@@ -147,6 +147,8 @@ def test_sharded_bad_input_changes_nothing():
         assert_state_unchanged(before, a)
     for kwargs, kind, match in [
         (dict(t=-1, indices=idx, losses=losses), ValueError, "t must be an int >= 0, got -1"),
+        (dict(t=0, indices=idx, losses=losses, priorities=torch.ones(3)), RuntimeError,
+         "priorities must be given exactly when score is 'given'"),
         (dict(t=0, indices=torch.tensor([0, 11, 2]), losses=losses), RuntimeError,
          r"policy_dynamics: indices\[1\] = 11 is out of range \[0, 10\)"),
         (dict(t=0, indices=idx, losses=losses[:2]), ValueError, "losses has 2 entries but indices has 3"),
@@ -154,6 +156,20 @@ def test_sharded_bad_input_changes_nothing():
         with pytest.raises(kind, match=match):
             a.dynamics(**kwargs)
         assert_state_unchanged(before, a)
+
+
+def test_a_tree_of_the_wrong_size_is_refused():
+    """(Review: P = 2R passed the old check and made the sharded hash mask
+    reach past pos.)"""
+    a, b = small_sharded()
+    for e in (a, b):
+        e.tree = torch.zeros(16, dtype=torch.float64)  # R = 3: P must be 4
+    idx, losses = torch.tensor([1, 2]), torch.tensor([1.0, 2.0])
+    rows = a.dynamics(0, idx, losses) + b.dynamics(0, idx, losses)
+    with pytest.raises(RuntimeError, match="state tree must have 2P entries, P the least power of two >= R = 3"):
+        a.update(idx, losses, rows=rows)
+    with pytest.raises(RuntimeError, match="state tree does not match R = 3"):
+        a.draw(1)
 
 
 def test_shard_arguments_and_checkpoints():
@@ -188,3 +204,46 @@ def test_opcheck_sharded_ops():
                           (*a.state_tensors(), a.config_vector, 1, idx, losses, None, None, None, rows))
     out = torch.empty(3, dtype=torch.int64)
     torch.library.opcheck(torch.ops.hardmix.policy_find, (a.pos, a.slots, a.config_vector, idx, out))
+
+
+def test_ranks_applying_at_different_times_agree():
+    """Ranks of one sharded run may apply their queued updates at different
+    times (a rank whose loader fetched further ahead has applied more of them
+    when update() runs). The owner's rows then miss the quarantines of steps
+    the owner applies later, while another rank applied them before the batch
+    arrived: so every rank also carries in the quarantines of every step since
+    the least step any rank had (Engine.carry_since; the sampler exchanges the
+    steps with the rows). Found by review; without carry_since this fails."""
+    g = torch.Generator().manual_seed(7)
+    cfg = PolicyConfig(num_examples=200, capacity=24, seed=3, score="forgetting", alpha=1.0, lam=0.01,
+                       gamma=1.0, max_replays=2, quarantine_steps=15, class_quotas=True, num_classes=4,
+                       max_new_per_step=5)
+    stubborn = torch.arange(200) % 5 == 0
+    lags = (0, 2, 1)  # rank 0 applies each update at once, rank 1 two updates later, rank 2 one
+    whole = Engine(cfg)
+    shards = [Engine(cfg, shard=(r, 3)) for r in range(3)]
+    pending = [collections.deque() for _ in shards]
+    T = 300
+    for t in range(T):
+        idx = torch.randperm(200, generator=g)[:32]
+        losses = torch.rand(32, generator=g) * 2
+        margins = torch.where(stubborn[idx], -torch.rand(32, generator=g), torch.randn(32, generator=g))
+        args = dict(indices=idx, losses=losses, margins=margins, classes=idx % 4)
+        whole.update(**args)
+        rows = sum(s.dynamics(t, **args) for s in shards)  # the all_reduce (with each rank's step)
+        least = min(s.step for s in shards)
+        for r, s in enumerate(shards):
+            mine = rows.clone()
+            s.carry_since(mine, idx, least)
+            s.forget_before(least)
+            pending[r].append((args, mine))
+            while len(pending[r]) > lags[r] or (t == T - 1 and pending[r]):
+                a, rows_r = pending[r].popleft()
+                made = s.update(**a, rows=rows_r)
+                for later_args, later_rows in pending[r]:
+                    Engine.carry(later_rows, later_args["indices"], made)
+    assert whole.totals()["quarantined"] > 10
+    for r, s in enumerate(shards):
+        assert torch.equal(s.counters, whole.counters), f"shard {r}: {s.totals()} != {whole.totals()}"
+        assert torch.equal(s.slots[:, :7], whole.slots[:, :7]), f"shard {r} slots"
+        assert torch.equal(s.table, whole.table[r::3]), f"shard {r} table"

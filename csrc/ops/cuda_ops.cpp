@@ -173,7 +173,7 @@ void policy_draw_cuda(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Te
   v.N = v.cfg.world ? v.cfg.num_examples : pos.numel();
   v.R = policy_ops::rows_of(op, "slots", slots, pk::kSlotFields);
   v.P = tree.numel() / 2;
-  HM_CHECK(v.P >= v.R && (v.P & (v.P - 1)) == 0, op, ": state tree does not match R = ", v.R);
+  HM_CHECK(tree.numel() == 2 * policy_ops::pow2_at_least(v.R), op, ": state tree does not match R = ", v.R);
   const int64_t m = out.numel() - 1, E = exclude.numel();
   Tensor scratch = device_scratch(pk::draw_scratch_bytes(E, m), tree);
   v.tree = tree.mutable_data_ptr<double>();

@@ -105,7 +105,7 @@ struct CheckedBatch {
 CheckedBatch checked_batch(const char* op, const pk::Config& cfg, int64_t N, const Tensor& indices,
                            const Tensor& losses, const std::optional<Tensor>& margins,
                            const std::optional<Tensor>& classes,
-                           const std::optional<Tensor>& priorities, bool whole_step = true) {
+                           const std::optional<Tensor>& priorities, bool need_classes = true) {
   checks::on_cpu(op, "indices", indices);
   checks::dim(op, "indices [B]", indices, 1);
   checks::dtype(op, "indices", indices, ScalarType::Long);
@@ -122,13 +122,13 @@ CheckedBatch checked_batch(const char* op, const pk::Config& cfg, int64_t N, con
   out.idx_c = torch::stable::contiguous(indices);
   const int64_t* idx = out.idx_c.const_data_ptr<int64_t>();
   check_indices(op, "indices", idx, B, N);
-  if (whole_step) {  // (policy_dynamics does not score or place: it reads what it is given)
-    HM_CHECK(cfg.score != pk::kScoreMargin || margins.has_value(), op,
-             ": score 'margin' needs margins (pass logits and targets)");
-    HM_CHECK((cfg.score == pk::kScoreGiven) == priorities.has_value(), op,
-             ": priorities must be given exactly when score is 'given'");
-    HM_CHECK(!cfg.quotas || classes.has_value(), op, ": class_quotas needs classes (pass targets)");
-  }
+  HM_CHECK(cfg.score != pk::kScoreMargin || margins.has_value(), op,
+           ": score 'margin' needs margins (pass logits and targets)");
+  HM_CHECK((cfg.score == pk::kScoreGiven) == priorities.has_value(), op,
+           ": priorities must be given exactly when score is 'given'");
+  // (policy_dynamics takes no classes: the step's second half checks them)
+  HM_CHECK(!need_classes || !cfg.quotas || classes.has_value(), op,
+           ": class_quotas needs classes (pass targets)");
 
   thread_local std::vector<double> loss_v, margin_v, prio_v;
   widen(op, "losses", losses, loss_v);
@@ -192,7 +192,7 @@ void policy_dynamics(Tensor table, Tensor config, int64_t t, Tensor indices, Ten
   HM_CHECK(t >= 0, kDynamics, ": t must be >= 0, got ", t);
   v.table = table.mutable_data_ptr<double>();
   const CheckedBatch in = checked_batch(kDynamics, v.cfg, v.cfg.num_examples, indices, losses, margins,
-                                        std::nullopt, priorities, /*whole_step=*/false);
+                                        std::nullopt, priorities, /*need_classes=*/false);
   double* out = rows_arg(kDynamics, rows, in.batch.B);
   v.owned_dynamics(in.batch, t, out);
 }
@@ -246,7 +246,7 @@ void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor 
   v.N = v.cfg.world ? v.cfg.num_examples : pos.numel();
   v.R = rows_of(kDraw, "slots", slots, pk::kSlotFields);
   v.P = tree.numel() / 2;
-  HM_CHECK(v.P >= v.R && (v.P & (v.P - 1)) == 0, kDraw, ": state tree does not match R = ", v.R);
+  HM_CHECK(tree.numel() == 2 * pow2_at_least(v.R), kDraw, ": state tree does not match R = ", v.R);
   const Tensor ex = torch::stable::contiguous(exclude);
   const int64_t E = ex.numel();
   const int64_t* e = ex.const_data_ptr<int64_t>();

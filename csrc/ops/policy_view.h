@@ -91,8 +91,8 @@ pk::PolicyView view(const char* op, Place place, const Tensor& table, const Tens
                rows_of(op, "heap", heap, 2) == v.R && v.R >= 1,
            op, ": state links/heap/free do not match R = ", v.R);
   v.P = tree.numel() / 2;
-  HM_CHECK(tree.numel() % 2 == 0 && v.P >= v.R && v.P < 2 * v.R + 1 && (v.P & (v.P - 1)) == 0, op,
-           ": state tree must have 2P entries, P the power of two >= R = ", v.R, ", got ",
+  HM_CHECK(tree.numel() % 2 == 0 && v.P == pow2_at_least(v.R), op,
+           ": state tree must have 2P entries, P the least power of two >= R = ", v.R, ", got ",
            tree.numel());
   v.W = window.numel();
   HM_CHECK(v.W >= 1, op, ": state window must not be empty");

@@ -11,9 +11,10 @@ of the ranks' batches, in rank order, as one step. Each rank receives
 batch size (twice it with ``replay_mode="append"``).
 
 With ``shard_table=True`` a second collective, :func:`sum_rows`, brings every
-rank the rows of the batch's examples from the ranks that own them: an
-``all_reduce`` of [W * B, 8] float64 (ring all-reduce: about 2 * 64 * W * B
-bytes received per rank), again independent of N and R.
+rank the rows of the batch's examples from the ranks that own them, and every
+rank's engine step: an ``all_reduce`` of [W * B + ceil(W / 8), 8] float64
+(ring all-reduce: about 2 * 64 * W * B bytes received per rank), again
+independent of N and R.
 """
 
 from __future__ import annotations

@@ -152,6 +152,8 @@ class Engine:
         self.config_vector = _config_vector(config, shard)  # read on the host: stays on the CPU
         self._seed = _ops.as_int64(config.seed, "seed")
         self.device = torch.device("cpu")
+        # Sharded: (step, indices, quarantine_until) of the quarantines of recent steps (carry_since).
+        self._made: list = []
         if device is not None:
             self.to(device)
 
@@ -228,10 +230,28 @@ class Engine:
             torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, None)
             return None
         ok = isinstance(rows, torch.Tensor) and rows.dim() == 2 and rows.shape[1] == 8
-        work = rows.clone() if ok else rows  # the caller's rows stay as given (else the op raises)
+        work = rows.clone(memory_format=torch.contiguous_format) if ok else rows  # the caller's stay as given
         torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, work)
         made = work[:, 7] != rows[:, 7]  # only the step's working copies change, one per index
-        return args[0][made], work[made, 7]
+        out = (args[0][made], work[made, 7])
+        if out[0].numel():
+            self._made.append((self.step - 1, *out))
+        return out
+
+    def carry_since(self, rows: torch.Tensor, indices: torch.Tensor, step: int) -> None:
+        """Sharded: :meth:`carry` into ``rows`` the quarantines of every step >=
+        ``step`` that this engine has applied (it keeps them until
+        :meth:`forget_before`). For rows whose owners had applied only the
+        steps before ``step`` when they ran :meth:`dynamics`: ranks may apply
+        queued updates at different times (the sampler passes the least
+        step of all ranks)."""
+        for s, who, until in self._made:
+            if s >= step:
+                Engine.carry(rows, indices, (who, until))
+
+    def forget_before(self, step: int) -> None:
+        """Drops the kept quarantines of the steps before ``step``."""
+        self._made = [m for m in self._made if m[0] >= step]
 
     @staticmethod
     def carry(rows: torch.Tensor, indices: torch.Tensor, made: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -385,8 +405,11 @@ class Engine:
 
     def state_dict(self) -> dict:
         """Every state tensor (cloned) and the config, for checkpoints."""
-        return {"config": self.config.as_dict(), "shard": self.shard,  # (CPU tensors whatever the device)
-                **{k: getattr(self, k).to("cpu", copy=True) for k in STATE_TENSORS}}
+        state = {"config": self.config.as_dict(), "shard": self.shard,  # (CPU tensors whatever the device)
+                 **{k: getattr(self, k).to("cpu", copy=True) for k in STATE_TENSORS}}
+        if self.shard is not None:
+            state["made"] = [(s, who.clone(), until.clone()) for s, who, until in self._made]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         cfg = PolicyConfig(**state["config"])
@@ -402,3 +425,4 @@ class Engine:
                                  f"want {list(mine.shape)}/{mine.dtype}")
         for k in STATE_TENSORS:
             getattr(self, k).copy_(state[k])
+        self._made = [(int(s), who.clone(), until.clone()) for s, who, until in state.get("made", [])]

@@ -671,6 +671,8 @@ class ReplaySampler(BatchSampler):
             rows = self.batch_size * (2 if self.replay_mode == "append" else 1)  # no batch is longer
             entry = _dist.gather_entries(mine, error, self.num_replicas, self.rank, self._group, rows)
         if self.shard_table:  # the owners' half of the step, now (the only time a collective may run)
+            # (if this collective fails, e.g. times out, the owners' dynamics of this update are
+            # already in their rows: the run cannot go on, restart from a checkpoint)
             entry["rows"] = self._owned_rows(entry, self._received)
         rec = self._outstanding.popleft()
         self._last_updated = rec["indices"]
@@ -679,10 +681,25 @@ class ReplaySampler(BatchSampler):
 
     def _owned_rows(self, entry: dict, t: int) -> torch.Tensor:
         """Sharded table: this rank's dynamics for update ``t`` (all ranks'
-        examples), and the batch's rows from their owners (all_reduce)."""
-        rows = self.engine.dynamics(t, entry["indices"], entry["losses"], margins=entry["margins"],
-                                    priorities=entry["priorities"])
-        return _dist.sum_rows(rows, self._group) if self.num_replicas > 1 else rows
+        examples), and the batch's rows from their owners (all_reduce). Ranks
+        may have applied different numbers of queued updates (different
+        prefetch depths): the owners' rows hold the quarantines of the steps
+        each owner had applied, so the exchange also carries every rank's
+        engine step, and this rank carries in the quarantines it made since
+        the least of them (Engine.carry_since)."""
+        eng, W = self.engine, self.num_replicas
+        rows = eng.dynamics(t, entry["indices"], entry["losses"], margins=entry["margins"],
+                            priorities=entry["priorities"])
+        if W == 1:
+            return rows
+        B = rows.shape[0]
+        steps = torch.zeros(-(-W // 8), 8, dtype=torch.float64)  # each rank's step at [rank]
+        steps.view(-1)[self.rank] = eng.step
+        out = _dist.sum_rows(torch.cat([rows, steps]), self._group)
+        rows, least = out[:B], int(out[B:].view(-1)[:W].min())
+        eng.carry_since(rows, entry["indices"], least)
+        eng.forget_before(least)
+        return rows
 
     def _empty_entry(self) -> dict:
         c = self.config
@@ -905,6 +922,8 @@ class ReplaySampler(BatchSampler):
             raise ValueError(f"load_state_dict: engine step {engine.step} != updates_start {start}")
         yielded = int(pos["yielded"])
         updates = list(state["updates"])[: max(0, yielded - start)]
+        if self.shard_table:  # quarantines get carried into their rows: not into the caller's state
+            updates = [dict(u, rows=u["rows"].clone()) for u in updates]
         received = start + len(updates)
         if self.shard_table:  # the copied table lacks the dynamics of the updates received after the copy
             for n in range(max(start, int(state["dynamics_until"])), received):
