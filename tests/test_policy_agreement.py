@@ -151,8 +151,10 @@ def test_keys_keep_their_precision_at_a_billion_steps():
     a fresher, lower-priority example still beats a stale one."""
     cfg = PolicyConfig(num_examples=20, capacity=4, seed=2, lam=1e-3, gamma=1.0)
     e, r = Engine(cfg), ReferencePolicy(cfg)
-    e.counters[0] = 10**9
-    e.counters[1] = 10**9  # t_ref
+    state = e.state_dict()
+    state["counters"][0] = 10**9
+    state["counters"][1] = 10**9  # t_ref
+    e.load_state_dict(state)
     r.t = r.t_ref = 10**9
     g = torch.Generator().manual_seed(0)
     for _ in range(30):

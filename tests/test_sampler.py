@@ -475,7 +475,9 @@ def test_update_under_no_grad_and_compile():
 
 
 def test_inputs_on_any_device(device):
-    """update/weights take tensors on the training device (the state stays on the CPU)."""
+    """update/weights take tensors on the training device; the state goes
+    there at the first update, and batches, weights and reservoir are those
+    of the CPU run, bit for bit."""
     s = hardmix.ReplaySampler(64, batch_size=8, capacity=16, replay_lag=0, num_classes=3)
     ref = hardmix.ReplaySampler(64, batch_size=8, capacity=16, replay_lag=0, num_classes=3)
     gen = torch.Generator().manual_seed(0)
@@ -488,4 +490,31 @@ def test_inputs_on_any_device(device):
         assert w.device == idx.device and torch.equal(w.cpu(), ref.weights(torch.tensor(b)))
         s.update(idx, losses.to(device), logits=logits.to(device), targets=targets.to(device))
         ref.update(torch.tensor(b), losses, logits=logits, targets=targets)
+    assert s.engine.device.type == device
     assert torch.equal(s.reservoir()["index"], ref.reservoir()["index"])
+    assert s.stats()["total_admitted"] == ref.stats()["total_admitted"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_update_on_the_gpu_never_waits_for_it():
+    """DESIGN §4: with the state on the GPU, update() enqueues and returns
+    (torch.cuda.set_sync_debug_mode('error') raises on any wait); the batch
+    that needs a draw waits for the engine's own stream only."""
+    s = hardmix.ReplaySampler(4096, batch_size=64, capacity=512, replay_lag=4, num_classes=10, seed=1)
+    model = torch.nn.Linear(16, 10).cuda()
+    x_of = torch.randn(4096, 16, device="cuda")
+    for k, b in enumerate(s):
+        idx = torch.tensor(b)  # from the loader: on the host
+        x, y = x_of[idx.cuda()], idx.cuda() % 10
+        logits = model(x)
+        losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        if k > 0:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            s.update(idx, losses.detach(), logits=logits.detach(), targets=y)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        if k == 40:
+            break
+    assert s.engine.device.type == "cuda" and s.stats()["size"] > 0

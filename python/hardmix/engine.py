@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import contextlib
 import struct
 
 import torch
@@ -152,6 +153,8 @@ class Engine:
         self.config_vector = _config_vector(config, shard)  # read on the host: stays on the CPU
         self._seed = _ops.as_int64(config.seed, "seed")
         self.device = torch.device("cpu")
+        self._stream = None
+        self._t = 0  # = counters[_T]: every update is one step
         # Sharded: (step, indices, quarantine_until) of the quarantines of recent steps (carry_since).
         self._made: list = []
         if device is not None:
@@ -169,16 +172,30 @@ class Engine:
         for k in STATE_TENSORS:
             setattr(self, k, getattr(self, k).to(device))
         self.device = device
+        self._stream = None
+        if device.type == "cuda":
+            # The engine's own stream: its steps wait for their inputs only
+            # (see update), never for the training work queued after them.
+            self._stream = torch.cuda.Stream(device)
+            self._stream.wait_stream(torch.cuda.current_stream(device))  # the copies above
         return self
+
+    def on_stream(self):
+        """A context in which reading or writing the state is ordered with the
+        engine's work: on CUDA its stream (the state is written there), on
+        the CPU nothing."""
+        return contextlib.nullcontext() if self._stream is None else torch.cuda.stream(self._stream)
 
     def check(self) -> None:
         """CUDA: raises the error of a step the device skipped for bad input
         (see ``device``), and clears it. Waits for the device."""
         if self.device.type == "cpu":
             return
-        code, at, value = self.counters[_ERROR : _ERROR + 3].tolist()
+        with self.on_stream():
+            code, at, value = self.counters[_ERROR : _ERROR + 3].tolist()
         if code:
-            self.counters[_ERROR : _ERROR + 3] = 0
+            with self.on_stream():
+                self.counters[_ERROR : _ERROR + 3] = 0
             what = {1: "indices[{at}] = {v} is out of range [0, N)",
                     2: "classes[{at}] = {v} is out of range [0, num_classes)",
                     3: "priorities[{at}] = {f} is negative",
@@ -201,6 +218,7 @@ class Engine:
         classes: torch.Tensor | None = None,
         priorities: torch.Tensor | None = None,
         rows: torch.Tensor | None = None,
+        ready: "torch.cuda.Event | None" = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """One step of the policy.
 
@@ -216,27 +234,51 @@ class Engine:
             rows: sharded table only (required there): the sum over the shards
                 of :meth:`dynamics` for this batch, float64 [B, 8] (not
                 changed: the op works on a copy).
+            ready: CUDA: an event recorded (on the stream that made the
+                inputs) when they were complete. The step runs on the
+                engine's stream after that event, so it never waits for work
+                queued later; without it, after everything queued so far.
 
         Returns None, or with a sharded table the quarantines this step made:
         (dataset indices int64, quarantine_until float64), for :meth:`carry`.
         Raises ValueError/TypeError naming the argument and value, or the op's
         RuntimeError, before any state changes.
         """
+        if self._stream is not None:
+            self._update_on_device(ready, indices, losses, logits, targets, margins, classes, priorities)
+            self._t += 1
+            return None
         args = self._inputs(indices, losses, logits, targets, margins, classes, priorities)
         if (rows is None) != (self.shard is None):
             raise ValueError("rows must be given exactly when the table is sharded "
                              f"(shard={self.shard!r}), got {'None' if rows is None else 'a tensor'}")
         if rows is None:
             torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, None)
+            self._t += 1
             return None
         ok = isinstance(rows, torch.Tensor) and rows.dim() == 2 and rows.shape[1] == 8
         work = rows.clone(memory_format=torch.contiguous_format) if ok else rows  # the caller's stay as given
         torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, work)
+        self._t += 1
         made = work[:, 7] != rows[:, 7]  # only the step's working copies change, one per index
         out = (args[0][made], work[made, 7])
         if out[0].numel():
             self._made.append((self.step - 1, *out))
         return out
+
+    def _update_on_device(self, ready, *inputs) -> None:
+        side = self._stream
+        if ready is None:
+            side.wait_stream(torch.cuda.current_stream(self.device))
+        else:
+            side.wait_event(ready)
+        with torch.cuda.stream(side):
+            args = self._inputs(*inputs)
+            torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, None)
+        for t in inputs:  # made on another stream, read on this one: not to be reused before
+            if isinstance(t, torch.Tensor) and t.device == self.device:
+                t.record_stream(side)
+        return None
 
     def carry_since(self, rows: torch.Tensor, indices: torch.Tensor, step: int) -> None:
         """Sharded: :meth:`carry` into ``rows`` the quarantines of every step >=
@@ -301,7 +343,8 @@ class Engine:
     def slots_of(self, indices: torch.Tensor) -> torch.Tensor:
         """The slot of each member in ``indices`` (int64 [B]; -1: not a member)."""
         if self.shard is None:
-            return self.pos[_to_device(indices, self.device)].long()
+            with self.on_stream():
+                return self.pos[_to_device(indices, self.device)].long()
         out = torch.empty(indices.numel(), dtype=torch.int64)
         torch.ops.hardmix.policy_find(self.pos, self.slots, self.config_vector, indices.long(), out)
         return out
@@ -351,14 +394,17 @@ class Engine:
             raise ValueError(f"m must be an int >= 0, got {m!r}")
         exclude = _NO_INDICES if exclude is None else _tensor("exclude", exclude, None, (torch.int64, torch.int32),
                                                                self.device).long()
-        out = torch.empty(m + 1, dtype=torch.int64, device=self.device)
-        torch.ops.hardmix.policy_draw(
-            self.tree, self.slots, self.pos, self.counters, self.config_vector, self._seed,
-            _to_device(exclude, self.device), out
-        )
-        if self.device.type != "cpu":  # the one wait: the DataLoader needs the batch on the host
-            out = out.cpu()
-            self.check()
+        with self.on_stream():
+            out = torch.empty(m + 1, dtype=torch.int64, device=self.device)
+            torch.ops.hardmix.policy_draw(
+                self.tree, self.slots, self.pos, self.counters, self.config_vector, self._seed,
+                _to_device(exclude, self.device), out
+            )
+            if self.device.type != "cpu":
+                # The one wait, for the engine's stream only (its steps waited for
+                # inputs of batches the replay lag put well in the past).
+                out = out.cpu()
+                self.check()
         return out[: int(out[m])]
 
     # --- inspection --------------------------------------------------------
@@ -368,17 +414,20 @@ class Engine:
 
     @property
     def step(self) -> int:
-        """The number of updates so far (the step counter t)."""
-        return int(self.counters[_T])
+        """The number of updates so far (the step counter t; kept on the host
+        too, so reading it never waits for a GPU)."""
+        return self._t
 
     @property
     def size(self) -> int:
-        return self.config.capacity - int(self.counters[_FREE_TOP])
+        with self.on_stream():
+            return self.config.capacity - int(self.counters[_FREE_TOP])
 
     def totals(self) -> dict[str, int]:
         """Counts since the start: nonfinite entries, admitted, evicted,
         graduated and quarantined members."""
-        c = self.counters
+        with self.on_stream():
+            c = self.counters.tolist()
         return dict(
             nonfinite=int(c[_NONFINITE]),
             admitted=int(c[_ADMITTED]),
@@ -389,9 +438,11 @@ class Engine:
 
     def members(self) -> dict[str, torch.Tensor]:
         """The current members, ordered by slot: dataset index, key, log
-        priority, score step, class, admission step, best loss."""
-        occupied = self.slots[:, 0] >= 0
-        s = self.slots[occupied]
+        priority, score step, class, admission step, best loss (CPU tensors)."""
+        with self.on_stream():
+            slots = self.slots.cpu()
+        occupied = slots[:, 0] >= 0
+        s = slots[occupied]
         return dict(
             slot=occupied.nonzero().squeeze(1),
             index=s[:, 0].long(),
@@ -405,8 +456,9 @@ class Engine:
 
     def state_dict(self) -> dict:
         """Every state tensor (cloned) and the config, for checkpoints."""
-        state = {"config": self.config.as_dict(), "shard": self.shard,  # (CPU tensors whatever the device)
-                 **{k: getattr(self, k).to("cpu", copy=True) for k in STATE_TENSORS}}
+        with self.on_stream():
+            state = {"config": self.config.as_dict(), "shard": self.shard,  # (CPU tensors whatever the device)
+                     **{k: getattr(self, k).to("cpu", copy=True) for k in STATE_TENSORS}}
         if self.shard is not None:
             state["made"] = [(s, who.clone(), until.clone()) for s, who, until in self._made]
         return state
@@ -423,6 +475,8 @@ class Engine:
             if theirs.shape != mine.shape or theirs.dtype != mine.dtype:
                 raise ValueError(f"state_dict[{k!r}] has shape/dtype {list(theirs.shape)}/{theirs.dtype}, "
                                  f"want {list(mine.shape)}/{mine.dtype}")
-        for k in STATE_TENSORS:
-            getattr(self, k).copy_(state[k])
+        with self.on_stream():
+            for k in STATE_TENSORS:
+                getattr(self, k).copy_(state[k])
         self._made = [(int(s), who.clone(), until.clone()) for s, who, until in state.get("made", [])]
+        self._t = int(state["counters"][_T])

@@ -261,9 +261,10 @@ class ReplaySampler(BatchSampler):
         self._outstanding: collections.deque = collections.deque()  # yielded, not updated
         self._again: collections.deque = collections.deque()  # to be yielded again
         self._pending: collections.deque = collections.deque()  # received, not applied
+        self._ready: dict = {}  # CUDA: id(pending entry) -> event recorded when its inputs were complete
         self._generation = 0
         self._last_updated: torch.Tensor | None = None
-        self._prev_totals = [0] * 5
+        self._prev_totals = torch.zeros(5, dtype=torch.int64)  # the engine's totals before the last update
         # Checkpoint log (see state_dict).
         self._base: dict | None = None
         self._log: list | None = None
@@ -492,9 +493,12 @@ class ReplaySampler(BatchSampler):
         return torch.tensor(out, dtype=torch.int64)
 
     def _leaf_weights(self, indices: torch.Tensor) -> torch.Tensor:
+        """The replay weight of each index (0 for non-members), on the host."""
         eng = self.engine
-        slots = eng.slots_of(indices)
-        return eng.tree[eng.tree.numel() // 2 + slots.clamp(min=0)] * (slots >= 0)
+        with eng.on_stream():
+            slots = eng.slots_of(indices)
+            w = eng.tree[eng.tree.numel() // 2 + slots.clamp(min=0)] * (slots >= 0)
+            return w.cpu()
 
     def _draw_facts(self, indices: torch.Tensor, fresh_all: torch.Tensor, drawn: torch.Tensor) -> dict:
         """What the batch's importance weights need from the reservoir it was
@@ -506,7 +510,9 @@ class ReplaySampler(BatchSampler):
         W = self.num_replicas
         w = self._leaf_weights(indices)
         fresh_w = w[: fresh_all.numel()] if W == 1 else self._leaf_weights(torch.unique(fresh_all))  # padding repeats
-        facts = {"w": w, "eligible": float(eng.tree[1]) - float(fresh_w.sum()),
+        with eng.on_stream():
+            total = float(eng.tree[1])
+        facts = {"w": w, "eligible": total - float(fresh_w.sum()),
                  "drawn_w": self._leaf_weights(drawn) if W > 1 else w[fresh_all.numel() : fresh_all.numel()
                                                                       + drawn.numel()],
                  "f_all": int(fresh_all.numel()), "size_all": int(indices.numel()) * W,
@@ -514,8 +520,9 @@ class ReplaySampler(BatchSampler):
         if self._fresh_mask is not None:
             mask = self._fresh_mask
             facts["in_fresh"] = mask[indices]
-            occ = eng.slots[:, 0] >= 0
-            facts["outside"] = int((~mask[eng.slots[occ, 0].long()]).sum())
+            with eng.on_stream():
+                index = eng.slots[:, 0].cpu()
+            facts["outside"] = int((~mask[index[index >= 0].long()]).sum())
         return facts
 
     def _weights_of(self, rec: dict) -> torch.Tensor:
@@ -555,10 +562,12 @@ class ReplaySampler(BatchSampler):
         eng = self.engine
         while self._pending and eng.step < upto:
             e = self._pending[0]
-            self._prev_totals = eng.counters[2:7].tolist()
+            with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
+                self._prev_totals = eng.counters[2:7].clone()
             made = eng.update(e["indices"], e["losses"], margins=e["margins"], classes=e["classes"],
-                              priorities=e["priorities"], rows=e.get("rows"))
+                              priorities=e["priorities"], rows=e.get("rows"), ready=self._ready.get(id(e)))
             self._pending.popleft()
+            self._ready.pop(id(e), None)
             if made is not None and made[0].numel():
                 # Sharded: the rows of later updates were taken before this
                 # step's quarantines (Engine.dynamics).
@@ -661,6 +670,7 @@ class ReplaySampler(BatchSampler):
         skipped by ``torch.compile`` (it runs eagerly). Raises ValueError /
         TypeError naming the argument and value, before any state changes.
         """
+        self._adopt_device(losses)
         if self.num_replicas == 1:
             entry = self._validate(indices, losses, logits, targets, priorities)
         else:  # validate here, then every rank learns whether all are fine, then gather
@@ -676,8 +686,24 @@ class ReplaySampler(BatchSampler):
             entry["rows"] = self._owned_rows(entry, self._received)
         rec = self._outstanding.popleft()
         self._last_updated = rec["indices"]
+        if self.engine.device.type == "cuda" and any(
+                isinstance(v, torch.Tensor) and v.is_cuda for v in entry.values()):
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.engine.device))
+            self._ready[id(entry)] = ready  # the step waits for this, not for later work
         self._receive(entry)
         self._apply(self._yielded - self.replay_lag)
+
+    def _adopt_device(self, losses) -> None:
+        """The state goes to the GPU the losses are on, at the first update
+        that brings CUDA tensors, and stays there."""
+        if not isinstance(losses, torch.Tensor) or losses.device.type != "cuda":
+            return
+        eng = self.engine
+        if eng.device.type == "cpu" and not self.shard_table:
+            eng.to(losses.device)
+        elif eng.device.type == "cuda" and losses.device != eng.device:
+            raise ValueError(f"update: the sampler's state is on {eng.device}, got losses on {losses.device}")
 
     def _owned_rows(self, entry: dict, t: int) -> torch.Tensor:
         """Sharded table: this rank's dynamics for update ``t`` (all ranks'
@@ -730,15 +756,15 @@ class ReplaySampler(BatchSampler):
                     still.append((log, start, until))
             self._open_logs = still
 
-    @staticmethod
-    def _margins(logits: torch.Tensor, targets: torch.Tensor, targets_cpu: torch.Tensor) -> torch.Tensor:
-        """Margins [B] on the CPU, computed where the logits are (B floats cross, not B x C)."""
+    def _margins(self, logits: torch.Tensor, targets: torch.Tensor, targets_host: torch.Tensor) -> torch.Tensor:
+        """Margins [B] where the state is, computed where the logits are (B
+        floats cross, not B x C)."""
         if logits.device.type != "cpu":
             try:
-                return _ops.margin(logits, targets).to("cpu")
+                return _ops.margin(logits, targets).to(self.engine.device)
             except (RuntimeError, NotImplementedError):  # no CUDA kernels in this build
                 pass
-        return _ops.margin(logits.to("cpu"), targets_cpu)
+        return _ops.margin(logits.to("cpu"), targets_host.to("cpu")).to(self.engine.device)
 
     def _validate(self, indices, losses, logits, targets, priorities) -> dict:
         idx = self._as_index_tensor("update", indices)
@@ -750,6 +776,10 @@ class ReplaySampler(BatchSampler):
                              + ", ".join(f"{k} on {v}" for k, v in devices.items()))
         rec = self._expected("update", idx)
         B = idx.numel()
+        # With the state on a GPU, inputs stay there, and the checks of values
+        # (which would wait for the device) are made by the device: see
+        # Engine(device=); their error comes with the next batch.
+        host_checks = self.engine.device.type == "cpu"
 
         def vec(name: str, x, kinds) -> torch.Tensor:
             if not isinstance(x, torch.Tensor):
@@ -758,7 +788,7 @@ class ReplaySampler(BatchSampler):
                 raise ValueError(f"update: {name} must have shape [B={B}], got {list(x.shape)}")
             if x.dtype not in kinds:
                 raise TypeError(f"update: {name} must have dtype {' or '.join(map(str, kinds))}, got {x.dtype}")
-            return x.detach().to("cpu")
+            return x.detach().to("cpu") if host_checks else x.detach()
 
         cfg = self.config
         loss = vec("losses", losses, _FLOAT_DTYPES)
@@ -775,14 +805,14 @@ class ReplaySampler(BatchSampler):
                     raise TypeError(f"update: logits must have dtype float32, float16 or bfloat16, got "
                                     f"{logits.dtype}")
                 C = logits.shape[1]
-                bad = ((tgt < 0) | (tgt >= C)).nonzero()
+                bad = ((tgt < 0) | (tgt >= C)).nonzero() if host_checks else tgt[:0]
                 if bad.numel():
                     k = int(bad[0])
                     raise ValueError(f"update: targets[{k}] = {int(tgt[k])} is out of range [0, {C}) "
                                      f"(logits has {C} classes)")
                 margins = self._margins(logits.detach(), targets.detach(), tgt)
             classes = tgt.long()
-            if cfg.num_classes > 0:
+            if cfg.num_classes > 0 and host_checks:
                 bad = ((classes < 0) | (classes >= cfg.num_classes)).nonzero()
                 if bad.numel():
                     k = int(bad[0])
@@ -800,13 +830,13 @@ class ReplaySampler(BatchSampler):
             if priorities is None:
                 raise ValueError("update: score 'given' needs priorities (or a score_fn)")
             prio = vec("priorities", priorities, (torch.float32, torch.float64)).clone()
-            neg = (prio < 0).nonzero()
+            neg = (prio < 0).nonzero() if host_checks else prio[:0]
             if neg.numel():
                 k = int(neg[0])
                 raise ValueError(f"update: priorities[{k}] = {float(prio[k])} is negative")
         elif priorities is not None:
             raise ValueError(f"update: priorities are only taken with score='given', not {cfg.score!r}")
-        if cfg.nonfinite == "raise":
+        if cfg.nonfinite == "raise" and host_checks:
             for name, v in (("losses", loss), ("margins", margins), ("priorities", prio)):
                 if v is not None:
                     bad = (~torch.isfinite(v)).nonzero()
@@ -840,20 +870,24 @@ class ReplaySampler(BatchSampler):
         the R slots (about 0.1 ms at R = 8192, 0.6 ms at R = 65536 here).
         """
         eng = self.engine
-        c = eng.counters[2:7].tolist()
+        with eng.on_stream():
+            c = eng.counters[2:7].tolist()
+            prev = self._prev_totals.tolist()
         size = eng.size
         out = {"size": size, "step": self._yielded, "updates_applied": eng.step,
                "updates_pending": len(self._pending), "nonfinite": c[0],
                "replay_fraction": float(self.schedule(self._yielded))}
         for k, name in enumerate(("admitted", "evicted", "graduated", "quarantined"), start=1):
-            out[name] = c[k] - self._prev_totals[k] if eng.step > 0 else 0
+            out[name] = c[k] - prev[k] if eng.step > 0 else 0
             out["total_" + name] = c[k]
         if full:
-            occ = (eng.slots[:, 0] >= 0).double()
-            # Free slots keep stale columns: weigh them 0 (passes over R, no copies of rows).
-            out["class_histogram"] = torch.bincount(eng.slots[:, 4].long().clamp_(min=0), weights=occ,
-                                                    minlength=max(self.config.num_classes, 1)).long()
-            out["mean_age"] = eng.step - float(torch.dot(eng.slots[:, 5], occ)) / size if size else 0.0
+            step = eng.step
+            with eng.on_stream():
+                occ = (eng.slots[:, 0] >= 0).double()
+                # Free slots keep stale columns: weigh them 0 (passes over R, no copies of rows).
+                out["class_histogram"] = torch.bincount(eng.slots[:, 4].long().clamp_(min=0), weights=occ,
+                                                        minlength=max(self.config.num_classes, 1)).long().cpu()
+                out["mean_age"] = step - float(torch.dot(eng.slots[:, 5], occ)) / size if size else 0.0
         return out
 
     # --- checkpoints -------------------------------------------------------
@@ -896,8 +930,12 @@ class ReplaySampler(BatchSampler):
             "updates_start": self._log_start,
             "dynamics_until": self._log_dynamics,
             "updates": self._log,
-            "prev_totals": list(self._prev_totals),
+            "prev_totals": self._prev_totals_host(),
         }
+
+    def _prev_totals_host(self) -> torch.Tensor:
+        with self.engine.on_stream():
+            return self._prev_totals.cpu() if self._prev_totals.is_cuda else self._prev_totals.clone()
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict` (same constructor arguments). Checks
@@ -917,6 +955,11 @@ class ReplaySampler(BatchSampler):
         pos = state["position"]
         engine = Engine(self.config, score_fn=self.engine.score_fn, shard=self.engine.shard)
         engine.load_state_dict(state["engine"])
+        on_gpu = [v.device for u in state["updates"] or [] for v in u.values()
+                  if isinstance(v, torch.Tensor) and v.is_cuda]
+        device = on_gpu[0] if on_gpu and self.engine.device.type == "cpu" else self.engine.device
+        if device.type == "cuda":  # the state was on a GPU (its updates are): it goes back there
+            engine.to(device)
         start = int(state["updates_start"])
         if engine.step != start:
             raise ValueError(f"load_state_dict: engine step {engine.step} != updates_start {start}")
@@ -948,10 +991,11 @@ class ReplaySampler(BatchSampler):
             self.engine = engine
             self._received = received
             self._pending = collections.deque(updates)
+            self._ready = {}
             self._outstanding = collections.deque(dict(r) for r in records)
             self._again = collections.deque()
             self._last_updated = None
-            self._prev_totals = list(state["prev_totals"])
+            self._prev_totals = torch.as_tensor(state["prev_totals"], dtype=torch.int64).clone()
             self._base, self._log, self._log_start, self._log_until, self._open_logs = None, None, 0, 0, []
             self._hold = False
             self._generation += 1
