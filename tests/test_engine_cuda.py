@@ -49,11 +49,12 @@ def test_update_does_not_wait_for_the_device():
     idx = [torch.randperm(10_000)[:256] for _ in range(20)]  # indices from the loader: on the host
     logits = [torch.randn(256, 10, device="cuda", generator=g) for _ in range(20)]
     losses = [torch.rand(256, device="cuda", generator=g) for _ in range(20)]
+    targets = [i.cuda() % 10 for i in idx]  # (a pageable copy waits: made before the check)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for k in range(20):
-            eng.update(idx[k], losses[k], logits=logits[k], targets=idx[k].cuda() % 10)
+            eng.update(idx[k], losses[k], logits=logits[k], targets=targets[k])
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert eng.step == 20 and eng.size == 512

@@ -8,7 +8,9 @@
 // cudaError_t (0 = success; error_string() names it).
 //
 // Every launcher only enqueues work on `stream` and returns: none waits for
-// the device. Validation of user input happens in the op layer, before launch.
+// the device. Validation of user input happens in the op layer, before launch,
+// except what would need the device's values: the policy kernels check those
+// themselves (csrc/cuda/policy.cu).
 #pragma once
 
 #include <cstdint>

@@ -97,15 +97,22 @@ __global__ void find_kernel(pk::PolicyView v, const int64_t* indices, int64_t B,
 
 int status() { return static_cast<int>(cudaGetLastError()); }
 
+// Clears an error left by earlier, unrelated work, so that status() after a
+// launch reports this launch (a launch that fails raises in the op layer,
+// and the host's step count must not have moved).
+void clear_stale_error() { (void)cudaGetLastError(); }
+
 }  // namespace
 
 int launch_policy_update(const policy::PolicyView& v, const policy::Batch& in, void* stream) {
+  clear_stale_error();
   update_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(v, in);
   return status();
 }
 
 int launch_policy_draw(const policy::PolicyView& v, int64_t m, const int64_t* exclude, int64_t E,
                        int64_t* out, void* stream) {
+  clear_stale_error();
   draw_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(v, m, exclude, E, out);
   return status();
 }
@@ -115,6 +122,7 @@ int launch_policy_find(const policy::PolicyView& v, const int64_t* indices, int6
   if (B == 0) return 0;
   const int64_t want = (B + 255) / 256;
   const unsigned blocks = static_cast<unsigned>(want < 65535 ? want : 65535);
+  clear_stale_error();
   find_kernel<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(v, indices, B, out);
   return status();
 }

@@ -95,7 +95,15 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   as one whole-table step would; rows[b] of each index's last entry is
   //   the step's working copy of its row, and this shard's rows get the
   //   replays/quarantine_until writes. Unsharded: rows must be None.
-  //   Deterministic: a pure function of state, config, seed and inputs.
+  //   CUDA (state on one device, config on the CPU; inputs int64/float64,
+  //   contiguous, on the state's device): one device thread runs the step
+  //   on the current stream; the host never waits. Shapes/dtypes/devices
+  //   raise as on the CPU; values (ranges, signs, non-finite under 'raise')
+  //   are checked on the device before any write: a bad step then runs as
+  //   an update with no examples and leaves an error code in counters[10..12]
+  //   (hardmix.Engine raises it at its next draw). Not sharded.
+  //   Deterministic: a pure function of state, config, seed and inputs (the
+  //   same bits on CPU and CUDA: csrc/kernels/policy.h).
   //   Cost: O(B log R) (+ O(B * W) for score 'loss_rank', + O(K) per
   //   cross-class eviction with quotas, + an O(R) rebase of replay weights
   //   every 64 / (gamma * lam) steps; + O(B log B) sharded); B-sized scratch

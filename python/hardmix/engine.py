@@ -6,7 +6,8 @@ exactly as :class:`hardmix.reference.ReferencePolicy` under the same
 :class:`~hardmix.config.PolicyConfig` (the tests compare them bit for bit).
 
 The per-step cost does not depend on N and grows as log R (see the contract of
-``policy_update`` in csrc/ops/library.cpp). The state is CPU tensors for now.
+``policy_update`` in csrc/ops/library.cpp). The state lives on the CPU, or on a
+CUDA device (``Engine(config, device="cuda")``: see :class:`Engine`).
 
 **Sharded table** (``Engine(config, shard=(rank, world))``, DESIGN §4): the
 N-sized state is split by index across ``world`` engines, one per rank, and
@@ -169,15 +170,26 @@ class Engine:
             raise ValueError(f"device must be the CPU or a CUDA device, got {device}")
         if device.type == "cuda" and self.shard is not None:
             raise ValueError("a sharded table is not supported on CUDA yet")
-        for k in STATE_TENSORS:
-            setattr(self, k, getattr(self, k).to(device))
-        self.device = device
-        self._stream = None
+        old = self._stream
+        new = None
         if device.type == "cuda":
             # The engine's own stream: its steps wait for their inputs only
-            # (see update), never for the training work queued after them.
-            self._stream = torch.cuda.Stream(device)
-            self._stream.wait_stream(torch.cuda.current_stream(device))  # the copies above
+            # (see update), never for training work queued after them. The
+            # state is allocated on it (its memory belongs to that stream).
+            new = old if old is not None and self.device == device else torch.cuda.Stream(device)
+            new.wait_stream(torch.cuda.current_stream(device))
+            if old is not None and old is not new:
+                new.wait_stream(old)
+        # to a GPU: on the new stream (it waited for the old one); to the CPU: in the old one's order
+        with torch.cuda.stream(new) if new is not None else self.on_stream():
+            moved = {k: getattr(self, k).to(device) for k in STATE_TENSORS}
+        for k in STATE_TENSORS:
+            t = getattr(self, k)
+            if new is not None and t.is_cuda and moved[k] is not t:
+                t.record_stream(new)  # read by the copy on the new stream
+            setattr(self, k, moved[k])
+        self.device = device
+        self._stream = new
         return self
 
     def on_stream(self):
@@ -199,7 +211,8 @@ class Engine:
             what = {1: "indices[{at}] = {v} is out of range [0, N)",
                     2: "classes[{at}] = {v} is out of range [0, num_classes)",
                     3: "priorities[{at}] = {f} is negative",
-                    4: "losses/margins/priorities[{at}] is not finite (nonfinite='raise'; loss {f})",
+                    4: "losses, margins or priorities [{at}] is not finite (nonfinite='raise'; the loss "
+                       "there is {f})",
                     5: "exclude[{at}] = {v} is out of range [0, N)"}.get(code, "error code {c}")
             f = struct.unpack("<d", struct.pack("<q", value))[0]
             raise ValueError("an update on the device had bad input and ran as an update with no "
@@ -268,10 +281,11 @@ class Engine:
 
     def _update_on_device(self, ready, *inputs) -> None:
         side = self._stream
-        if ready is None:
-            side.wait_stream(torch.cuda.current_stream(self.device))
-        else:
+        if ready is not None:
             side.wait_event(ready)
+        elif any(isinstance(t, torch.Tensor) and t.is_cuda for t in inputs):
+            side.wait_stream(torch.cuda.current_stream(self.device))
+        # (host inputs are copied on the engine's stream itself: nothing to wait for)
         with torch.cuda.stream(side):
             args = self._inputs(*inputs)
             torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, None)
@@ -343,8 +357,13 @@ class Engine:
     def slots_of(self, indices: torch.Tensor) -> torch.Tensor:
         """The slot of each member in ``indices`` (int64 [B]; -1: not a member)."""
         if self.shard is None:
+            if self._stream is not None and indices.is_cuda:  # made on the caller's stream
+                self._stream.wait_stream(torch.cuda.current_stream(self.device))
             with self.on_stream():
-                return self.pos[_to_device(indices, self.device)].long()
+                out = self.pos[_to_device(indices, self.device)].long()
+            if self._stream is not None:  # for the caller's stream
+                torch.cuda.current_stream(self.device).wait_stream(self._stream)
+            return out
         out = torch.empty(indices.numel(), dtype=torch.int64)
         torch.ops.hardmix.policy_find(self.pos, self.slots, self.config_vector, indices.long(), out)
         return out
@@ -385,7 +404,7 @@ class Engine:
             return args
         # The device op takes its own dtypes, on its device; host inputs go over without a wait.
         kinds = (torch.int64, torch.float64, torch.float64, torch.int64, torch.float64)
-        return tuple(None if a is None else _to_device(a.to(k), dev) for a, k in zip(args, kinds))
+        return tuple(None if a is None else _to_device(a.to(k), dev).contiguous() for a, k in zip(args, kinds))
 
     def draw(self, m: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Up to m members drawn for replay (int64 dataset indices, in draw order),
@@ -394,6 +413,9 @@ class Engine:
             raise ValueError(f"m must be an int >= 0, got {m!r}")
         exclude = _NO_INDICES if exclude is None else _tensor("exclude", exclude, None, (torch.int64, torch.int32),
                                                                self.device).long()
+        if self._stream is not None and exclude.is_cuda:  # made on the caller's stream
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+            exclude.record_stream(self._stream)
         with self.on_stream():
             out = torch.empty(m + 1, dtype=torch.int64, device=self.device)
             torch.ops.hardmix.policy_draw(

@@ -651,7 +651,10 @@ class ReplaySampler(BatchSampler):
         rec = self._expected("weights", idx)
         if "weights" not in rec:
             rec["weights"] = self._weights_of(rec).float()
-        return rec["weights"].to(device=indices.device)
+        w = rec["weights"]
+        if indices.device.type == "cuda":  # through pinned memory: no wait
+            return w.pin_memory().to(indices.device, non_blocking=True)
+        return w.to(device=indices.device)
 
     @torch.compiler.disable
     def update(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor | None = None,
@@ -665,10 +668,15 @@ class ReplaySampler(BatchSampler):
             targets: [B] int targets; without logits they give classes only.
             priorities: [B] with ``score="given"`` (unless ``score_fn`` is set).
 
-        Tensors may live on the CPU or a GPU (all on the same device); they
-        are copied to the engine's CPU state. Safe under ``torch.no_grad``;
-        skipped by ``torch.compile`` (it runs eagerly). Raises ValueError /
-        TypeError naming the argument and value, before any state changes.
+        Tensors may live on the CPU or a GPU (all on one device; indices may
+        stay on the CPU, as the loader gives them, and should: indices on a
+        GPU are compared with the batch on the host, which waits). At the
+        first update with CUDA tensors the state moves to that GPU; from
+        then on update() only enqueues work (see the README: values that
+        would need the device are checked there, and their error comes with
+        the next batch). Safe under ``torch.no_grad``; skipped by
+        ``torch.compile`` (it runs eagerly). Raises ValueError / TypeError
+        naming the argument and value, before any state changes.
         """
         self._adopt_device(losses)
         if self.num_replicas == 1:
@@ -768,11 +776,18 @@ class ReplaySampler(BatchSampler):
 
     def _validate(self, indices, losses, logits, targets, priorities) -> dict:
         idx = self._as_index_tensor("update", indices)
+        # (indices may stay on the host, as the loader gives them: they are only
+        # compared with the batch yielded, which is on the host)
         devices = {name: t.device for name, t in
-                   (("indices", indices), ("losses", losses), ("logits", logits), ("targets", targets),
+                   (("losses", losses), ("logits", logits), ("targets", targets),
                     ("priorities", priorities)) if isinstance(t, torch.Tensor)}
+        if isinstance(indices, torch.Tensor) and indices.device.type != "cpu":
+            devices["indices"] = indices.device
+        for name, d in devices.items():
+            if d.type not in ("cpu", "cuda"):
+                raise ValueError(f"update: {name} must be on the CPU or a CUDA device, got {d}")
         if len(set(devices.values())) > 1:
-            raise ValueError("update: all tensors must be on one device, got "
+            raise ValueError("update: all tensors must be on one device (indices may be on the CPU), got "
                              + ", ".join(f"{k} on {v}" for k, v in devices.items()))
         rec = self._expected("update", idx)
         B = idx.numel()
