@@ -678,7 +678,6 @@ class ReplaySampler(BatchSampler):
         ``torch.compile`` (it runs eagerly). Raises ValueError / TypeError
         naming the argument and value, before any state changes.
         """
-        self._adopt_device(losses)
         if self.num_replicas == 1:
             entry = self._validate(indices, losses, logits, targets, priorities)
         else:  # validate here, then every rank learns whether all are fine, then gather
@@ -692,6 +691,7 @@ class ReplaySampler(BatchSampler):
             # (if this collective fails, e.g. times out, the owners' dynamics of this update are
             # already in their rows: the run cannot go on, restart from a checkpoint)
             entry["rows"] = self._owned_rows(entry, self._received)
+        self._adopt_device(losses)  # (after every check: a failed call changes nothing)
         rec = self._outstanding.popleft()
         self._last_updated = rec["indices"]
         if self.engine.device.type == "cuda" and any(
@@ -707,11 +707,8 @@ class ReplaySampler(BatchSampler):
         that brings CUDA tensors, and stays there."""
         if not isinstance(losses, torch.Tensor) or losses.device.type != "cuda":
             return
-        eng = self.engine
-        if eng.device.type == "cpu" and not self.shard_table:
-            eng.to(losses.device)
-        elif eng.device.type == "cuda" and losses.device != eng.device:
-            raise ValueError(f"update: the sampler's state is on {eng.device}, got losses on {losses.device}")
+        if self.engine.device.type == "cpu" and not self.shard_table:
+            self.engine.to(losses.device)  # (another GPU than the state's: refused by _validate)
 
     def _owned_rows(self, entry: dict, t: int) -> torch.Tensor:
         """Sharded table: this rank's dynamics for update ``t`` (all ranks'
@@ -783,9 +780,12 @@ class ReplaySampler(BatchSampler):
                     ("priorities", priorities)) if isinstance(t, torch.Tensor)}
         if isinstance(indices, torch.Tensor) and indices.device.type != "cpu":
             devices["indices"] = indices.device
+        state = self.engine.device
         for name, d in devices.items():
             if d.type not in ("cpu", "cuda"):
                 raise ValueError(f"update: {name} must be on the CPU or a CUDA device, got {d}")
+            if d.type == "cuda" and state.type == "cuda" and d != state:
+                raise ValueError(f"update: the sampler's state is on {state}, got {name} on {d}")
         if len(set(devices.values())) > 1:
             raise ValueError("update: all tensors must be on one device (indices may be on the CPU), got "
                              + ", ".join(f"{k} on {v}" for k, v in devices.items()))
