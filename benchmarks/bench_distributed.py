@@ -8,7 +8,7 @@ Each rank runs the sampler loop (next batch, update) for --steps steps after
 update() time (the collective makes every rank wait for the slowest).
 Bytes per step and rank: one all_gather receives W blocks of (B_max + 1) x 5
 float64 (B_max = B here). With ``shard_table=True`` (rows "sharded") one
-all_reduce of [W * B, 8] float64 follows (its payload is listed; a ring
+all_reduce of [W * B + ceil(W / 8), 8] float64 follows (its payload is listed; a ring
 all-reduce moves about twice that per rank), and the engine state per rank is
 listed beside it.
 """
@@ -81,7 +81,7 @@ def main() -> None:
             bytes_recv = 0 if w == 1 else w * (a.B + 1) * 5 * 8
             rows.append({"world": w, "sharded": shard, "median_update_us": med * 1e6, "global_batch": w * a.B,
                          "bytes_received_per_rank_per_step": bytes_recv,
-                         "all_reduce_payload_bytes": w * a.B * 64 if shard and w > 1 else 0,
+                         "all_reduce_payload_bytes": (w * a.B + -(-w // 8)) * 64 if shard and w > 1 else 0,
                          "engine_state_bytes_per_rank": state})
     base = rows[0]["median_update_us"]
     print("| table | world size | global batch | update median (µs) | × first row | all_gather bytes received "

@@ -247,3 +247,22 @@ def test_ranks_applying_at_different_times_agree():
         assert torch.equal(s.counters, whole.counters), f"shard {r}: {s.totals()} != {whole.totals()}"
         assert torch.equal(s.slots[:, :7], whole.slots[:, :7]), f"shard {r} slots"
         assert torch.equal(s.table, whole.table[r::3]), f"shard {r} table"
+
+
+def test_a_single_rank_keeps_no_old_quarantines():
+    """(Review: with one rank the kept quarantines of Engine.carry_since were
+    never dropped; the engine state grew with every quarantine.)"""
+    import hardmix
+
+    s = hardmix.ReplaySampler(200, batch_size=16, capacity=24, replay_lag=3, seed=1, num_classes=4,
+                              max_replays=2, quarantine_steps=5, shard_table=True)
+    stubborn = torch.arange(200) % 5 == 0
+    for epoch in range(8):
+        s.set_epoch(epoch)
+        for b in s:
+            idx = torch.tensor(b)
+            logits = torch.zeros(len(b), 4)
+            logits[torch.arange(len(b)), (idx + stubborn[idx].long()) % 4] = 1.0  # stubborn: always wrong
+            s.update(idx, torch.ones(len(b)), logits=logits, targets=idx % 4)
+    assert s.engine.totals()["quarantined"] > 10
+    assert len(s.engine.state_dict()["made"]) <= s.replay_lag + 1

@@ -186,9 +186,11 @@ HM_FN inline void swap_of(T& a, T& b) {
 
 // Sorts a[0, n) by `less` (a strict weak order): heap sort, O(n log n), in
 // place, no recursion, no allocation (host and device alike). Not stable:
-// every use here sorts by a total order, or only needs the groups.
+// every use here sorts by a total order, or only needs the groups. With
+// 0 <= k < n, only the k largest are placed, sorted, in a[n - k, n) (the rest
+// stays in heap order): O(n + k log n).
 template <class T, class Less>
-HM_FN void heap_sort(T* a, int64_t n, Less less) {
+HM_FN void heap_sort(T* a, int64_t n, Less less, int64_t k = -1) {
   auto sift = [&](int64_t root, int64_t end) {
     for (;;) {
       int64_t c = 2 * root + 1;
@@ -199,8 +201,9 @@ HM_FN void heap_sort(T* a, int64_t n, Less less) {
       root = c;
     }
   };
-  for (int64_t k = n / 2 - 1; k >= 0; --k) sift(k, n);
-  for (int64_t end = n - 1; end > 0; --end) {
+  for (int64_t r = n / 2 - 1; r >= 0; --r) sift(r, n);
+  const int64_t last = k < 0 || k >= n ? 1 : n - k;
+  for (int64_t end = n - 1; end >= last && end > 0; --end) {
     swap_of(a[0], a[end]);
     sift(0, end);
   }
@@ -278,9 +281,8 @@ struct PolicyView {
   Config cfg;
   // Sharded update only: rows[B][8], each entry's table row as its owner
   // had it after the entry's pass 1 (read in pass 1, the step's working copy
-  // of the columns pass 2 uses), and each entry's last position in the batch.
+  // of the columns pass 2 uses).
   double* xrows = nullptr;
-  const int64_t* last = nullptr;
   void* scratch = nullptr;  // update_scratch_bytes(B) / draw_scratch_bytes(E, m)
 
   // ---- accessors ----------------------------------------------------------
@@ -715,7 +717,8 @@ struct PolicyView {
     const UpdateScratch sc = carve_update(scratch, in.B);
     Entry* entries = sc.entries;
     for (int64_t b = 0; b < in.B; ++b) entries[b] = Entry{};
-    if (sharded()) {  // each entry's last position of its index in the batch
+    const int64_t* last = nullptr;  // sharded: each entry's last position of its index in the batch
+    if (sharded()) {
       int64_t* last_at = sc.last_at;
       int64_t* order = sc.order;
       for (int64_t b = 0; b < in.B; ++b) order[b] = b;
@@ -816,15 +819,15 @@ struct PolicyView {
         allowed[b] = 0;
         if (entries[b].valid && eligible(entries[b], t)) pick[np++] = b;
       }
-      auto better = [&](int64_t x, int64_t y) {
+      auto worse = [&](int64_t x, int64_t y) {  // x is worse than y
         const Entry &ex = entries[x], &ey = entries[y];
-        if (ex.key != ey.key) return ex.key > ey.key;
-        if (ex.index != ey.index) return ex.index < ey.index;
-        return x < y;
+        if (ex.key != ey.key) return ex.key < ey.key;
+        if (ex.index != ey.index) return ex.index > ey.index;
+        return x > y;
       };
       const int64_t k = min_of<int64_t>(cfg.max_new, np);
-      if (k < np) heap_sort(pick, np, better);  // the k best first
-      for (int64_t n = 0; n < k; ++n) allowed[pick[n]] = 1;
+      if (k < np) heap_sort(pick, np, worse, k);  // the k best into pick[np - k, np)
+      for (int64_t n = np - k; n < np; ++n) allowed[pick[n]] = 1;
     }
 
     // Pass 2: membership.

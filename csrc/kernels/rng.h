@@ -69,6 +69,18 @@ HM_HD double to_uniform(uint64_t bits) {
   return (static_cast<double>(bits >> 12) + 0.5) * 0x1p-52;
 }
 
+// log's and log1p's constants (fdlibm): ln 2 in a high part whose products
+// with small integers are exact and the rest; the polynomial's coefficients.
+constexpr double ln2_hi = 6.93147180369123816490e-01;
+constexpr double ln2_lo = 1.90821492927058770002e-10;
+constexpr double lg1 = 6.666666666666735130e-01;
+constexpr double lg2 = 3.999999999940941908e-01;
+constexpr double lg3 = 2.857142874366239149e-01;
+constexpr double lg4 = 2.222219843214978396e-01;
+constexpr double lg5 = 1.818357216161805012e-01;
+constexpr double lg6 = 1.531383769920937332e-01;
+constexpr double lg7 = 1.479819860511658591e-01;
+
 // Natural logarithm to within 1 ulp, by the classic argument reduction
 // x = 2^e * m, m in [sqrt(2)/2, sqrt(2)), and a degree-14 odd polynomial in
 // s = (m - 1) / (m + 1) (the fdlibm coefficients). frexp normalises subnormal
@@ -78,15 +90,6 @@ HM_HD double to_uniform(uint64_t bits) {
 // log(x < 0) = NaN, log(NaN) = NaN. (The Gumbel transform's arguments lie in
 // [2^-53, 37]; the policy's in [0, +inf].)
 HM_HD double log_det(double x) {
-  const double ln2_hi = 6.93147180369123816490e-01;
-  const double ln2_lo = 1.90821492927058770002e-10;
-  const double lg1 = 6.666666666666735130e-01;
-  const double lg2 = 3.999999999940941908e-01;
-  const double lg3 = 2.857142874366239149e-01;
-  const double lg4 = 2.222219843214978396e-01;
-  const double lg5 = 1.818357216161805012e-01;
-  const double lg6 = 1.531383769920937332e-01;
-  const double lg7 = 1.479819860511658591e-01;
   if (!(x > 0.0 && x < HUGE_VAL)) {  // zero, negative, +inf or NaN
     if (x != x) return x + x;
     if (x == 0.0) return -HUGE_VAL;
@@ -181,15 +184,6 @@ HM_HD double exp_det(double x) {
 // log1p(x < -1) = NaN, log1p(+inf) = +inf, log1p(NaN) = NaN, and
 // log1p(-0) = -0. (The policy's softplus needs x in (0, 1].)
 HM_HD double log1p_det(double x) {
-  const double ln2_hi = 6.93147180369123816490e-01;
-  const double ln2_lo = 1.90821492927058770002e-10;
-  const double lp1 = 6.666666666666735130e-01;
-  const double lp2 = 3.999999999940941908e-01;
-  const double lp3 = 2.857142874366239149e-01;
-  const double lp4 = 2.222219843214978396e-01;
-  const double lp5 = 1.818357216161805012e-01;
-  const double lp6 = 1.531383769920937332e-01;
-  const double lp7 = 1.479819860511658591e-01;
   if (x != x) return x + x;  // NaN
   if (x <= -1.0) return x == -1.0 ? -HUGE_VAL : NAN;
   if (x == HUGE_VAL) return x;
@@ -221,7 +215,7 @@ HM_HD double log1p_det(double x) {
   const double hfsq = 0.5 * f * f;
   const double s = f / (2.0 + f);
   const double z = s * s;
-  const double r = z * (lp1 + z * (lp2 + z * (lp3 + z * (lp4 + z * (lp5 + z * (lp6 + z * lp7))))));
+  const double r = z * (lg1 + z * (lg2 + z * (lg3 + z * (lg4 + z * (lg5 + z * (lg6 + z * lg7))))));
   if (k0) return f - (hfsq - s * (hfsq + r));
   return dk * ln2_hi - ((hfsq - (s * (hfsq + r) + (c + dk * ln2_lo))) - f);
 }

@@ -138,11 +138,7 @@ void policy_update_cuda(Tensor table, Tensor pos, Tensor slots, Tensor links, Te
   if (margins) device_input(op, dev, "margins", *margins, ScalarType::Double, B);
   if (classes) device_input(op, dev, "classes", *classes, ScalarType::Long, B);
   if (priorities) device_input(op, dev, "priorities", *priorities, ScalarType::Double, B);
-  HM_CHECK(v.cfg.score != pk::kScoreMargin || margins.has_value(), op,
-           ": score 'margin' needs margins (pass logits and targets)");
-  HM_CHECK((v.cfg.score == pk::kScoreGiven) == priorities.has_value(), op,
-           ": priorities must be given exactly when score is 'given'");
-  HM_CHECK(!v.cfg.quotas || classes.has_value(), op, ": class_quotas needs classes (pass targets)");
+  policy_ops::check_batch_kinds(op, v.cfg, margins.has_value(), classes.has_value(), priorities.has_value());
   Tensor scratch = device_scratch(pk::update_scratch_bytes(B), table);
   v.scratch = scratch.mutable_data_ptr();
   const pk::Batch in{B, indices.const_data_ptr<int64_t>(), losses.const_data_ptr<double>(),
@@ -158,28 +154,12 @@ void policy_draw_cuda(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Te
   on_cuda(op, "tree", tree);
   const OnDevice dev{tree.get_device_index()};
   const torch::stable::accelerator::DeviceGuard guard(dev.index);
-  policy_ops::state_tensor(op, dev, "tree", tree, ScalarType::Double);
-  policy_ops::state_tensor(op, dev, "slots", slots, ScalarType::Double);
-  policy_ops::state_tensor(op, dev, "pos", pos, ScalarType::Int);
-  policy_ops::state_tensor(op, dev, "counters", counters, ScalarType::Long);
-  policy_ops::state_tensor(op, checks::on_cpu, "config", config, ScalarType::Double);
-  HM_CHECK(counters.numel() == pk::kCounters && config.numel() == pk::kConfigFields, op,
-           ": state counters/config have the wrong size");
+  pk::PolicyView v = policy_ops::draw_view(op, dev, tree, slots, pos, counters, config, seed);
   device_input(op, dev, "exclude", exclude, ScalarType::Long, -1);
   device_input(op, dev, "out", out, ScalarType::Long, -1);
   HM_CHECK(out.numel() >= 1, op, ": out must have m + 1 >= 1 entries, got ", out.numel());
-  pk::PolicyView v{};
-  v.cfg = pk::Config::from(config.const_data_ptr<double>(), static_cast<uint64_t>(seed));
-  v.N = v.cfg.world ? v.cfg.num_examples : pos.numel();
-  v.R = policy_ops::rows_of(op, "slots", slots, pk::kSlotFields);
-  v.P = tree.numel() / 2;
-  HM_CHECK(tree.numel() == 2 * policy_ops::pow2_at_least(v.R), op, ": state tree does not match R = ", v.R);
   const int64_t m = out.numel() - 1, E = exclude.numel();
   Tensor scratch = device_scratch(pk::draw_scratch_bytes(E, m), tree);
-  v.tree = tree.mutable_data_ptr<double>();
-  v.slots = slots.mutable_data_ptr<double>();
-  v.pos = pos.mutable_data_ptr<int32_t>();
-  v.counters = counters.mutable_data_ptr<int64_t>();
   v.scratch = scratch.mutable_data_ptr();
   check_launch(op, cuda::launch_policy_draw(v, m, exclude.const_data_ptr<int64_t>(), E,
                                             out.mutable_data_ptr<int64_t>(), current_stream(tree)));
@@ -190,20 +170,9 @@ void policy_find_cuda(Tensor pos, Tensor slots, Tensor config, Tensor indices, T
   on_cuda(op, "pos", pos);
   const OnDevice dev{pos.get_device_index()};
   const torch::stable::accelerator::DeviceGuard guard(dev.index);
-  policy_ops::state_tensor(op, dev, "pos", pos, ScalarType::Int);
-  policy_ops::state_tensor(op, dev, "slots", slots, ScalarType::Double);
-  policy_ops::state_tensor(op, checks::on_cpu, "config", config, ScalarType::Double);
-  HM_CHECK(config.numel() == pk::kConfigFields, op, ": state config has the wrong size");
+  const pk::PolicyView v = policy_ops::find_view(op, dev, pos, slots, config);
   device_input(op, dev, "indices", indices, ScalarType::Long, -1);
   device_input(op, dev, "out", out, ScalarType::Long, indices.size(0));
-  pk::PolicyView v{};
-  v.cfg = pk::Config::from(config.const_data_ptr<double>(), 0);
-  v.R = policy_ops::rows_of(op, "slots", slots, pk::kSlotFields);
-  v.P = policy_ops::pow2_at_least(v.R);
-  v.N = v.cfg.world ? v.cfg.num_examples : pos.numel();
-  HM_CHECK(pos.numel() == (v.cfg.world ? 2 * v.P : v.N), op, ": state pos does not match slots");
-  v.pos = pos.mutable_data_ptr<int32_t>();
-  v.slots = slots.mutable_data_ptr<double>();
   check_launch(op, cuda::launch_policy_find(v, indices.const_data_ptr<int64_t>(), indices.numel(),
                                             out.mutable_data_ptr<int64_t>(), current_stream(pos)));
 }

@@ -131,8 +131,10 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
 
   // policy_find(pos, slots, config, indices, out)
   //   out[b] = the slot of member indices[b], or -1 if it is not a member
-  //   (pos as an array [N] or, sharded, a hash [2P]). out i64 [B], CPU,
-  //   contiguous, the only write. Deterministic. Cost: O(B) expected.
+  //   (pos as an array [N] or, sharded, a hash [2P]). out i64 [B],
+  //   contiguous, on the state's device, the only write. An index outside
+  //   [0, N) raises on the CPU; on CUDA (checking would need a host sync) its
+  //   out is -1. Deterministic. Cost: O(B) expected (CUDA: a thread each).
   m.def(
       "policy_find(Tensor pos, Tensor slots, Tensor config, Tensor indices, "
       "Tensor(a!) out) -> ()");
@@ -148,7 +150,10 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   drawn (successive sampling). tree is written only for rejected picks and
   //   restored bit for bit before return; out (i64, contiguous) is the only
   //   lasting write. Deterministic. Cost: O(E + (m + X) log R) for X rejected
-  //   picks (each member at most once); E + m scratch.
+  //   picks (each member at most once); E + m scratch. CUDA (state, exclude
+  //   and out on one device, config on the CPU): one device thread; an
+  //   exclude index outside [0, N) leaves error code 5 in counters[10..12]
+  //   and out = all -1, n = 0 (hardmix.Engine.draw raises it).
   m.def(
       "policy_draw(Tensor(a!) tree, Tensor slots, Tensor pos, Tensor counters, "
       "Tensor config, int seed, Tensor exclude, Tensor(b!) out) -> ()");

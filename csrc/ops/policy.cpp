@@ -38,24 +38,7 @@ void* host_scratch(int64_t bytes) {
   return buf.data();
 }
 
-// Every state tensor on the CPU.
-void on_cpu_state(const char* op, const char* name, const Tensor& t) { checks::on_cpu(op, name, t); }
-
-pk::PolicyView view(const char* op, const Tensor& table, const Tensor& pos, const Tensor& slots,
-                    const Tensor& links, const Tensor& heap, const Tensor& free, const Tensor& classes,
-                    const Tensor& tree, const Tensor& window, const Tensor& counters,
-                    const Tensor& config, int64_t seed) {
-  return policy_ops::view(op, on_cpu_state, table, pos, slots, links, heap, free, classes, tree, window,
-                          counters, config, seed);
-}
-
-void state_tensor(const char* op, const char* name, const Tensor& t, ScalarType dtype) {
-  policy_ops::state_tensor(op, on_cpu_state, name, t, dtype);
-}
-
-using policy_ops::config_of;
-using policy_ops::pow2_at_least;
-using policy_ops::rows_of;
+// (the state on the CPU: `place` = checks::on_cpu in policy_ops' checks)
 
 // A 1-D input of B entries on the CPU.
 void batch_input(const char* op, const char* name, const Tensor& t, int64_t B) {
@@ -122,13 +105,8 @@ CheckedBatch checked_batch(const char* op, const pk::Config& cfg, int64_t N, con
   out.idx_c = torch::stable::contiguous(indices);
   const int64_t* idx = out.idx_c.const_data_ptr<int64_t>();
   check_indices(op, "indices", idx, B, N);
-  HM_CHECK(cfg.score != pk::kScoreMargin || margins.has_value(), op,
-           ": score 'margin' needs margins (pass logits and targets)");
-  HM_CHECK((cfg.score == pk::kScoreGiven) == priorities.has_value(), op,
-           ": priorities must be given exactly when score is 'given'");
-  // (policy_dynamics takes no classes: the step's second half checks them)
-  HM_CHECK(!need_classes || !cfg.quotas || classes.has_value(), op,
-           ": class_quotas needs classes (pass targets)");
+  policy_ops::check_batch_kinds(op, cfg, margins.has_value(), classes.has_value(), priorities.has_value(),
+                                need_classes);
 
   thread_local std::vector<double> loss_v, margin_v, prio_v;
   widen(op, "losses", losses, loss_v);
@@ -162,7 +140,7 @@ CheckedBatch checked_batch(const char* op, const pk::Config& cfg, int64_t N, con
 
 // rows: f64 [B, 8], CPU, contiguous.
 double* rows_arg(const char* op, const Tensor& rows, int64_t B) {
-  state_tensor(op, "rows", rows, ScalarType::Double);
+  policy_ops::state_tensor(op, checks::on_cpu, "rows", rows, ScalarType::Double);
   HM_CHECK(rows.dim() == 2 && rows.size(0) == B && rows.size(1) == pk::kTableCols, op,
            ": rows must have shape [", B, ", ", pk::kTableCols, "], got ", detail::shape_str(rows));
   return rows.mutable_data_ptr<double>();
@@ -173,8 +151,8 @@ void policy_update(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor 
                    Tensor config, int64_t seed, Tensor indices, Tensor losses,
                    std::optional<Tensor> margins, std::optional<Tensor> classes,
                    std::optional<Tensor> priorities, std::optional<Tensor> rows) {
-  pk::PolicyView v = view(kUpdate, table, pos, slots, links, heap, free, classes_state, tree, window,
-                          counters, config, seed);
+  pk::PolicyView v = policy_ops::view(kUpdate, checks::on_cpu, table, pos, slots, links, heap, free,
+                                      classes_state, tree, window, counters, config, seed);
   const CheckedBatch in = checked_batch(kUpdate, v.cfg, v.N, indices, losses, margins, classes, priorities);
   HM_CHECK(v.sharded() == rows.has_value(), kUpdate,
            ": rows must be given exactly when the table is sharded (world ", v.cfg.world, ")");
@@ -187,7 +165,7 @@ void policy_update(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor 
 void policy_dynamics(Tensor table, Tensor config, int64_t t, Tensor indices, Tensor losses,
                      std::optional<Tensor> margins, std::optional<Tensor> priorities, Tensor rows) {
   pk::PolicyView v{};
-  v.cfg = config_of(kDynamics, on_cpu_state, table, config, 0);
+  v.cfg = policy_ops::config_of(kDynamics, checks::on_cpu, table, config, 0);
   HM_CHECK(v.sharded(), kDynamics, ": the table is not sharded (world 0 in config)");
   HM_CHECK(t >= 0, kDynamics, ": t must be >= 0, got ", t);
   v.table = table.mutable_data_ptr<double>();
@@ -198,10 +176,7 @@ void policy_dynamics(Tensor table, Tensor config, int64_t t, Tensor indices, Ten
 }
 
 void policy_find(Tensor pos, Tensor slots, Tensor config, Tensor indices, Tensor out) {
-  state_tensor(kFind, "pos", pos, ScalarType::Int);
-  state_tensor(kFind, "slots", slots, ScalarType::Double);
-  state_tensor(kFind, "config", config, ScalarType::Double);
-  HM_CHECK(config.numel() == pk::kConfigFields, kFind, ": state config has the wrong size");
+  pk::PolicyView v = policy_ops::find_view(kFind, checks::on_cpu, pos, slots, config);
   checks::on_cpu(kFind, "indices", indices);
   checks::dim(kFind, "indices [B]", indices, 1);
   checks::dtype(kFind, "indices", indices, ScalarType::Long);
@@ -210,28 +185,16 @@ void policy_find(Tensor pos, Tensor slots, Tensor config, Tensor indices, Tensor
   checks::contiguous(kFind, "out", out);
   HM_CHECK(out.dim() == 1 && out.size(0) == indices.size(0), kFind, ": out must have shape [",
            indices.size(0), "], got ", detail::shape_str(out));
-  pk::PolicyView v{};
-  v.cfg = pk::Config::from(config.const_data_ptr<double>(), 0);
-  v.R = rows_of(kFind, "slots", slots, pk::kSlotFields);
-  v.P = pow2_at_least(v.R);
-  v.N = v.cfg.world ? v.cfg.num_examples : pos.numel();
-  HM_CHECK(pos.numel() == (v.cfg.world ? 2 * v.P : v.N), kFind, ": state pos does not match slots");
   const Tensor ic = torch::stable::contiguous(indices);
   const int64_t* idx = ic.const_data_ptr<int64_t>();
   check_indices(kFind, "indices", idx, ic.numel(), v.N);
-  v.pos = pos.mutable_data_ptr<int32_t>();
-  v.slots = slots.mutable_data_ptr<double>();
   int64_t* o = out.mutable_data_ptr<int64_t>();
   for (int64_t b = 0; b < ic.numel(); ++b) o[b] = v.pos_get(idx[b]);
 }
 
 void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor config,
                  int64_t seed, Tensor exclude, Tensor out) {
-  state_tensor(kDraw, "tree", tree, ScalarType::Double);
-  state_tensor(kDraw, "slots", slots, ScalarType::Double);
-  state_tensor(kDraw, "pos", pos, ScalarType::Int);
-  state_tensor(kDraw, "counters", counters, ScalarType::Long);
-  state_tensor(kDraw, "config", config, ScalarType::Double);
+  pk::PolicyView v = policy_ops::draw_view(kDraw, checks::on_cpu, tree, slots, pos, counters, config, seed);
   checks::on_cpu(kDraw, "exclude", exclude);
   checks::dim(kDraw, "exclude [E]", exclude, 1);
   checks::dtype(kDraw, "exclude", exclude, ScalarType::Long);
@@ -239,23 +202,10 @@ void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor 
   checks::dim(kDraw, "out [m]", out, 1);
   checks::dtype(kDraw, "out", out, ScalarType::Long);
   checks::contiguous(kDraw, "out", out);
-  HM_CHECK(counters.numel() == pk::kCounters && config.numel() == pk::kConfigFields, kDraw,
-           ": state counters/config have the wrong size");
-  pk::PolicyView v{};
-  v.cfg = pk::Config::from(config.const_data_ptr<double>(), static_cast<uint64_t>(seed));
-  v.N = v.cfg.world ? v.cfg.num_examples : pos.numel();
-  v.R = rows_of(kDraw, "slots", slots, pk::kSlotFields);
-  v.P = tree.numel() / 2;
-  HM_CHECK(tree.numel() == 2 * pow2_at_least(v.R), kDraw, ": state tree does not match R = ", v.R);
   const Tensor ex = torch::stable::contiguous(exclude);
   const int64_t E = ex.numel();
   const int64_t* e = ex.const_data_ptr<int64_t>();
   check_indices(kDraw, "exclude", e, E, v.N);
-
-  v.tree = tree.mutable_data_ptr<double>();
-  v.slots = slots.mutable_data_ptr<double>();
-  v.pos = pos.mutable_data_ptr<int32_t>();
-  v.counters = counters.mutable_data_ptr<int64_t>();
   HM_CHECK(out.numel() >= 1, kDraw, ": out must have m + 1 >= 1 entries, got ", out.numel());
   const int64_t m = out.numel() - 1;
   int64_t* o = out.mutable_data_ptr<int64_t>();

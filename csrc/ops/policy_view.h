@@ -111,5 +111,64 @@ pk::PolicyView view(const char* op, Place place, const Tensor& table, const Tens
   return v;
 }
 
+// The inputs a step needs given the policy (both op layers).
+inline void check_batch_kinds(const char* op, const pk::Config& cfg, bool margins, bool classes,
+                              bool priorities, bool need_classes = true) {
+  HM_CHECK(cfg.score != pk::kScoreMargin || margins, op,
+           ": score 'margin' needs margins (pass logits and targets)");
+  HM_CHECK((cfg.score == pk::kScoreGiven) == priorities, op,
+           ": priorities must be given exactly when score is 'given'");
+  // (policy_dynamics takes no classes: the step's second half checks them)
+  HM_CHECK(!need_classes || !cfg.quotas || classes, op, ": class_quotas needs classes (pass targets)");
+}
+
+// N: the config's when sharded, else the length of pos (an array [N]).
+inline int64_t examples_of(const pk::Config& cfg, const Tensor& pos) {
+  return cfg.world ? cfg.num_examples : pos.numel();
+}
+
+// The view policy_draw uses (tree, slots, pos, counters), checked.
+template <class Place>
+pk::PolicyView draw_view(const char* op, Place place, const Tensor& tree, const Tensor& slots,
+                         const Tensor& pos, const Tensor& counters, const Tensor& config, int64_t seed) {
+  state_tensor(op, place, "tree", tree, ScalarType::Double);
+  state_tensor(op, place, "slots", slots, ScalarType::Double);
+  state_tensor(op, place, "pos", pos, ScalarType::Int);
+  state_tensor(op, place, "counters", counters, ScalarType::Long);
+  state_tensor(op, checks::on_cpu, "config", config, ScalarType::Double);
+  HM_CHECK(counters.numel() == pk::kCounters && config.numel() == pk::kConfigFields, op,
+           ": state counters/config have the wrong size");
+  pk::PolicyView v{};
+  v.cfg = pk::Config::from(config.const_data_ptr<double>(), static_cast<uint64_t>(seed));
+  v.N = examples_of(v.cfg, pos);
+  v.R = rows_of(op, "slots", slots, pk::kSlotFields);
+  v.P = pow2_at_least(v.R);
+  HM_CHECK(tree.numel() == 2 * v.P, op, ": state tree does not match R = ", v.R);
+  v.tree = tree.mutable_data_ptr<double>();
+  v.slots = slots.mutable_data_ptr<double>();
+  v.pos = pos.mutable_data_ptr<int32_t>();
+  v.counters = counters.mutable_data_ptr<int64_t>();
+  return v;
+}
+
+// The view policy_find uses (pos, slots), checked.
+template <class Place>
+pk::PolicyView find_view(const char* op, Place place, const Tensor& pos, const Tensor& slots,
+                         const Tensor& config) {
+  state_tensor(op, place, "pos", pos, ScalarType::Int);
+  state_tensor(op, place, "slots", slots, ScalarType::Double);
+  state_tensor(op, checks::on_cpu, "config", config, ScalarType::Double);
+  HM_CHECK(config.numel() == pk::kConfigFields, op, ": state config has the wrong size");
+  pk::PolicyView v{};
+  v.cfg = pk::Config::from(config.const_data_ptr<double>(), 0);
+  v.R = rows_of(op, "slots", slots, pk::kSlotFields);
+  v.P = pow2_at_least(v.R);
+  v.N = examples_of(v.cfg, pos);
+  HM_CHECK(pos.numel() == (v.cfg.world ? 2 * v.P : v.N), op, ": state pos does not match slots");
+  v.pos = pos.mutable_data_ptr<int32_t>();
+  v.slots = slots.mutable_data_ptr<double>();
+  return v;
+}
+
 }  // namespace policy_ops
 }  // namespace hardmix

@@ -68,7 +68,7 @@ def _config_vector(c: PolicyConfig, shard: tuple[int, int] | None = None) -> tor
     return torch.tensor(v + [0.0] * (_N_CONFIG - len(v)), dtype=torch.float64)
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """x on ``device``; from the host through pinned memory, so no wait."""
     if x.device == device:
         return x
@@ -356,16 +356,14 @@ class Engine:
 
     def slots_of(self, indices: torch.Tensor) -> torch.Tensor:
         """The slot of each member in ``indices`` (int64 [B]; -1: not a member)."""
-        if self.shard is None:
-            if self._stream is not None and indices.is_cuda:  # made on the caller's stream
-                self._stream.wait_stream(torch.cuda.current_stream(self.device))
-            with self.on_stream():
-                out = self.pos[_to_device(indices, self.device)].long()
-            if self._stream is not None:  # for the caller's stream
-                torch.cuda.current_stream(self.device).wait_stream(self._stream)
-            return out
-        out = torch.empty(indices.numel(), dtype=torch.int64)
-        torch.ops.hardmix.policy_find(self.pos, self.slots, self.config_vector, indices.long(), out)
+        if self._stream is not None and indices.is_cuda:  # made on the caller's stream
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        with self.on_stream():
+            idx = to_device(indices.long(), self.device)
+            out = torch.empty(idx.numel(), dtype=torch.int64, device=self.device)
+            torch.ops.hardmix.policy_find(self.pos, self.slots, self.config_vector, idx, out)
+        if self._stream is not None:  # for the caller's stream
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
         return out
 
     def _inputs(self, indices, losses, logits, targets, margins, classes, priorities) -> tuple:
@@ -404,7 +402,7 @@ class Engine:
             return args
         # The device op takes its own dtypes, on its device; host inputs go over without a wait.
         kinds = (torch.int64, torch.float64, torch.float64, torch.int64, torch.float64)
-        return tuple(None if a is None else _to_device(a.to(k), dev).contiguous() for a, k in zip(args, kinds))
+        return tuple(None if a is None else to_device(a.to(k), dev).contiguous() for a, k in zip(args, kinds))
 
     def draw(self, m: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Up to m members drawn for replay (int64 dataset indices, in draw order),
@@ -420,7 +418,7 @@ class Engine:
             out = torch.empty(m + 1, dtype=torch.int64, device=self.device)
             torch.ops.hardmix.policy_draw(
                 self.tree, self.slots, self.pos, self.counters, self.config_vector, self._seed,
-                _to_device(exclude, self.device), out
+                to_device(exclude, self.device), out
             )
             if self.device.type != "cpu":
                 # The one wait, for the engine's stream only (its steps waited for

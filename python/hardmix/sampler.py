@@ -78,7 +78,7 @@ from torch.utils.data import BatchSampler, Sampler
 from . import distributed as _dist
 from . import ops as _ops
 from .config import STREAM_EPOCH, STREAM_FILL, PolicyConfig
-from .engine import Engine
+from .engine import Engine, to_device
 from .schedules import LinearRamp, Schedule, as_schedule, replay_count
 
 STATE_VERSION = 1
@@ -170,7 +170,8 @@ class ReplaySampler(BatchSampler):
             bytes per example) across them by index instead of holding all
             of it on every rank: about 64 N / num_replicas bytes per rank
             plus the replicated reservoir (O(R)). ``update()`` then makes a
-            second collective (an ``all_reduce`` of [W * B, 8] float64: the
+            second collective (an ``all_reduce`` of [W * B + ceil(W / 8), 8]
+            float64: the
             owners' rows of the batch's examples); batches, reservoir and
             draws are exactly those of an unsharded run. Each rank's
             ``state_dict`` holds its own shard.
@@ -458,6 +459,7 @@ class ReplaySampler(BatchSampler):
                 f"num_workers * prefetch_factor, plus any batches the training loop fetches ahead"
             )
         self._apply(need)
+        self.engine.check()  # (GPU: an error the device found in an applied update; no extra wait)
         if self.engine.step != need:  # pragma: no cover - an invariant, not user input
             raise RuntimeError(f"ReplaySampler: internal error: engine at update {self.engine.step}, need {need}")
         W, r = self.num_replicas, self.rank
@@ -651,10 +653,7 @@ class ReplaySampler(BatchSampler):
         rec = self._expected("weights", idx)
         if "weights" not in rec:
             rec["weights"] = self._weights_of(rec).float()
-        w = rec["weights"]
-        if indices.device.type == "cuda":  # through pinned memory: no wait
-            return w.pin_memory().to(indices.device, non_blocking=True)
-        return w.to(device=indices.device)
+        return to_device(rec["weights"], indices.device)
 
     @torch.compiler.disable
     def update(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor | None = None,
@@ -704,10 +703,12 @@ class ReplaySampler(BatchSampler):
 
     def _adopt_device(self, losses) -> None:
         """The state goes to the GPU the losses are on, at the first update
-        that brings CUDA tensors, and stays there."""
+        that brings CUDA tensors, and stays there; in one process only (under
+        torch.distributed every step's exchange goes through the host, so the
+        state stays on the CPU; a sharded table too)."""
         if not isinstance(losses, torch.Tensor) or losses.device.type != "cuda":
             return
-        if self.engine.device.type == "cpu" and not self.shard_table:
+        if self.engine.device.type == "cpu" and not self.shard_table and self.num_replicas == 1:
             self.engine.to(losses.device)  # (another GPU than the state's: refused by _validate)
 
     def _owned_rows(self, entry: dict, t: int) -> torch.Tensor:
@@ -722,6 +723,7 @@ class ReplaySampler(BatchSampler):
         rows = eng.dynamics(t, entry["indices"], entry["losses"], margins=entry["margins"],
                             priorities=entry["priorities"])
         if W == 1:
+            eng.forget_before(eng.step)  # (no other rank can need older quarantines)
             return rows
         B = rows.shape[0]
         steps = torch.zeros(-(-W // 8), 8, dtype=torch.float64)  # each rank's step at [rank]
@@ -794,7 +796,7 @@ class ReplaySampler(BatchSampler):
         # With the state on a GPU, inputs stay there, and the checks of values
         # (which would wait for the device) are made by the device: see
         # Engine(device=); their error comes with the next batch.
-        host_checks = self.engine.device.type == "cpu"
+        host_checks = self.engine.device.type == "cpu" or all(d.type == "cpu" for d in devices.values())
 
         def vec(name: str, x, kinds) -> torch.Tensor:
             if not isinstance(x, torch.Tensor):
@@ -950,7 +952,7 @@ class ReplaySampler(BatchSampler):
 
     def _prev_totals_host(self) -> torch.Tensor:
         with self.engine.on_stream():
-            return self._prev_totals.cpu() if self._prev_totals.is_cuda else self._prev_totals.clone()
+            return self._prev_totals.to("cpu", copy=True)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict` (same constructor arguments). Checks
