@@ -1,5 +1,5 @@
 """CI check: this build has CUDA kernels, they loaded, and every op listed in
-hardmix.ops.CUDA_OPS (all but policy_dynamics, CPU-only) has one registered
+hardmix.ops.CUDA_OPS (all but the sharded table's, CPU-only) has one registered
 with the dispatcher (no GPU needed)."""
 
 import sys

@@ -86,4 +86,3 @@ def test_opcheck_cuda_policy_ops():
     out = torch.empty(3, dtype=torch.int64, device="cuda")
     torch.library.opcheck(torch.ops.hardmix.policy_draw, (e.tree, e.slots, e.pos, e.counters, e.config_vector, 1,
                                                           idx[:1], out))
-    torch.library.opcheck(torch.ops.hardmix.policy_find, (e.pos, e.slots, e.config_vector, idx, out))

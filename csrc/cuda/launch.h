@@ -46,9 +46,6 @@ int launch_policy_update(const policy::PolicyView& v, const policy::Batch& in, v
 // out[0, m) = the drawn indices (-1 padded), out[m] = how many.
 int launch_policy_draw(const policy::PolicyView& v, int64_t m, const int64_t* exclude, int64_t E,
                        int64_t* out, void* stream);
-// out[b] = slot of member indices[b], else -1. One thread per index.
-int launch_policy_find(const policy::PolicyView& v, const int64_t* indices, int64_t B, int64_t* out,
-                       void* stream);
 
 }  // namespace cuda
 }  // namespace hardmix

@@ -1,11 +1,10 @@
-// CUDA kernels of hardmix::policy_update / policy_draw / policy_find. No
-// torch headers.
+// CUDA kernels of hardmix::policy_update / policy_draw. No torch headers.
 //
 // The policy is csrc/kernels/policy.h, the very code the CPU ops run (and
 // that the tests compare with the Python reference bit for bit): a step is
 // sequential by nature (each entry's admission depends on the previous
 // ones), so one device thread runs it, on the caller's stream, and the host
-// never waits. policy_find is parallel: one thread per index.
+// never waits.
 //
 // Input values the op layer cannot check without a device sync (index and
 // class ranges, negative or non-finite values under nonfinite='raise') are
@@ -87,14 +86,6 @@ __global__ void draw_kernel(pk::PolicyView v, int64_t m, const int64_t* exclude,
   out[m] = n;
 }
 
-__global__ void find_kernel(pk::PolicyView v, const int64_t* indices, int64_t B, int64_t* out) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < B; b += stride) {
-    const int64_t i = indices[b];
-    out[b] = i >= 0 && i < v.N ? v.pos_get(i) : -1;
-  }
-}
-
 int status() { return static_cast<int>(cudaGetLastError()); }
 
 // Clears an error left by earlier, unrelated work, so that status() after a
@@ -114,16 +105,6 @@ int launch_policy_draw(const policy::PolicyView& v, int64_t m, const int64_t* ex
                        int64_t* out, void* stream) {
   clear_stale_error();
   draw_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(v, m, exclude, E, out);
-  return status();
-}
-
-int launch_policy_find(const policy::PolicyView& v, const int64_t* indices, int64_t B, int64_t* out,
-                       void* stream) {
-  if (B == 0) return 0;
-  const int64_t want = (B + 255) / 256;
-  const unsigned blocks = static_cast<unsigned>(want < 65535 ? want : 65535);
-  clear_stale_error();
-  find_kernel<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(v, indices, B, out);
   return status();
 }
 

@@ -165,18 +165,6 @@ void policy_draw_cuda(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Te
                                             out.mutable_data_ptr<int64_t>(), current_stream(tree)));
 }
 
-void policy_find_cuda(Tensor pos, Tensor slots, Tensor config, Tensor indices, Tensor out) {
-  const char* op = "hardmix::policy_find";
-  on_cuda(op, "pos", pos);
-  const OnDevice dev{pos.get_device_index()};
-  const torch::stable::accelerator::DeviceGuard guard(dev.index);
-  const pk::PolicyView v = policy_ops::find_view(op, dev, pos, slots, config);
-  device_input(op, dev, "indices", indices, ScalarType::Long, -1);
-  device_input(op, dev, "out", out, ScalarType::Long, indices.size(0));
-  check_launch(op, cuda::launch_policy_find(v, indices.const_data_ptr<int64_t>(), indices.numel(),
-                                            out.mutable_data_ptr<int64_t>(), current_stream(pos)));
-}
-
 }  // namespace
 }  // namespace hardmix
 
@@ -186,5 +174,4 @@ STABLE_TORCH_LIBRARY_IMPL(hardmix, CUDA, m) {
   m.impl("margin", TORCH_BOX(&hardmix::margin_cuda));
   m.impl("policy_update", TORCH_BOX(&hardmix::policy_update_cuda));
   m.impl("policy_draw", TORCH_BOX(&hardmix::policy_draw_cuda));
-  m.impl("policy_find", TORCH_BOX(&hardmix::policy_find_cuda));
 }

@@ -131,10 +131,9 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
 
   // policy_find(pos, slots, config, indices, out)
   //   out[b] = the slot of member indices[b], or -1 if it is not a member
-  //   (pos as an array [N] or, sharded, a hash [2P]). out i64 [B],
-  //   contiguous, on the state's device, the only write. An index outside
-  //   [0, N) raises on the CPU; on CUDA (checking would need a host sync) its
-  //   out is -1. Deterministic. Cost: O(B) expected (CUDA: a thread each).
+  //   (pos as an array [N] or, sharded, a hash [2P]). out i64 [B], CPU,
+  //   contiguous, the only write. An index outside [0, N) raises.
+  //   Deterministic. Cost: O(B) expected.
   m.def(
       "policy_find(Tensor pos, Tensor slots, Tensor config, Tensor indices, "
       "Tensor(a!) out) -> ()");

@@ -42,6 +42,7 @@ _N_COUNTERS = 16
 _N_CONFIG = 16
 
 _NO_INDICES = torch.empty(0, dtype=torch.int64)
+_NO_CONTEXT = contextlib.nullcontext()  # (reusable: on_stream() of a CPU engine, every batch)
 
 STATE_TENSORS = ("table", "pos", "slots", "links", "heap", "free", "classes", "tree", "window", "counters")
 
@@ -196,7 +197,7 @@ class Engine:
         """A context in which reading or writing the state is ordered with the
         engine's work: on CUDA its stream (the state is written there), on
         the CPU nothing."""
-        return contextlib.nullcontext() if self._stream is None else torch.cuda.stream(self._stream)
+        return _NO_CONTEXT if self._stream is None else torch.cuda.stream(self._stream)
 
     def check(self) -> None:
         """CUDA: raises the error of a step the device skipped for bad input
@@ -356,14 +357,17 @@ class Engine:
 
     def slots_of(self, indices: torch.Tensor) -> torch.Tensor:
         """The slot of each member in ``indices`` (int64 [B]; -1: not a member)."""
-        if self._stream is not None and indices.is_cuda:  # made on the caller's stream
+        if self.shard is not None:  # a hash: the op (a sharded table is on the CPU)
+            out = torch.empty(indices.numel(), dtype=torch.int64)
+            torch.ops.hardmix.policy_find(self.pos, self.slots, self.config_vector, indices.long(), out)
+            return out
+        if self._stream is None:
+            return self.pos[indices].long()
+        if indices.is_cuda:  # made on the caller's stream
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
         with self.on_stream():
-            idx = to_device(indices.long(), self.device)
-            out = torch.empty(idx.numel(), dtype=torch.int64, device=self.device)
-            torch.ops.hardmix.policy_find(self.pos, self.slots, self.config_vector, idx, out)
-        if self._stream is not None:  # for the caller's stream
-            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+            out = self.pos[to_device(indices, self.device)].long()
+        torch.cuda.current_stream(self.device).wait_stream(self._stream)  # for the caller's stream
         return out
 
     def _inputs(self, indices, losses, logits, targets, margins, classes, priorities) -> tuple:

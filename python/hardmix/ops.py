@@ -159,6 +159,7 @@ def _fake_policy_find(pos, slots, config, indices, out) -> None:
 OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw", "policy_dynamics", "policy_find")
 """Every op of the library, by name in ``torch.ops.hardmix``."""
 
-CUDA_OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw", "policy_find")
-"""The ops with a CUDA kernel. policy_dynamics (the sharded table's first
-half) is CPU-only: a sharded table lives on the CPU."""
+CUDA_OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw")
+"""The ops with a CUDA kernel. policy_dynamics and policy_find serve the
+sharded table, which lives on the CPU (an unsharded engine finds members by
+indexing its pos array, wherever it is)."""
