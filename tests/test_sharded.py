@@ -37,6 +37,11 @@ def as_args(step) -> dict:
     )
 
 
+def halves(args: dict) -> dict:
+    """The arguments of Engine.dynamics among a step's."""
+    return {k: v for k, v in args.items() if k != "classes"}
+
+
 def assert_same(whole: Engine, shards: list[Engine], where: str, ahead: bool) -> None:
     W = len(shards)
     every = torch.arange(whole.config.num_examples)
@@ -61,7 +66,7 @@ def run(cfg: PolicyConfig, stream: list, W: int, lag: int) -> None:
     pending: collections.deque = collections.deque()  # (step, args, each shard's rows)
     for t, step in enumerate(stream):
         args = as_args(step)
-        rows = sum(s.dynamics(t, **args) for s in shards)  # the all_reduce
+        rows = sum(s.dynamics(t, **halves(args)) for s in shards)  # the all_reduce
         pending.append((step, args, [rows.clone() for _ in shards]))
         while len(pending) > lag or (t == len(stream) - 1 and pending):
             step, args, mine = pending.popleft()
@@ -230,7 +235,7 @@ def test_ranks_applying_at_different_times_agree():
         margins = torch.where(stubborn[idx], -torch.rand(32, generator=g), torch.randn(32, generator=g))
         args = dict(indices=idx, losses=losses, margins=margins, classes=idx % 4)
         whole.update(**args)
-        rows = sum(s.dynamics(t, **args) for s in shards)  # the all_reduce (with each rank's step)
+        rows = sum(s.dynamics(t, **halves(args)) for s in shards)  # the all_reduce (with each rank's step)
         least = min(s.step for s in shards)
         for r, s in enumerate(shards):
             mine = rows.clone()

@@ -326,20 +326,11 @@ class Engine:
         if hit.any():
             rows[hit, 7] = torch.maximum(rows[hit, 7], until[at[hit]])
 
-    def dynamics(
-        self,
-        t: int,
-        indices: torch.Tensor,
-        losses: torch.Tensor,
-        *,
-        logits: torch.Tensor | None = None,
-        targets: torch.Tensor | None = None,
-        margins: torch.Tensor | None = None,
-        classes: torch.Tensor | None = None,
-        priorities: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def dynamics(self, t: int, indices: torch.Tensor, losses: torch.Tensor, *,
+                 margins: torch.Tensor | None = None, priorities: torch.Tensor | None = None) -> torch.Tensor:
         """Sharded table: the first half of the step that will run as step ``t``
-        (the arguments as for :meth:`update`). Updates the dynamics of the
+        (indices, losses, margins, priorities as for :meth:`update`: what the
+        dynamics read; classes matter to the second half only). Updates the dynamics of the
         entries this shard owns and returns float64 [B, 8] with, for each, its
         row after that (zeros elsewhere). Summed over the shards, it is the
         ``rows`` of :meth:`update`. ``t`` may run ahead of :attr:`step` (the
@@ -350,7 +341,7 @@ class Engine:
             raise ValueError("dynamics() is for a sharded table (Engine(..., shard=(rank, world)))")
         if isinstance(t, bool) or not isinstance(t, int) or t < 0:
             raise ValueError(f"t must be an int >= 0, got {t!r}")
-        idx, loss, marg, _, prio = self._inputs(indices, losses, logits, targets, margins, classes, priorities)
+        idx, loss, marg, _, prio = self._inputs(indices, losses, None, None, margins, None, priorities)
         rows = torch.zeros(idx.numel(), 8, dtype=torch.float64)
         torch.ops.hardmix.policy_dynamics(self.table, self.config_vector, t, idx, loss, marg, prio, rows)
         return rows
