@@ -474,19 +474,21 @@ class ReplaySampler(BatchSampler):
     def _fill(self, g: int, k: int, fresh: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
         """k distinct examples of this rank's fresh data outside the batch and
         the whole replay draw, uniformly at random (when the reservoir holds
-        fewer than m eligible members; O(n) then)."""
+        fewer than m eligible members): O(B) per 64 candidates, and O(n) only
+        when fewer than k of the n could be left."""
         if k <= 0:
             return fresh[:0]
         pool = self._order
+        n = pool.numel()
         taken = set(fresh.tolist()) | set(drawn.tolist())
-        k = min(k, len(set(pool.tolist()) - taken))
+        if n - len(taken) < k:  # maybe fewer than k left: count them
+            k = min(k, len(set(pool.tolist()) - taken))
         out: list[int] = []
         r = 0
         while len(out) < k:
             u = _ops.uniform(64, self.seed, g, STREAM_FILL, offset=(self.rank << 40) + r)
             r += 64
-            for p in (u * pool.numel()).long().clamp_(max=pool.numel() - 1).tolist():
-                i = int(pool[p])
+            for i in pool[(u * n).long().clamp_(max=n - 1)].tolist():
                 if i not in taken:
                     taken.add(i)
                     out.append(i)
