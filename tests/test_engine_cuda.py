@@ -41,6 +41,39 @@ def test_cuda_engine_equals_the_cpu_engine(data):
         assert_same(cpu, gpu, f"step {n}")
 
 
+@pytest.mark.parametrize("score", ["loss", "margin", "loss_rank", "forgetting"])
+def test_cuda_engine_equals_the_cpu_engine_at_scale(score):
+    """Full-size batches (fresh + the replay just drawn) over a reservoir that
+    fills, turns over, graduates, quarantines and caps admissions: every draw
+    and the final state bit for bit (the hypothesis streams above are small)."""
+    N, R, B, C, m = 20_000, 1024, 256, 10, 64
+    cfg = PolicyConfig(num_examples=N, capacity=R, seed=7, score=score, alpha=0.5, lam=1e-3, gamma=0.0,
+                       graduation=0.05, max_replays=3, quarantine_steps=40, max_new_per_step=96,
+                       class_quotas=True, num_classes=C, rank_window=64)
+    cpu, gpu = Engine(cfg), Engine(cfg, device="cuda")
+    g = torch.Generator().manual_seed(3)
+    label = torch.randint(0, C, (N,), generator=g)
+    hard = torch.rand(N, generator=g) < 0.05  # always wrong: replayed until quarantined
+    idx = torch.randint(0, N, (B,), generator=g)
+    for k in range(80):
+        targets = label[idx]
+        logits = torch.randn(B, C, generator=g)
+        rows = torch.arange(B)
+        logits[rows, targets] += torch.where(hard[idx], -6.0, 3.0 * torch.rand(B, generator=g))
+        losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        if k % 7 == 0:
+            losses[k % B] = float("nan")  # skipped by both
+        cpu.update(idx, losses, logits=logits, targets=targets)
+        gpu.update(idx, losses.cuda(), logits=logits.cuda(), targets=targets.cuda())
+        fresh = torch.randint(0, N, (B - m,), generator=g)  # (duplicates, re-visits)
+        drawn = cpu.draw(m, fresh)
+        assert torch.equal(gpu.draw(m, fresh.cuda()), drawn), f"step {k}: draw"
+        idx = torch.cat([fresh, drawn, fresh[: m - len(drawn)]])
+    t = cpu.totals()
+    assert t["evicted"] > R and t["graduated"] > 0 and t["quarantined"] > 0 and t["nonfinite"] > 0, t
+    assert_same(cpu, gpu, "after 80 steps")
+
+
 def test_update_does_not_wait_for_the_device():
     cfg = PolicyConfig(num_examples=10_000, capacity=512, seed=1, class_quotas=True, num_classes=10,
                        max_replays=3, quarantine_steps=50, score="margin")
