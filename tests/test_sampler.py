@@ -474,11 +474,13 @@ def test_update_under_no_grad_and_compile():
     assert b1 == b2 and torch.equal(r1, r2)
 
 
-def test_inputs_on_any_device(device):
-    """update/weights take tensors on the training device; the state goes
-    there at the first update, and batches, weights and reservoir are those
-    of the CPU run, bit for bit."""
-    s = hardmix.ReplaySampler(64, batch_size=8, capacity=16, replay_lag=0, num_classes=3)
+@pytest.mark.parametrize("state_device", ["cpu", "cuda"])
+def test_inputs_on_any_device(device, state_device):
+    """update/weights take tensors on the training device; the state stays on
+    the host or (state_device="cuda") goes to that GPU at the first update,
+    and batches, weights and reservoir are those of the CPU run, bit for bit."""
+    s = hardmix.ReplaySampler(64, batch_size=8, capacity=16, replay_lag=0, num_classes=3,
+                              state_device=state_device)
     ref = hardmix.ReplaySampler(64, batch_size=8, capacity=16, replay_lag=0, num_classes=3)
     gen = torch.Generator().manual_seed(0)
     for b, b_ref in zip(s, ref):
@@ -490,18 +492,25 @@ def test_inputs_on_any_device(device):
         assert w.device == idx.device and torch.equal(w.cpu(), ref.weights(torch.tensor(b)))
         s.update(idx, losses.to(device), logits=logits.to(device), targets=targets.to(device))
         ref.update(torch.tensor(b), losses, logits=logits, targets=targets)
-    assert s.engine.device.type == device
+    assert s.engine.device.type == ("cuda" if device == state_device == "cuda" else "cpu")
     assert torch.equal(s.reservoir()["index"], ref.reservoir()["index"])
     assert s.stats()["total_admitted"] == ref.stats()["total_admitted"]
 
 
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_update_on_the_gpu_never_waits_for_it():
-    """DESIGN §4: with the state on the GPU, update() enqueues and returns
-    (torch.cuda.set_sync_debug_mode('error') raises on any wait); the batch
-    that needs a draw waits for the engine's own stream only."""
-    s = hardmix.ReplaySampler(4096, batch_size=64, capacity=512, replay_lag=4, num_classes=10, seed=1)
+@needs_gpu
+@pytest.mark.parametrize("state_device", ["cpu", "cuda"])
+@pytest.mark.parametrize("lag", [0, 4])
+def test_update_on_the_gpu_never_waits_for_it(state_device, lag):
+    """DESIGN §4: with GPU inputs update() starts work and returns
+    (torch.cuda.set_sync_debug_mode('error') raises on any wait): the copy
+    of B numbers to the host (state on the CPU), or the step on the engine's
+    stream (state on the GPU); the batch that needs an update waits for it."""
+    s = hardmix.ReplaySampler(4096, batch_size=64, capacity=512, replay_lag=lag, num_classes=10, seed=1,
+                              state_device=state_device)
     model = torch.nn.Linear(16, 10).cuda()
     x_of = torch.randn(4096, 16, device="cuda")
     for k, b in enumerate(s):
@@ -509,12 +518,108 @@ def test_update_on_the_gpu_never_waits_for_it():
         x, y = x_of[idx.cuda()], idx.cuda() % 10
         logits = model(x)
         losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        w = s.weights(idx)
+        assert w.is_pinned() == (k > 0)  # (training on the GPU: so that w.to("cuda", non_blocking=True) never waits)
         if k > 0:
             torch.cuda.set_sync_debug_mode("error")
         try:
+            (losses * w.to("cuda", non_blocking=True)).mean()
             s.update(idx, losses.detach(), logits=logits.detach(), targets=y)
         finally:
             torch.cuda.set_sync_debug_mode("default")
         if k == 40:
             break
-    assert s.engine.device.type == "cuda" and s.stats()["size"] > 0
+    assert s.engine.device.type == state_device and s.stats()["size"] > 0
+
+
+GPU_BAD_VALUES = {
+    # name: (sampler arguments, the bad arguments of update (on the GPU), what the error says)
+    "nan loss": (dict(nonfinite="raise"), lambda b: dict(losses=torch.full((len(b),), math.nan)), "is not finite"),
+    "class out of num_classes": (dict(), lambda b: dict(targets=torch.full((len(b),), 3)), "= 3 is out of range"),
+    "negative priorities": (dict(score="given"), lambda b: dict(priorities=-torch.ones(len(b))), "is negative"),
+}
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("state_device", ["cpu", "cuda"])
+@pytest.mark.parametrize("case", sorted(GPU_BAD_VALUES))
+def test_bad_values_on_the_gpu_come_with_the_next_batch(case, state_device, monkeypatch):
+    """GPU inputs are checked where and when their update is applied: the
+    bad update runs as one with no examples, the batch that needs it raises,
+    and the run goes on exactly as a CPU run whose update was checked the
+    same way (tests/test_sampler_errors.py fakes that on the CPU)."""
+    from test_sampler_errors import deferring
+
+    kw, bad, says = GPU_BAD_VALUES[case]
+    args = dict(batch_size=16, capacity=24, replay_fraction=0.25, replay_lag=2, seed=5, num_classes=3,
+                class_quotas=False, **kw)
+    s = hardmix.ReplaySampler(400, state_device=state_device, **args)
+    ref = hardmix.ReplaySampler(400, **args)
+    deferring(ref, monkeypatch)
+    given = s.config.score == "given"
+    runs = [[s, iter(s), "cuda"], [ref, iter(ref), "cpu"]]
+    for g in range(12):
+        batches = []
+        for run in runs:
+            smp, it, dev = run
+            if g == 5:  # needs update 2
+                with pytest.raises(ValueError, match=says):
+                    next(it)
+                run[1] = it = iter(smp)
+            b = torch.tensor(next(it))
+            batches.append(b)
+            good = dict(losses=(b % 7).float(), targets=b % 3, **({"priorities": (b % 5).double()} if given else {}))
+            kw_ = {**good, **bad(b)} if g == 2 else good
+            smp.update(b, **{k: v.to(dev) for k, v in kw_.items()})
+        assert torch.equal(batches[0], batches[1]), g
+    assert torch.equal(s.reservoir()["index"], ref.reservoir()["index"])
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_targets_outside_the_logits_on_the_gpu_come_with_the_next_batch():
+    """(State on the host: the margin kernel cannot refuse a target outside
+    the logits' columns without waiting; the host does when applying.)"""
+    s = hardmix.ReplaySampler(400, batch_size=16, capacity=24, replay_lag=1, seed=5)
+    it = iter(s)
+    for g in range(5):
+        if g == 3:  # the first batch that needs update 1
+            with pytest.raises(ValueError, match=r"update of batch 1 had bad input.*targets\[0\] = 5 is out of "
+                                                 r"range \[0, 3\) \(logits has 3 classes\)"):
+                next(it)
+            it = iter(s)
+        b = torch.tensor(next(it))
+        targets = (b % 3).cuda() if g != 1 else torch.full((16,), 5, device="cuda")
+        s.update(b, torch.rand(16, device="cuda"), logits=torch.randn(16, 3, device="cuda"), targets=targets)
+    assert s.engine.step == 4
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("state_device", ["cpu", "cuda"])
+def test_resume_with_inputs_on_the_gpu(state_device, tmp_path):
+    """A checkpoint taken while updates with GPU tensors are queued (their
+    copies maybe in flight) restores exactly, in a sampler on the host."""
+    args = dict(batch_size=32, capacity=64, replay_fraction=0.3, replay_lag=3, seed=2, num_classes=4)
+
+    def run(s, it, steps):
+        out = []
+        for _ in range(steps):
+            b = torch.tensor(next(it))
+            out.append(b)
+            x = b.cuda()
+            s.update(b, (x % 11).float() / 3, logits=torch.nn.functional.one_hot(x % 4, 4).float() * (x % 3)[:, None],
+                     targets=(x * 7) % 4)
+        return out
+
+    a = hardmix.ReplaySampler(2000, state_device=state_device, **args)
+    it = iter(a)
+    run(a, it, 10)
+    torch.save(a.state_dict(), tmp_path / "s.pt")  # right after update(): copies may be in flight
+    rest = run(a, it, 10)
+    b = hardmix.ReplaySampler(2000, **args)
+    b.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    again = run(b, iter(b), 10)
+    assert all(torch.equal(x, y) for x, y in zip(rest, again))
+    assert torch.equal(a.reservoir()["index"], b.reservoir()["index"])

@@ -5,6 +5,7 @@ state is compared before and after each failed call."""
 from __future__ import annotations
 
 import collections
+import math
 import copy
 
 import pytest
@@ -210,6 +211,12 @@ CONSTRUCTOR_CASES = {
     "unknown knob": (dict(alpah=1.0), TypeError, "alpah"),
     "seed twice": (dict(policy_seed=None), TypeError, "policy_seed"),
     "quotas without classes": (dict(class_quotas=True), ValueError, "num_classes must be >= 1 when class_quotas"),
+    "state_device unknown": (dict(state_device="tpu"), ValueError,
+                             "state_device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+    "state_device meta": (dict(state_device="meta"), ValueError, "state_device must be .*got 'meta'"),
+    "state_device a list": (dict(state_device=[0]), ValueError, r"state_device must be .*got \[0\]"),
+    "state_device cuda, sharded": (dict(state_device="cuda", shard_table=True), ValueError,
+                                   "state_device='cuda' needs one process without shard_table"),
 }
 
 
@@ -294,3 +301,93 @@ def test_len_of_a_held_epoch_is_zero():
         s.update(b, loss(b))
         n += 1
     assert n == 7 and s.epoch == 1
+
+
+class FakeCopy:
+    """Stands in for the CUDA event of an update's copy to the host."""
+
+    def __init__(self):
+        self.done, self.waits = False, 0
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.waits += not self.done
+        self.done = True
+
+
+def deferring(s: hardmix.ReplaySampler, monkeypatch) -> list[FakeCopy]:
+    """Makes ``s`` treat CPU inputs as it treats GPU ones with the state on
+    the host: values unchecked in update(), copied (here: not at all, the
+    copy's completion faked), checked when the update is applied."""
+    copies = []
+
+    def to_host(entry, C):
+        copies.append(FakeCopy())
+        return copies[-1], dict(entry), C
+
+    monkeypatch.setattr(s, "_defers", lambda devices: True)
+    monkeypatch.setattr(s, "_to_host", to_host)
+    return copies
+
+
+DEFERRED_CASES = {
+    # name: (sampler arguments, the bad arguments of update, message pattern)
+    # (targets out of the logits' range: the CPU margin op refuses them at once; tests/test_sampler.py
+    # checks the deferred case on a GPU)
+    "nan loss": (dict(nonfinite="raise"), lambda b: dict(losses=loss(b).index_fill(0, torch.tensor([2]), math.nan)),
+                 r"losses\[2\] = nan is not finite \(nonfinite='raise'\)"),
+    "targets out of num_classes": (dict(), lambda b: dict(targets=torch.full((8,), 3)),
+                                   r"targets\[0\] = 3 is out of range \[0, num_classes=3\)"),
+    "negative priorities": (dict(score="given"), lambda b: dict(priorities=-torch.ones(8)),
+                            r"priorities\[0\] = -1.0 is negative"),
+}
+
+
+@pytest.mark.parametrize("lag", [0, 2])
+@pytest.mark.parametrize("case", sorted(DEFERRED_CASES))
+def test_values_checked_when_applied(case, lag, monkeypatch):
+    """Inputs on a GPU are checked when their update is applied (checking
+    them in update() would wait for the GPU): the bad update runs as one with
+    no examples, the next batch raises (once) and the run goes on from
+    exactly that state. update() applies only updates whose copy is done;
+    a batch waits for the copies it needs. Faked on the CPU here; on a GPU
+    in test_sampler.py."""
+    kw, bad, pattern = DEFERRED_CASES[case]
+    s = hardmix.ReplaySampler(80, batch_size=8, capacity=12, replay_fraction=0.25, replay_lag=lag, seed=3,
+                              num_classes=3, class_quotas=False, **kw)
+    copies = deferring(s, monkeypatch)
+    given = s.config.score == "given"
+    expected, updates = hardmix.Engine(s.config), []
+
+    def same_state():
+        while expected.step < s.engine.step:
+            expected.update(*updates[expected.step][:2], **updates[expected.step][2])
+        for k in STATE_TENSORS:
+            assert torch.equal(getattr(s.engine, k), getattr(expected, k)), k
+
+    it = iter(s)
+    for g in range(8):
+        if g == 3 + lag:  # the first batch that needs update 2
+            before = freeze(s)
+            with pytest.raises(ValueError, match="update of batch 2 had bad input.*" + pattern):
+                next(it)
+            assert copies[2].waits == 1  # waited for by the batch that needs it, not by update()
+            assert freeze(s) != before and s.engine.step == 3
+            same_state()  # update 2 ran with no examples
+            it = iter(s)  # (the error ended that iterator; the next one goes on)
+        b = torch.tensor(next(it))
+        assert s.engine.step == max(0, g - lag)
+        args = dict(losses=loss(b), targets=b % 3, **({"priorities": loss(b) + 1} if given else {}))
+        if g == 6 and lag:
+            copies[g - lag].done = True  # this copy is done: update() applies it, without waiting
+        s.update(b, **({**args, **bad(b)} if g == 2 else args))  # accepted: checked when applied
+        assert s.engine.step == max(0, g - lag) + (g == 6 and lag > 0)
+        if g == 2:
+            updates.append((b[:0], loss(b)[:0], dict(priorities=loss(b)[:0] if given else None)))
+        else:
+            updates.append((b, args["losses"], dict(classes=args["targets"], priorities=args.get("priorities"))))
+    assert s.stats()["updates_applied"] == 8 - lag and s._error is None  # (stats waits for the copies)
+    same_state()
+    assert all(c.waits <= 1 for c in copies) and copies[6 - lag].waits == (lag == 0)

@@ -175,6 +175,15 @@ class ReplaySampler(BatchSampler):
             owners' rows of the batch's examples); batches, reservoir and
             draws are exactly those of an unsharded run. Each rank's
             ``state_dict`` holds its own shard.
+        state_device: where the policy's state lives. ``"cpu"`` (default):
+            on the host, also when ``update()`` gets GPU tensors: then
+            update() starts their copy to pinned host memory and returns
+            (it never waits for the GPU), and the update is applied when
+            the replay lag needs it (the copy long done). ``"cuda"`` (or
+            ``"cuda:N"``): on the GPU of the first update with CUDA tensors;
+            one GPU thread runs each step, which is an order of magnitude
+            slower than the host (README: "GPU"): a training step shorter
+            than that waits for it. Results are the same bit for bit.
         **policy: the policy's knobs, as :class:`hardmix.PolicyConfig` takes
             them (``score``, ``alpha``, ``lam``, ``gamma``, ``graduation``,
             ``max_replays``, ``class_quotas``, ``num_classes``,
@@ -203,6 +212,7 @@ class ReplaySampler(BatchSampler):
         rank: int | None = None,
         process_group=None,
         shard_table: bool = False,
+        state_device: str | torch.device = "cpu",
         **policy,
     ):
         # No super().__init__: BatchSampler's only wraps a sampler we do not have.
@@ -221,6 +231,12 @@ class ReplaySampler(BatchSampler):
         need(replay_mode in ("mix", "append"), "replay_mode", "'mix' or 'append'", replay_mode)
         need(_is_int(replay_lag) and replay_lag >= 0, "replay_lag", "an int >= 0", replay_lag)
         need(isinstance(shard_table, bool), "shard_table", "a bool", shard_table)
+        try:
+            state_dev = torch.device(state_device)
+        except (RuntimeError, TypeError):
+            state_dev = None
+        need(state_dev is not None and state_dev.type in ("cpu", "cuda"), "state_device",
+             "'cpu', 'cuda' or 'cuda:N'", state_device)
         for k in ("num_examples", "capacity", "seed"):
             if k in policy:
                 raise TypeError(f"ReplaySampler: {k} is an argument of its own, not a policy knob")
@@ -240,7 +256,11 @@ class ReplaySampler(BatchSampler):
         self.num_replicas, self.rank = _dist.resolve(num_replicas, rank, process_group)
         self.shard_table = shard_table
         shard = (self.rank, self.num_replicas) if shard_table else None
+        if state_dev.type == "cuda" and (shard_table or self.num_replicas > 1):
+            raise ValueError(f"ReplaySampler: state_device={state_device!r} needs one process without "
+                             f"shard_table (the distributed exchange goes through the host)")
         self.engine = Engine(self.config, score_fn=score_fn, shard=shard)
+        self.state_device = state_dev
         self.schedule = schedule
         self.num_examples = num_examples
         self.batch_size = batch_size
@@ -263,6 +283,10 @@ class ReplaySampler(BatchSampler):
         self._again: collections.deque = collections.deque()  # to be yielded again
         self._pending: collections.deque = collections.deque()  # received, not applied
         self._ready: dict = {}  # CUDA: id(pending entry) -> event recorded when its inputs were complete
+        # State on the CPU, inputs on a GPU: id(pending entry) -> (event, host copies, C) (see _to_host)
+        self._host: dict = {}
+        self._error: ValueError | None = None  # bad input found when an update was applied (see _apply)
+        self._pin = False  # update() got GPU tensors: weights() returns pinned host memory
         self._generation = 0
         self._last_updated: torch.Tensor | None = None
         self._prev_totals = torch.zeros(5, dtype=torch.int64)  # the engine's totals before the last update
@@ -460,6 +484,9 @@ class ReplaySampler(BatchSampler):
             )
         self._apply(need)
         self.engine.check()  # (GPU: an error the device found in an applied update; no extra wait)
+        if self._error is not None:  # (the host found it applying an update whose inputs were on a GPU)
+            error, self._error = self._error, None
+            raise error
         if self.engine.step != need:  # pragma: no cover - an invariant, not user input
             raise RuntimeError(f"ReplaySampler: internal error: engine at update {self.engine.step}, need {need}")
         W, r = self.num_replicas, self.rank
@@ -561,22 +588,75 @@ class ReplaySampler(BatchSampler):
 
     # --- feedback ----------------------------------------------------------
 
-    def _apply(self, upto: int) -> None:
-        """Apply queued updates until the engine has seen ``upto`` of them."""
+    def _apply(self, upto: int, wait: bool = True) -> None:
+        """Apply queued updates until the engine has seen ``upto`` of them.
+        An update whose inputs are still being copied from a GPU (see
+        _to_host) waits for its copy, or with ``wait=False`` stays queued."""
         eng = self.engine
         while self._pending and eng.step < upto:
-            e = self._pending[0]
+            e = args = self._pending[0]
+            copy = self._host.get(id(e))
+            if copy is not None:
+                done, host, C = copy
+                if not wait and not done.query():
+                    break
+                done.synchronize()
+                args = self._checked(host, C)
+            elif eng.device.type == "cpu" and any(isinstance(v, torch.Tensor) and v.is_cuda for v in e.values()):
+                # restored from a checkpoint that logged it with its GPU tensors
+                args = self._checked({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in e.items()},
+                                     None)
             with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
                 self._prev_totals = eng.counters[2:7].clone()
-            made = eng.update(e["indices"], e["losses"], margins=e["margins"], classes=e["classes"],
-                              priorities=e["priorities"], rows=e.get("rows"), ready=self._ready.get(id(e)))
+            made = eng.update(args["indices"], args["losses"], margins=args["margins"], classes=args["classes"],
+                              priorities=args["priorities"], rows=e.get("rows"), ready=self._ready.get(id(e)))
             self._pending.popleft()
             self._ready.pop(id(e), None)
+            self._host.pop(id(e), None)
             if made is not None and made[0].numel():
                 # Sharded: the rows of later updates were taken before this
                 # step's quarantines (Engine.dynamics).
                 for later in self._pending:
                     Engine.carry(later["rows"], later["indices"], made)
+
+    def _checked(self, entry: dict, C: int | None) -> dict:
+        """The host copy of an update whose values were not checked when it
+        arrived (they were on a GPU), if they pass; else an update with no
+        examples, and the error is kept for the next batch (_make_batch)."""
+        what = self._value_error(C, entry["losses"], entry["margins"], entry["classes"], entry["priorities"])
+        if what is None:
+            return entry
+        if self._error is None:
+            self._error = ValueError(
+                f"update: the update of batch {self.engine.step} had bad input, found when it was applied "
+                f"(its tensors were on a GPU): {what}; it ran as an update with no examples")
+        return self._empty_entry()
+
+    def _value_error(self, C: int | None, losses=None, margins=None, classes=None, priorities=None) -> str | None:
+        """What is wrong with an update's values (host tensors), or None."""
+        cfg = self.config
+        if classes is not None:
+            ranges = [(C, f"[0, {C}) (logits has {C} classes)")] if C is not None else []
+            if cfg.num_classes > 0:
+                ranges.append((cfg.num_classes, f"[0, num_classes={cfg.num_classes})"))
+            for hi, text in ranges:
+                bad = ((classes < 0) | (classes >= hi)).nonzero()
+                if bad.numel():
+                    k = int(bad[0])
+                    return f"targets[{k}] = {int(classes[k])} is out of range {text}"
+        if priorities is not None:
+            neg = (priorities < 0).nonzero()
+            if neg.numel():
+                k = int(neg[0])
+                return f"priorities[{k}] = {float(priorities[k])} is negative"
+        if cfg.nonfinite == "raise":
+            for name, v in (("losses", losses), ("margins", margins), ("priorities", priorities)):
+                if v is not None:
+                    bad = (~torch.isfinite(v)).nonzero()
+                    if bad.numel():
+                        k = int(bad[0])
+                        return f"{name}[{k}] = {float(v[k])} is not finite (nonfinite='raise')"
+        return None
 
     def _expected(self, name: str, indices: torch.Tensor) -> dict:
         """The record of the batch these indices must belong to, or a clear error
@@ -654,7 +734,10 @@ class ReplaySampler(BatchSampler):
         idx = self._as_index_tensor("weights", indices)
         rec = self._expected("weights", idx)
         if "weights" not in rec:
-            rec["weights"] = self._weights_of(rec).float()
+            w = self._weights_of(rec).float()
+            # (training on a GPU: host weights in pinned memory, so that
+            # .to(device, non_blocking=True) does not wait for the GPU)
+            rec["weights"] = w.pin_memory() if self._pin and indices.device.type == "cpu" else w
         return to_device(rec["weights"], indices.device)
 
     @torch.compiler.disable
@@ -671,13 +754,17 @@ class ReplaySampler(BatchSampler):
 
         Tensors may live on the CPU or a GPU (all on one device; indices may
         stay on the CPU, as the loader gives them, and should: indices on a
-        GPU are compared with the batch on the host, which waits). At the
-        first update with CUDA tensors the state moves to that GPU; from
-        then on update() only enqueues work (see the README: values that
-        would need the device are checked there, and their error comes with
-        the next batch). Safe under ``torch.no_grad``; skipped by
-        ``torch.compile`` (it runs eagerly). Raises ValueError / TypeError
-        naming the argument and value, before any state changes.
+        GPU are compared with the batch on the host, which waits). With GPU
+        tensors update() only starts work and returns, without waiting for
+        the GPU: their copy to the host (``state_device="cpu"``, the
+        default) or the step on the GPU (``state_device="cuda"``). Then the
+        checks of values, which would wait for the GPU (NaN/inf under
+        ``nonfinite="raise"``, target and class ranges, negative
+        priorities), are made when the update is applied: a bad update runs
+        as one with no examples and its ValueError comes with the next
+        batch. Safe under ``torch.no_grad``; skipped by ``torch.compile``
+        (it runs eagerly). Raises ValueError / TypeError naming the argument
+        and value, before any state changes.
         """
         if self.num_replicas == 1:
             entry = self._validate(indices, losses, logits, targets, priorities)
@@ -692,26 +779,46 @@ class ReplaySampler(BatchSampler):
             # (if this collective fails, e.g. times out, the owners' dynamics of this update are
             # already in their rows: the run cannot go on, restart from a checkpoint)
             entry["rows"] = self._owned_rows(entry, self._received)
+        C, deferred = entry.pop("C", None), entry.pop("deferred", False)
+        self._pin = self._pin or (isinstance(losses, torch.Tensor) and losses.is_cuda)
         self._adopt_device(losses)  # (after every check: a failed call changes nothing)
         rec = self._outstanding.popleft()
         self._last_updated = rec["indices"]
-        if self.engine.device.type == "cuda" and any(
-                isinstance(v, torch.Tensor) and v.is_cuda for v in entry.values()):
+        if deferred and self.engine.device.type == "cuda":
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(self.engine.device))
             self._ready[id(entry)] = ready  # the step waits for this, not for later work
+        elif deferred:
+            self._host[id(entry)] = self._to_host(entry, C)
         self._receive(entry)
-        self._apply(self._yielded - self.replay_lag)
+        self._apply(self._yielded - self.replay_lag, wait=False)
 
     def _adopt_device(self, losses) -> None:
-        """The state goes to the GPU the losses are on, at the first update
-        that brings CUDA tensors, and stays there; in one process only (under
-        torch.distributed every step's exchange goes through the host, so the
-        state stays on the CPU; a sharded table too)."""
+        """With ``state_device="cuda"``: the state goes to the GPU the losses
+        are on, at the first update that brings CUDA tensors, and stays
+        there (one process only: checked by the constructor)."""
         if not isinstance(losses, torch.Tensor) or losses.device.type != "cuda":
             return
-        if self.engine.device.type == "cpu" and not self.shard_table and self.num_replicas == 1:
-            self.engine.to(losses.device)  # (another GPU than the state's: refused by _validate)
+        if self.engine.device.type == "cpu" and self.state_device.type == "cuda":
+            self.engine.to(losses.device)  # (another GPU than state_device's: refused by _validate)
+
+    @staticmethod
+    def _to_host(entry: dict, C: int | None) -> tuple:
+        """Starts the copy of an update's GPU tensors to pinned host memory on
+        the current stream (B numbers each: never the logits) and returns
+        (event recorded after it, the host tensors, logits' C). The entry
+        keeps its GPU tensors: a checkpoint that logs it reads them in
+        stream order, never a host copy still being written."""
+        def copy(v):
+            if not (isinstance(v, torch.Tensor) and v.is_cuda):
+                return v
+            return torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True)
+
+        host = {k: copy(v) for k, v in entry.items()}
+        gpu = next(v.device for v in entry.values() if isinstance(v, torch.Tensor) and v.is_cuda)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(gpu))
+        return done, host, C
 
     def _owned_rows(self, entry: dict, t: int) -> torch.Tensor:
         """Sharded table: this rank's dynamics for update ``t`` (all ranks'
@@ -765,15 +872,16 @@ class ReplaySampler(BatchSampler):
                     still.append((log, start, until))
             self._open_logs = still
 
-    def _margins(self, logits: torch.Tensor, targets: torch.Tensor, targets_host: torch.Tensor) -> torch.Tensor:
-        """Margins [B] where the state is, computed where the logits are (B
-        floats cross, not B x C)."""
+    def _margins(self, logits: torch.Tensor, targets: torch.Tensor, targets_host: torch.Tensor,
+                 where: torch.device) -> torch.Tensor:
+        """Margins [B] on ``where``, computed where the logits are (B floats
+        cross, not B x C)."""
         if logits.device.type != "cpu":
             try:
-                return _ops.margin(logits, targets).to(self.engine.device)
+                return _ops.margin(logits, targets).to(where)
             except (RuntimeError, NotImplementedError):  # no CUDA kernels in this build
                 pass
-        return _ops.margin(logits.to("cpu"), targets_host.to("cpu")).to(self.engine.device)
+        return _ops.margin(logits.to("cpu"), targets_host.to("cpu")).to(where)
 
     def _validate(self, indices, losses, logits, targets, priorities) -> dict:
         idx = self._as_index_tensor("update", indices)
@@ -795,10 +903,12 @@ class ReplaySampler(BatchSampler):
                              + ", ".join(f"{k} on {v}" for k, v in devices.items()))
         rec = self._expected("update", idx)
         B = idx.numel()
-        # With the state on a GPU, inputs stay there, and the checks of values
-        # (which would wait for the device) are made by the device: see
-        # Engine(device=); their error comes with the next batch.
-        host_checks = self.engine.device.type == "cpu" or all(d.type == "cpu" for d in devices.values())
+        # Inputs on a GPU stay there (one process): checking their values would
+        # wait for the device. The device checks them (state on the GPU: see
+        # Engine(device=)) or the host does when the update is applied (_apply);
+        # either way the error comes with the next batch.
+        deferred = self._defers(devices)
+        host_checks = not deferred
 
         def vec(name: str, x, kinds) -> torch.Tensor:
             if not isinstance(x, torch.Tensor):
@@ -824,19 +934,11 @@ class ReplaySampler(BatchSampler):
                     raise TypeError(f"update: logits must have dtype float32, float16 or bfloat16, got "
                                     f"{logits.dtype}")
                 C = logits.shape[1]
-                bad = ((tgt < 0) | (tgt >= C)).nonzero() if host_checks else tgt[:0]
-                if bad.numel():
-                    k = int(bad[0])
-                    raise ValueError(f"update: targets[{k}] = {int(tgt[k])} is out of range [0, {C}) "
-                                     f"(logits has {C} classes)")
-                margins = self._margins(logits.detach(), targets.detach(), tgt)
+                if host_checks and (what := self._value_error(C, classes=tgt)):  # (before the margin op)
+                    raise ValueError("update: " + what)
+                where = logits.device if deferred else self.engine.device
+                margins = self._margins(logits.detach(), targets.detach(), tgt, where)
             classes = tgt.long()
-            if cfg.num_classes > 0 and host_checks:
-                bad = ((classes < 0) | (classes >= cfg.num_classes)).nonzero()
-                if bad.numel():
-                    k = int(bad[0])
-                    raise ValueError(f"update: targets[{k}] = {int(classes[k])} is out of range "
-                                     f"[0, num_classes={cfg.num_classes})")
         elif logits is not None:
             raise ValueError("update: logits need targets (pass both, or targets alone for classes)")
         if cfg.score == "margin" and margins is None:
@@ -849,22 +951,22 @@ class ReplaySampler(BatchSampler):
             if priorities is None:
                 raise ValueError("update: score 'given' needs priorities (or a score_fn)")
             prio = vec("priorities", priorities, (torch.float32, torch.float64)).clone()
-            neg = (prio < 0).nonzero() if host_checks else prio[:0]
-            if neg.numel():
-                k = int(neg[0])
-                raise ValueError(f"update: priorities[{k}] = {float(prio[k])} is negative")
         elif priorities is not None:
             raise ValueError(f"update: priorities are only taken with score='given', not {cfg.score!r}")
-        if cfg.nonfinite == "raise" and host_checks:
-            for name, v in (("losses", loss), ("margins", margins), ("priorities", prio)):
-                if v is not None:
-                    bad = (~torch.isfinite(v)).nonzero()
-                    if bad.numel():
-                        k = int(bad[0])
-                        raise ValueError(f"update: {name}[{k}] = {float(v[k])} is not finite "
-                                         f"(nonfinite='raise')")
-        return {"indices": rec["indices"], "losses": loss, "margins": margins, "classes": classes,
-                "priorities": prio}
+        if host_checks and (what := self._value_error(None, loss, margins, classes, prio)):
+            raise ValueError("update: " + what)
+        entry = {"indices": rec["indices"], "losses": loss, "margins": margins, "classes": classes,
+                 "priorities": prio}
+        if deferred:  # (update() takes these out)
+            entry["deferred"] = True
+            entry["C"] = logits.shape[1] if logits is not None else None  # to check the targets when applied
+        return entry
+
+    def _defers(self, devices: dict) -> bool:
+        """Whether an update's values are checked when it is applied instead
+        of now: inputs on a GPU, in one process (under torch.distributed
+        they go through the host for the exchange anyway)."""
+        return any(d.type == "cuda" for d in devices.values()) and self.num_replicas == 1 and not self.shard_table
 
     # --- inspection --------------------------------------------------------
 
@@ -872,6 +974,7 @@ class ReplaySampler(BatchSampler):
         """The members the next replay draw uses: ``index`` (dataset indices),
         ``priority`` (p as last scored), ``step`` (when scored), ``cls``,
         ``admitted`` (admission step); CPU tensors, ordered by slot."""
+        self._apply(self._yielded - self.replay_lag)  # (inputs copied from a GPU: the copies are done)
         m = self.engine.members()
         return dict(index=m["index"], priority=m["logp"].exp(), step=m["step"], cls=m["cls"],
                     admitted=m["admitted"])
@@ -888,6 +991,7 @@ class ReplaySampler(BatchSampler):
         ``mean_age`` (steps since admission): a few vectorised passes over
         the R slots (about 0.1 ms at R = 8192, 0.6 ms at R = 65536 here).
         """
+        self._apply(self._yielded - self.replay_lag)  # (inputs copied from a GPU: the copies are done)
         eng = self.engine
         with eng.on_stream():
             c = eng.counters[2:7].tolist()
@@ -976,8 +1080,10 @@ class ReplaySampler(BatchSampler):
         engine.load_state_dict(state["engine"])
         on_gpu = [v.device for u in state["updates"] or [] for v in u.values()
                   if isinstance(v, torch.Tensor) and v.is_cuda]
-        device = on_gpu[0] if on_gpu and self.engine.device.type == "cpu" else self.engine.device
-        if device.type == "cuda":  # the state was on a GPU (its updates are): it goes back there
+        device = self.engine.device
+        if device.type == "cpu" and self.state_device.type == "cuda" and on_gpu:
+            device = on_gpu[0]  # the inputs were on a GPU: the state goes there
+        if device.type == "cuda":
             engine.to(device)
         start = int(state["updates_start"])
         if engine.step != start:
@@ -1010,7 +1116,7 @@ class ReplaySampler(BatchSampler):
             self.engine = engine
             self._received = received
             self._pending = collections.deque(updates)
-            self._ready = {}
+            self._ready, self._host, self._error = {}, {}, None
             self._outstanding = collections.deque(dict(r) for r in records)
             self._again = collections.deque()
             self._last_updated = None
