@@ -388,6 +388,47 @@ def test_values_checked_when_applied(case, lag, monkeypatch):
             updates.append((b[:0], loss(b)[:0], dict(priorities=loss(b)[:0] if given else None)))
         else:
             updates.append((b, args["losses"], dict(classes=args["targets"], priorities=args.get("priorities"))))
-    assert s.stats()["updates_applied"] == 8 - lag and s._error is None  # (stats waits for the copies)
+    assert s.stats()["updates_applied"] == 8 - lag and not s._errors  # (stats waits for the copies)
     same_state()
     assert all(c.waits <= 1 for c in copies) and copies[6 - lag].waits == (lag == 0)
+
+
+def test_a_restore_checks_what_was_not_checked_and_only_that(monkeypatch):
+    """Updates with GPU tensors still unchecked when a checkpoint is taken are
+    checked when the restored sampler applies them (the error comes with the
+    same batch as in the run that saved it); one checked (or reported) before
+    the checkpoint is not checked or reported again."""
+    args = dict(batch_size=8, capacity=12, replay_lag=2, seed=3, nonfinite="raise")
+    s = hardmix.ReplaySampler(80, **args)
+    deferring(s, monkeypatch)
+    it = iter(s)
+    for g in range(3):
+        b = torch.tensor(next(it))
+        s.update(b, torch.full((8,), math.inf) if g == 1 else loss(b))
+    early = copy.deepcopy(s.state_dict())  # update 1 (bad) not applied yet: unchecked
+
+    def go_on(smp, it, n):
+        out = []
+        for _ in range(n):
+            b = torch.tensor(next(it))
+            out.append(b)
+            smp.update(b, loss(b))
+        return out
+
+    go_on(s, it, 1)  # batch 3 (needs update 0)
+    with pytest.raises(ValueError, match=r"update of batch 1 had bad input.*losses\[0\] = inf"):
+        next(it)  # batch 4 needs update 1
+    late = copy.deepcopy(s.state_dict())  # update 1 reported: logged as the empty update it ran as
+    tail = go_on(s, iter(s), 4)
+
+    r = hardmix.ReplaySampler(80, **args)
+    r.load_state_dict(early)
+    it = iter(r)
+    go_on(r, it, 1)
+    with pytest.raises(ValueError, match=r"update of batch 1 had bad input.*losses\[0\] = inf"):
+        next(it)
+    assert all(torch.equal(x, y) for x, y in zip(go_on(r, iter(r), 4), tail))
+    r = hardmix.ReplaySampler(80, **args)
+    r.load_state_dict(late)
+    assert all(torch.equal(x, y) for x, y in zip(go_on(r, iter(r), 4), tail))  # no error again
+    assert torch.equal(r.reservoir()["index"], s.reservoir()["index"])

@@ -285,7 +285,7 @@ class ReplaySampler(BatchSampler):
         self._ready: dict = {}  # CUDA: id(pending entry) -> event recorded when its inputs were complete
         # State on the CPU, inputs on a GPU: id(pending entry) -> (event, host copies, C) (see _to_host)
         self._host: dict = {}
-        self._error: ValueError | None = None  # bad input found when an update was applied (see _apply)
+        self._errors: list[str] = []  # bad input found when updates were applied (see _checked)
         self._pin = False  # update() got GPU tensors: weights() returns pinned host memory
         self._generation = 0
         self._last_updated: torch.Tensor | None = None
@@ -484,9 +484,10 @@ class ReplaySampler(BatchSampler):
             )
         self._apply(need)
         self.engine.check()  # (GPU: an error the device found in an applied update; no extra wait)
-        if self._error is not None:  # (the host found it applying an update whose inputs were on a GPU)
-            error, self._error = self._error, None
-            raise error
+        if self._errors:  # (the host found them applying updates whose inputs were on a GPU)
+            errors, self._errors = self._errors, []
+            more = f" (and {len(errors) - 1} more such updates)" if len(errors) > 1 else ""
+            raise ValueError(f"update: {errors[0]}{more}")
         if self.engine.step != need:  # pragma: no cover - an invariant, not user input
             raise RuntimeError(f"ReplaySampler: internal error: engine at update {self.engine.step}, need {need}")
         W, r = self.num_replicas, self.rank
@@ -596,16 +597,23 @@ class ReplaySampler(BatchSampler):
         while self._pending and eng.step < upto:
             e = args = self._pending[0]
             copy = self._host.get(id(e))
-            if copy is not None:
-                done, host, C = copy
-                if not wait and not done.query():
-                    break
-                done.synchronize()
+            if copy is not None or (eng.device.type == "cpu" and e.get("deferred")):
+                if copy is not None:
+                    done, host, C = copy
+                    if not wait and not done.query():
+                        break
+                    done.synchronize()
+                else:  # restored from a checkpoint (tensors on a GPU, or mapped to the CPU)
+                    host, C = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in e.items()}, None
                 args = self._checked(host, C)
-            elif eng.device.type == "cpu" and any(isinstance(v, torch.Tensor) and v.is_cuda for v in e.values()):
-                # restored from a checkpoint that logged it with its GPU tensors
-                args = self._checked({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in e.items()},
-                                     None)
+                # The checkpoint logs share this entry: from now on they hold it checked
+                # (or, if bad, as the update with no examples it ran as), so that a restore
+                # neither checks it again nor reports its error twice.
+                if args is host:
+                    e["deferred"] = False
+                else:
+                    e.clear()
+                    e.update(args)
             with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
                 self._prev_totals = eng.counters[2:7].clone()
             made = eng.update(args["indices"], args["losses"], margins=args["margins"], classes=args["classes"],
@@ -626,10 +634,8 @@ class ReplaySampler(BatchSampler):
         what = self._value_error(C, entry["losses"], entry["margins"], entry["classes"], entry["priorities"])
         if what is None:
             return entry
-        if self._error is None:
-            self._error = ValueError(
-                f"update: the update of batch {self.engine.step} had bad input, found when it was applied "
-                f"(its tensors were on a GPU): {what}; it ran as an update with no examples")
+        self._errors.append(f"the update of batch {self.engine.step} had bad input, found when it was "
+                            f"applied (its tensors were on a GPU): {what}; it ran as an update with no examples")
         return self._empty_entry()
 
     def _value_error(self, C: int | None, losses=None, margins=None, classes=None, priorities=None) -> str | None:
@@ -779,7 +785,7 @@ class ReplaySampler(BatchSampler):
             # (if this collective fails, e.g. times out, the owners' dynamics of this update are
             # already in their rows: the run cannot go on, restart from a checkpoint)
             entry["rows"] = self._owned_rows(entry, self._received)
-        C, deferred = entry.pop("C", None), entry.pop("deferred", False)
+        C, deferred = entry.pop("C", None), entry.get("deferred", False)
         self._pin = self._pin or (isinstance(losses, torch.Tensor) and losses.is_cuda)
         self._adopt_device(losses)  # (after every check: a failed call changes nothing)
         rec = self._outstanding.popleft()
@@ -957,9 +963,9 @@ class ReplaySampler(BatchSampler):
             raise ValueError("update: " + what)
         entry = {"indices": rec["indices"], "losses": loss, "margins": margins, "classes": classes,
                  "priorities": prio}
-        if deferred:  # (update() takes these out)
+        if deferred:  # values unchecked (kept in checkpoints, so that a restore checks them)
             entry["deferred"] = True
-            entry["C"] = logits.shape[1] if logits is not None else None  # to check the targets when applied
+            entry["C"] = logits.shape[1] if logits is not None else None  # (update() takes it out)
         return entry
 
     def _defers(self, devices: dict) -> bool:
@@ -1116,7 +1122,7 @@ class ReplaySampler(BatchSampler):
             self.engine = engine
             self._received = received
             self._pending = collections.deque(updates)
-            self._ready, self._host, self._error = {}, {}, None
+            self._ready, self._host, self._errors = {}, {}, []
             self._outstanding = collections.deque(dict(r) for r in records)
             self._again = collections.deque()
             self._last_updated = None
