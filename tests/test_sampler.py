@@ -3,6 +3,7 @@ determinism across worker counts, weights, stats, and the loop of DESIGN §1."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -505,6 +506,9 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @pytest.mark.parametrize("state_device", ["cpu", "cuda"])
 @pytest.mark.parametrize("lag", [0, 4])
 def test_update_on_the_gpu_never_waits_for_it(state_device, lag):
+    def no_wait(event):  # (set_sync_debug_mode does not see Event.synchronize)
+        raise AssertionError("update() waited for a CUDA event")
+
     """DESIGN §4: with GPU inputs update() starts work and returns
     (torch.cuda.set_sync_debug_mode('error') raises on any wait): the copy
     of B numbers to the host (state on the CPU), or the step on the engine's
@@ -523,8 +527,10 @@ def test_update_on_the_gpu_never_waits_for_it(state_device, lag):
         if k > 0:
             torch.cuda.set_sync_debug_mode("error")
         try:
-            (losses * w.to("cuda", non_blocking=True)).mean()
-            s.update(idx, losses.detach(), logits=logits.detach(), targets=y)
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(torch.cuda.Event, "synchronize", no_wait)
+                (losses * w.to("cuda", non_blocking=True)).mean()
+                s.update(idx, losses.detach(), logits=logits.detach(), targets=y)
         finally:
             torch.cuda.set_sync_debug_mode("default")
         if k == 40:
@@ -580,19 +586,40 @@ def test_bad_values_on_the_gpu_come_with_the_next_batch(case, state_device, monk
 @needs_gpu
 def test_targets_outside_the_logits_on_the_gpu_come_with_the_next_batch():
     """(State on the host: the margin kernel cannot refuse a target outside
-    the logits' columns without waiting; the host does when applying.)"""
-    s = hardmix.ReplaySampler(400, batch_size=16, capacity=24, replay_lag=1, seed=5)
-    it = iter(s)
-    for g in range(5):
-        if g == 3:  # the first batch that needs update 1
-            with pytest.raises(ValueError, match=r"update of batch 1 had bad input.*targets\[0\] = 5 is out of "
-                                                 r"range \[0, 3\) \(logits has 3 classes\)"):
-                next(it)
-            it = iter(s)
-        b = torch.tensor(next(it))
-        targets = (b % 3).cuda() if g != 1 else torch.full((16,), 5, device="cuda")
-        s.update(b, torch.rand(16, device="cuda"), logits=torch.randn(16, 3, device="cuda"), targets=targets)
-    assert s.engine.step == 4
+    the logits' columns without waiting; the host does when applying, also
+    after a restore from a checkpoint taken before.)"""
+    says = r"update of batch 1 had bad input.*targets\[0\] = 5 is out of range \[0, 3\) \(logits has 3 classes\)"
+
+    def run(s, it, first, last, saved=None):
+        for k in range(first, last):
+            if k == 3:  # the first batch that needs update 1
+                with pytest.raises(ValueError, match=says):
+                    next(it)
+                it = iter(s)
+            b = torch.tensor(next(it))
+            targets = (b % 3).cuda() if k != 1 else torch.full((16,), 5, device="cuda")
+            logits = torch.nn.functional.one_hot((b * 5) % 3, 3).float().cuda() * 2  # (some rows wrong)
+            s.update(b, (b % 7).float().cuda() / 3, logits=logits, targets=targets)
+            if k == 1 and saved is not None:
+                saved.append(copy.deepcopy(s.state_dict()))  # update 1 unchecked
+        return it
+
+    s, saved = hardmix.ReplaySampler(400, batch_size=16, capacity=24, replay_lag=1, seed=5), []
+    run(s, run(s, iter(s), 0, 2, saved), 2, 5)
+    assert s.stats()["updates_applied"] == 4
+    r = hardmix.ReplaySampler(400, batch_size=16, capacity=24, replay_lag=1, seed=5)
+    r.load_state_dict(saved[0])
+    run(r, iter(r), 2, 5)
+    assert torch.equal(r.reservoir()["index"], s.reservoir()["index"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_state_device_with_an_index_refuses_another_gpu():
+    s = hardmix.ReplaySampler(64, batch_size=8, capacity=16, state_device="cuda:0")
+    b = torch.tensor(next(iter(s)))
+    with pytest.raises(ValueError, match="state_device is cuda:0, got losses on cuda:1"):
+        s.update(b, torch.rand(8, device="cuda:1"))
 
 
 @pytest.mark.cuda

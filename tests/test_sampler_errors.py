@@ -15,22 +15,23 @@ import hardmix
 from hardmix.engine import STATE_TENSORS
 
 
+def plain(v):
+    """v (tensors, containers, scalars) as plain, comparable values."""
+    if isinstance(v, torch.Tensor):
+        return ("tensor", str(v.dtype), tuple(v.shape), v.tolist())
+    if isinstance(v, (list, tuple, collections.deque)):
+        return [plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, (int, float, str, bool, type(None))):
+        return v
+    return type(v).__name__
+
+
 def freeze(s: hardmix.ReplaySampler):
     """Every piece of the sampler's state as plain, comparable values."""
-
-    def conv(v):
-        if isinstance(v, torch.Tensor):
-            return ("tensor", str(v.dtype), tuple(v.shape), v.tolist())
-        if isinstance(v, (list, tuple, collections.deque)):
-            return [conv(x) for x in v]
-        if isinstance(v, dict):
-            return {k: conv(x) for k, x in v.items()}
-        if isinstance(v, (int, float, str, bool, type(None))):
-            return v
-        return type(v).__name__
-
-    out = {k: conv(v) for k, v in vars(s).items() if k != "engine"}
-    out["engine"] = {k: conv(getattr(s.engine, k)) for k in STATE_TENSORS}
+    out = {k: plain(v) for k, v in vars(s).items() if k != "engine"}
+    out["engine"] = {k: plain(getattr(s.engine, k)) for k in STATE_TENSORS}
     return out
 
 
@@ -317,15 +318,21 @@ class FakeCopy:
         self.done = True
 
 
-def deferring(s: hardmix.ReplaySampler, monkeypatch) -> list[FakeCopy]:
+def deferring(s: hardmix.ReplaySampler, monkeypatch, done: bool = False, on_device: bool = False) -> list[FakeCopy]:
     """Makes ``s`` treat CPU inputs as it treats GPU ones with the state on
-    the host: values unchecked in update(), copied (here: not at all, the
-    copy's completion faked), checked when the update is applied."""
+    the host: values unchecked in update(), copied (here: cloned, the copy's
+    completion faked: ``done`` at once or when waited for), checked when the
+    update is applied. ``on_device``: the entry's own tensors become meta
+    tensors, as unusable on the host as GPU memory would be there."""
     copies = []
 
-    def to_host(entry, C):
+    def to_host(entry):
         copies.append(FakeCopy())
-        return copies[-1], dict(entry), C
+        copies[-1].done = done
+        host = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in entry.items()}
+        if on_device:
+            entry.update({k: v.to("meta") for k, v in entry.items() if isinstance(v, torch.Tensor)})
+        return copies[-1], host
 
     monkeypatch.setattr(s, "_defers", lambda devices: True)
     monkeypatch.setattr(s, "_to_host", to_host)
@@ -389,6 +396,7 @@ def test_values_checked_when_applied(case, lag, monkeypatch):
         else:
             updates.append((b, args["losses"], dict(classes=args["targets"], priorities=args.get("priorities"))))
     assert s.stats()["updates_applied"] == 8 - lag and not s._errors  # (stats waits for the copies)
+    assert all(c.done for c in copies[: 8 - lag])
     same_state()
     assert all(c.waits <= 1 for c in copies) and copies[6 - lag].waits == (lag == 0)
 
@@ -432,3 +440,86 @@ def test_a_restore_checks_what_was_not_checked_and_only_that(monkeypatch):
     r.load_state_dict(late)
     assert all(torch.equal(x, y) for x, y in zip(go_on(r, iter(r), 4), tail))  # no error again
     assert torch.equal(r.reservoir()["index"], s.reservoir()["index"])
+
+
+def test_a_restore_does_not_change_the_checkpoint(monkeypatch):
+    s = hardmix.ReplaySampler(80, batch_size=8, capacity=12, replay_lag=2, seed=3, nonfinite="raise")
+    deferring(s, monkeypatch)
+    it = iter(s)
+    for g in range(3):
+        b = torch.tensor(next(it))
+        s.update(b, torch.full((8,), math.inf) if g == 1 else loss(b))
+    state = copy.deepcopy(s.state_dict())
+    before = plain(state)
+    for _ in range(2):  # the same checkpoint, twice: the same error both times
+        r = hardmix.ReplaySampler(80, batch_size=8, capacity=12, replay_lag=2, seed=3, nonfinite="raise")
+        r.load_state_dict(state)
+        it = iter(r)
+        b = torch.tensor(next(it))
+        r.update(b, loss(b))
+        with pytest.raises(ValueError, match=r"update of batch 1 had bad input"):
+            next(it)
+    assert plain(state) == before
+
+
+def test_checkpoints_hold_host_copies_of_applied_updates(monkeypatch):
+    """Once applied, a logged update holds its host copies, not its GPU
+    tensors (stood in for by meta tensors here): any later checkpoint, in
+    memory or saved, restores on the host."""
+    args = dict(batch_size=8, capacity=12, replay_lag=0, seed=3, num_classes=3, class_quotas=False)
+    s = hardmix.ReplaySampler(80, **args)
+    deferring(s, monkeypatch, done=True, on_device=True)
+    it = iter(s)
+    states = []
+    for g in range(6):
+        b = torch.tensor(next(it))
+        s.update(b, loss(b), targets=b % 3)  # applied at once (lag 0, copy done)
+        states.append(s.state_dict())  # (the second and later share the first's log)
+    tail = []
+    for _ in range(3):
+        b = torch.tensor(next(it))
+        tail.append(b)
+        s.update(b, loss(b), targets=b % 3)
+    r = hardmix.ReplaySampler(80, **args)
+    r.load_state_dict(states[-1])
+    it = iter(r)
+    for want in tail:
+        b = torch.tensor(next(it))
+        assert torch.equal(b, want)
+        r.update(b, loss(b), targets=b % 3)
+    assert torch.equal(r.reservoir()["index"], s.reservoir()["index"])
+
+
+def test_update_changes_nothing_when_the_copy_fails_to_start(monkeypatch):
+    s, it, b = started()
+    deferring(s, monkeypatch)
+
+    def failing(entry):
+        raise RuntimeError("CUDA error: out of memory (pinned)")
+
+    monkeypatch.setattr(s, "_to_host", failing)
+    before = freeze(s)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        s.update(b, loss(b))
+    assert freeze(s) == before
+    monkeypatch.undo()
+    s.update(b, loss(b))  # and the batch can still be updated
+
+
+def test_an_error_found_by_stats_is_reported_after_a_restore_too(monkeypatch):
+    args = dict(batch_size=8, capacity=12, replay_lag=1, seed=3, nonfinite="raise")
+    s = hardmix.ReplaySampler(80, **args)
+    deferring(s, monkeypatch)
+    it = iter(s)
+    for g in range(3):
+        b = torch.tensor(next(it))
+        s.update(b, torch.full((8,), math.nan) if g == 1 else loss(b))
+    s.stats()  # applies update 1: its error waits for the next batch
+    state = copy.deepcopy(s.state_dict())
+    with pytest.raises(ValueError, match=r"update of batch 1 had bad input"):
+        next(it)
+    r = hardmix.ReplaySampler(80, **args)
+    r.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"update of batch 1 had bad input"):
+        next(iter(r))
+    assert torch.equal(torch.tensor(next(iter(r))), torch.tensor(next(iter(s))))

@@ -183,7 +183,9 @@ class ReplaySampler(BatchSampler):
             ``"cuda:N"``): on the GPU of the first update with CUDA tensors;
             one GPU thread runs each step, which is an order of magnitude
             slower than the host (README: "GPU"): a training step shorter
-            than that waits for it. Results are the same bit for bit.
+            than that waits for it. For valid input the results are the
+            same bit for bit (with ``"cuda"``, a target outside the logits'
+            columns is a NaN margin, skipped, where the host raises).
         **policy: the policy's knobs, as :class:`hardmix.PolicyConfig` takes
             them (``score``, ``alpha``, ``lam``, ``gamma``, ``graduation``,
             ``max_replays``, ``class_quotas``, ``num_classes``,
@@ -285,7 +287,7 @@ class ReplaySampler(BatchSampler):
         self._ready: dict = {}  # CUDA: id(pending entry) -> event recorded when its inputs were complete
         # State on the CPU, inputs on a GPU: id(pending entry) -> (event, host copies, C) (see _to_host)
         self._host: dict = {}
-        self._errors: list[str] = []  # bad input found when updates were applied (see _checked)
+        self._errors: list[dict] = []  # applied updates whose bad input is not reported yet (see _apply)
         self._pin = False  # update() got GPU tensors: weights() returns pinned host memory
         self._generation = 0
         self._last_updated: torch.Tensor | None = None
@@ -485,7 +487,7 @@ class ReplaySampler(BatchSampler):
         self._apply(need)
         self.engine.check()  # (GPU: an error the device found in an applied update; no extra wait)
         if self._errors:  # (the host found them applying updates whose inputs were on a GPU)
-            errors, self._errors = self._errors, []
+            errors, self._errors = [e.pop("error") for e in self._errors], []  # (reported: not in checkpoints)
             more = f" (and {len(errors) - 1} more such updates)" if len(errors) > 1 else ""
             raise ValueError(f"update: {errors[0]}{more}")
         if self.engine.step != need:  # pragma: no cover - an invariant, not user input
@@ -592,28 +594,31 @@ class ReplaySampler(BatchSampler):
     def _apply(self, upto: int, wait: bool = True) -> None:
         """Apply queued updates until the engine has seen ``upto`` of them.
         An update whose inputs are still being copied from a GPU (see
-        _to_host) waits for its copy, or with ``wait=False`` stays queued."""
+        _to_host) waits for its copy, or with ``wait=False`` stays queued.
+
+        Updates whose values were never checked (``deferred``: inputs on a
+        GPU) are checked here, on the host, when the state is there: a bad
+        one runs as an update with no examples and its error is reported by
+        the next batch (_make_batch). The checkpoint logs share each entry:
+        once applied it holds its host tensors, marked checked, or is the
+        empty update it ran as, with its error until that is reported; so a
+        restore neither checks it again nor reports its error twice, and
+        reports one found but not reported yet."""
         eng = self.engine
         while self._pending and eng.step < upto:
-            e = args = self._pending[0]
+            e = self._pending[0]
             copy = self._host.get(id(e))
-            if copy is not None or (eng.device.type == "cpu" and e.get("deferred")):
-                if copy is not None:
-                    done, host, C = copy
-                    if not wait and not done.query():
+            if copy is not None:
+                done, host = copy
+                if not done.query():
+                    if not wait:
                         break
                     done.synchronize()
-                else:  # restored from a checkpoint (tensors on a GPU, or mapped to the CPU)
-                    host, C = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in e.items()}, None
-                args = self._checked(host, C)
-                # The checkpoint logs share this entry: from now on they hold it checked
-                # (or, if bad, as the update with no examples it ran as), so that a restore
-                # neither checks it again nor reports its error twice.
-                if args is host:
-                    e["deferred"] = False
-                else:
-                    e.clear()
-                    e.update(args)
+                e.update({k: v for k, v in host.items() if isinstance(v, torch.Tensor)})  # complete now
+            checks = bool(e.get("deferred")) and eng.device.type == "cpu"
+            error = self._value_error(e.get("C"), e["losses"], e["margins"], e["classes"],
+                                      e["priorities"]) if checks else None
+            args = self._empty_entry() if error else e
             with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
                 self._prev_totals = eng.counters[2:7].clone()
             made = eng.update(args["indices"], args["losses"], margins=args["margins"], classes=args["classes"],
@@ -621,22 +626,20 @@ class ReplaySampler(BatchSampler):
             self._pending.popleft()
             self._ready.pop(id(e), None)
             self._host.pop(id(e), None)
+            if error:
+                e.clear()
+                e.update(args, error=f"the update of batch {eng.step - 1} had bad input, found when it was "
+                                     f"applied (its tensors were on a GPU): {error}; it ran as an update with "
+                                     f"no examples")
+            elif checks:
+                e["deferred"] = False
+            if "error" in e:  # (found now, or restored before it was reported)
+                self._errors.append(e)
             if made is not None and made[0].numel():
                 # Sharded: the rows of later updates were taken before this
                 # step's quarantines (Engine.dynamics).
                 for later in self._pending:
                     Engine.carry(later["rows"], later["indices"], made)
-
-    def _checked(self, entry: dict, C: int | None) -> dict:
-        """The host copy of an update whose values were not checked when it
-        arrived (they were on a GPU), if they pass; else an update with no
-        examples, and the error is kept for the next batch (_make_batch)."""
-        what = self._value_error(C, entry["losses"], entry["margins"], entry["classes"], entry["priorities"])
-        if what is None:
-            return entry
-        self._errors.append(f"the update of batch {self.engine.step} had bad input, found when it was "
-                            f"applied (its tensors were on a GPU): {what}; it ran as an update with no examples")
-        return self._empty_entry()
 
     def _value_error(self, C: int | None, losses=None, margins=None, classes=None, priorities=None) -> str | None:
         """What is wrong with an update's values (host tensors), or None."""
@@ -785,17 +788,21 @@ class ReplaySampler(BatchSampler):
             # (if this collective fails, e.g. times out, the owners' dynamics of this update are
             # already in their rows: the run cannot go on, restart from a checkpoint)
             entry["rows"] = self._owned_rows(entry, self._received)
-        C, deferred = entry.pop("C", None), entry.get("deferred", False)
+        # (after every check, and before any state changes: a failed call changes nothing)
+        self._adopt_device(losses)
+        ready = copy = None
+        if entry.get("deferred") and self.engine.device.type == "cuda":
+            ready = torch.cuda.Event()  # the step waits for this, not for later work
+            ready.record(torch.cuda.current_stream(self.engine.device))
+        elif entry.get("deferred"):
+            copy = self._to_host(entry)
         self._pin = self._pin or (isinstance(losses, torch.Tensor) and losses.is_cuda)
-        self._adopt_device(losses)  # (after every check: a failed call changes nothing)
         rec = self._outstanding.popleft()
         self._last_updated = rec["indices"]
-        if deferred and self.engine.device.type == "cuda":
-            ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(self.engine.device))
-            self._ready[id(entry)] = ready  # the step waits for this, not for later work
-        elif deferred:
-            self._host[id(entry)] = self._to_host(entry, C)
+        if ready is not None:
+            self._ready[id(entry)] = ready
+        if copy is not None:
+            self._host[id(entry)] = copy
         self._receive(entry)
         self._apply(self._yielded - self.replay_lag, wait=False)
 
@@ -809,12 +816,12 @@ class ReplaySampler(BatchSampler):
             self.engine.to(losses.device)  # (another GPU than state_device's: refused by _validate)
 
     @staticmethod
-    def _to_host(entry: dict, C: int | None) -> tuple:
+    def _to_host(entry: dict) -> tuple:
         """Starts the copy of an update's GPU tensors to pinned host memory on
         the current stream (B numbers each: never the logits) and returns
-        (event recorded after it, the host tensors, logits' C). The entry
-        keeps its GPU tensors: a checkpoint that logs it reads them in
-        stream order, never a host copy still being written."""
+        (event recorded after it, the host tensors). The entry keeps its GPU
+        tensors until the copy is complete (_apply): a checkpoint that logs
+        it meanwhile reads them in stream order, never a copy in flight."""
         def copy(v):
             if not (isinstance(v, torch.Tensor) and v.is_cuda):
                 return v
@@ -824,7 +831,7 @@ class ReplaySampler(BatchSampler):
         gpu = next(v.device for v in entry.values() if isinstance(v, torch.Tensor) and v.is_cuda)
         done = torch.cuda.Event()
         done.record(torch.cuda.current_stream(gpu))
-        return done, host, C
+        return done, host
 
     def _owned_rows(self, entry: dict, t: int) -> torch.Tensor:
         """Sharded table: this rank's dynamics for update ``t`` (all ranks'
@@ -904,6 +911,9 @@ class ReplaySampler(BatchSampler):
                 raise ValueError(f"update: {name} must be on the CPU or a CUDA device, got {d}")
             if d.type == "cuda" and state.type == "cuda" and d != state:
                 raise ValueError(f"update: the sampler's state is on {state}, got {name} on {d}")
+            want = self.state_device
+            if d.type == "cuda" and want.type == "cuda" and want.index is not None and d.index != want.index:
+                raise ValueError(f"update: state_device is {want}, got {name} on {d}")
         if len(set(devices.values())) > 1:
             raise ValueError("update: all tensors must be on one device (indices may be on the CPU), got "
                              + ", ".join(f"{k} on {v}" for k, v in devices.items()))
@@ -965,7 +975,7 @@ class ReplaySampler(BatchSampler):
                  "priorities": prio}
         if deferred:  # values unchecked (kept in checkpoints, so that a restore checks them)
             entry["deferred"] = True
-            entry["C"] = logits.shape[1] if logits is not None else None  # (update() takes it out)
+            entry["C"] = logits.shape[1] if logits is not None else None  # (for the check of the targets)
         return entry
 
     def _defers(self, devices: dict) -> bool:
@@ -992,7 +1002,9 @@ class ReplaySampler(BatchSampler):
         the last applied update, and their ``total_*``; ``replay_fraction``
         (rho for the next batch); ``nonfinite`` (entries skipped so far);
         ``step`` (next batch); ``updates_applied`` and ``updates_pending``
-        (the replay lag at work): O(1), about 10 µs. With ``full`` (default)
+        (the replay lag at work): O(1), about 10 µs (with GPU inputs it
+        may wait for the copy of an update replay_lag batches old, which
+        it applies, as the next batch would). With ``full`` (default)
         also ``class_histogram`` (members per class, int64 tensor) and
         ``mean_age`` (steps since admission): a few vectorised passes over
         the R slots (about 0.1 ms at R = 8192, 0.6 ms at R = 65536 here).
@@ -1060,7 +1072,24 @@ class ReplaySampler(BatchSampler):
             "dynamics_until": self._log_dynamics,
             "updates": self._log,
             "prev_totals": self._prev_totals_host(),
+            # bad input found in applied updates, not reported yet (the log holds those it holds)
+            "errors": [e["error"] for e in self._errors if not any(e is u for u in self._log)],
         }
+
+    @staticmethod
+    def _restored(u: dict, device: torch.device) -> dict:
+        """A copy of a checkpoint's update for a sampler whose state is on
+        ``device``: with the state on the host, its tensors come to the host
+        now (a restore may wait), and one that came with GPU tensors from a
+        checkpoint without the mark is checked when applied."""
+        u = dict(u)
+        if "rows" in u:
+            u["rows"] = u["rows"].clone()
+        if device.type == "cpu":
+            if "deferred" not in u and any(isinstance(v, torch.Tensor) and v.is_cuda for v in u.values()):
+                u["deferred"] = True
+            u = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in u.items()}
+        return u
 
     def _prev_totals_host(self) -> torch.Tensor:
         with self.engine.on_stream():
@@ -1095,9 +1124,9 @@ class ReplaySampler(BatchSampler):
         if engine.step != start:
             raise ValueError(f"load_state_dict: engine step {engine.step} != updates_start {start}")
         yielded = int(pos["yielded"])
-        updates = list(state["updates"])[: max(0, yielded - start)]
-        if self.shard_table:  # quarantines get carried into their rows: not into the caller's state
-            updates = [dict(u, rows=u["rows"].clone()) for u in updates]
+        # (copies: applying them marks them, and quarantines get carried into sharded rows;
+        # the caller's state stays as it was)
+        updates = [self._restored(u, engine.device) for u in list(state["updates"])[: max(0, yielded - start)]]
         received = start + len(updates)
         if self.shard_table:  # the copied table lacks the dynamics of the updates received after the copy
             for n in range(max(start, int(state["dynamics_until"])), received):
@@ -1122,7 +1151,8 @@ class ReplaySampler(BatchSampler):
             self.engine = engine
             self._received = received
             self._pending = collections.deque(updates)
-            self._ready, self._host, self._errors = {}, {}, []
+            self._ready, self._host = {}, {}
+            self._errors = [{"error": str(m)} for m in state.get("errors", [])]
             self._outstanding = collections.deque(dict(r) for r in records)
             self._again = collections.deque()
             self._last_updated = None
