@@ -401,18 +401,26 @@ def test_values_checked_when_applied(case, lag, monkeypatch):
     assert all(c.waits <= 1 for c in copies) and copies[6 - lag].waits == (lag == 0)
 
 
-def test_a_restore_checks_what_was_not_checked_and_only_that(monkeypatch):
-    """Updates with GPU tensors still unchecked when a checkpoint is taken are
-    checked when the restored sampler applies them (the error comes with the
-    same batch as in the run that saved it); one checked (or reported) before
-    the checkpoint is not checked or reported again."""
-    args = dict(batch_size=8, capacity=12, replay_lag=2, seed=3, nonfinite="raise")
+def bad_update_1(monkeypatch, lag: int, value: float = math.inf):
+    """A sampler fed GPU-like (deferred) updates for batches 0..2, update 1
+    non-finite under nonfinite='raise'; returns it, its iterator and its
+    arguments."""
+    args = dict(batch_size=8, capacity=12, replay_lag=lag, seed=3, nonfinite="raise")
     s = hardmix.ReplaySampler(80, **args)
     deferring(s, monkeypatch)
     it = iter(s)
     for g in range(3):
         b = torch.tensor(next(it))
-        s.update(b, torch.full((8,), math.inf) if g == 1 else loss(b))
+        s.update(b, torch.full((8,), value) if g == 1 else loss(b))
+    return s, it, args
+
+
+def test_a_restore_checks_what_was_not_checked_and_only_that(monkeypatch):
+    """Updates with GPU tensors still unchecked when a checkpoint is taken are
+    checked when the restored sampler applies them (the error comes with the
+    same batch as in the run that saved it); one checked (or reported) before
+    the checkpoint is not checked or reported again."""
+    s, it, args = bad_update_1(monkeypatch, lag=2)
     early = copy.deepcopy(s.state_dict())  # update 1 (bad) not applied yet: unchecked
 
     def go_on(smp, it, n):
@@ -443,16 +451,11 @@ def test_a_restore_checks_what_was_not_checked_and_only_that(monkeypatch):
 
 
 def test_a_restore_does_not_change_the_checkpoint(monkeypatch):
-    s = hardmix.ReplaySampler(80, batch_size=8, capacity=12, replay_lag=2, seed=3, nonfinite="raise")
-    deferring(s, monkeypatch)
-    it = iter(s)
-    for g in range(3):
-        b = torch.tensor(next(it))
-        s.update(b, torch.full((8,), math.inf) if g == 1 else loss(b))
+    s, it, args = bad_update_1(monkeypatch, lag=2)
     state = copy.deepcopy(s.state_dict())
     before = plain(state)
     for _ in range(2):  # the same checkpoint, twice: the same error both times
-        r = hardmix.ReplaySampler(80, batch_size=8, capacity=12, replay_lag=2, seed=3, nonfinite="raise")
+        r = hardmix.ReplaySampler(80, **args)
         r.load_state_dict(state)
         it = iter(r)
         b = torch.tensor(next(it))
@@ -507,13 +510,7 @@ def test_update_changes_nothing_when_the_copy_fails_to_start(monkeypatch):
 
 
 def test_an_error_found_by_stats_is_reported_after_a_restore_too(monkeypatch):
-    args = dict(batch_size=8, capacity=12, replay_lag=1, seed=3, nonfinite="raise")
-    s = hardmix.ReplaySampler(80, **args)
-    deferring(s, monkeypatch)
-    it = iter(s)
-    for g in range(3):
-        b = torch.tensor(next(it))
-        s.update(b, torch.full((8,), math.nan) if g == 1 else loss(b))
+    s, it, args = bad_update_1(monkeypatch, lag=1, value=math.nan)
     s.stats()  # applies update 1: its error waits for the next batch
     state = copy.deepcopy(s.state_dict())
     with pytest.raises(ValueError, match=r"update of batch 1 had bad input"):
