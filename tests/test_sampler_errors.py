@@ -520,3 +520,23 @@ def test_an_error_found_by_stats_is_reported_after_a_restore_too(monkeypatch):
     with pytest.raises(ValueError, match=r"update of batch 1 had bad input"):
         next(iter(r))
     assert torch.equal(torch.tensor(next(iter(r))), torch.tensor(next(iter(s))))
+
+
+def test_an_error_reported_after_a_live_checkpoint_is_reported_by_its_restore(monkeypatch):
+    """StatefulDataLoader's state_dict() stays live until serialised: an
+    error found and reported after the call (its update logged there) must
+    still be reported by the restore, which makes that batch again."""
+    s, it, args = bad_update_1(monkeypatch, lag=1, value=math.nan)
+    live = s.state_dict()  # logs updates 1 (not applied yet) and 2
+    s.stats()  # applies update 1: bad
+    with pytest.raises(ValueError, match=r"update of batch 1 had bad input"):
+        next(it)
+    state = copy.deepcopy(live)  # serialised after the report
+    r = hardmix.ReplaySampler(80, **args)
+    r.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"update of batch 1 had bad input"):
+        next(iter(r))
+    assert torch.equal(torch.tensor(next(iter(r))), torch.tensor(next(iter(s))))
+    again = hardmix.ReplaySampler(80, **args)
+    again.load_state_dict(copy.deepcopy(r.state_dict()))  # taken after r reported it: not again
+    assert torch.equal(torch.tensor(next(iter(again))), torch.tensor(next(iter(s))))

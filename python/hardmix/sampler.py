@@ -285,9 +285,10 @@ class ReplaySampler(BatchSampler):
         self._again: collections.deque = collections.deque()  # to be yielded again
         self._pending: collections.deque = collections.deque()  # received, not applied
         self._ready: dict = {}  # CUDA: id(pending entry) -> event recorded when its inputs were complete
-        # State on the CPU, inputs on a GPU: id(pending entry) -> (event, host copies, C) (see _to_host)
+        # State on the CPU, inputs on a GPU: id(pending entry) -> (event, host copies) (see _to_host)
         self._host: dict = {}
         self._errors: list[dict] = []  # applied updates whose bad input is not reported yet (see _apply)
+        self._found = self._found_base = 0  # such errors found so far; as of the state restored
         self._pin = False  # update() got GPU tensors: weights() returns pinned host memory
         self._generation = 0
         self._last_updated: torch.Tensor | None = None
@@ -487,9 +488,9 @@ class ReplaySampler(BatchSampler):
         self._apply(need)
         self.engine.check()  # (GPU: an error the device found in an applied update; no extra wait)
         if self._errors:  # (the host found them applying updates whose inputs were on a GPU)
-            errors, self._errors = [e.pop("error") for e in self._errors], []  # (reported: not in checkpoints)
+            errors, self._errors = self._errors, []
             more = f" (and {len(errors) - 1} more such updates)" if len(errors) > 1 else ""
-            raise ValueError(f"update: {errors[0]}{more}")
+            raise ValueError(f"update: {errors[0]['error']}{more}")
         if self.engine.step != need:  # pragma: no cover - an invariant, not user input
             raise RuntimeError(f"ReplaySampler: internal error: engine at update {self.engine.step}, need {need}")
         W, r = self.num_replicas, self.rank
@@ -601,9 +602,10 @@ class ReplaySampler(BatchSampler):
         one runs as an update with no examples and its error is reported by
         the next batch (_make_batch). The checkpoint logs share each entry:
         once applied it holds its host tensors, marked checked, or is the
-        empty update it ran as, with its error until that is reported; so a
-        restore neither checks it again nor reports its error twice, and
-        reports one found but not reported yet."""
+        empty update it ran as, with its error numbered in the order found;
+        so a restore never checks it again, and reports its error only if
+        the state_dict() call had not seen it (state_dict: ``errors``, the
+        ones found and not reported by then, and ``found``, their count)."""
         eng = self.engine
         while self._pending and eng.step < upto:
             e = self._pending[0]
@@ -633,7 +635,10 @@ class ReplaySampler(BatchSampler):
                                      f"no examples")
             elif checks:
                 e["deferred"] = False
-            if "error" in e:  # (found now, or restored before it was reported)
+            if error or ("error" in e and e.get("found", -1) >= self._found_base):
+                # (found now, or restored: found after the state_dict() call, which did not see it)
+                e["found"] = self._found
+                self._found += 1
                 self._errors.append(e)
             if made is not None and made[0].numel():
                 # Sharded: the rows of later updates were taken before this
@@ -1072,8 +1077,9 @@ class ReplaySampler(BatchSampler):
             "dynamics_until": self._log_dynamics,
             "updates": self._log,
             "prev_totals": self._prev_totals_host(),
-            # bad input found in applied updates, not reported yet (the log holds those it holds)
-            "errors": [e["error"] for e in self._errors if not any(e is u for u in self._log)],
+            # bad input found in applied updates and not reported yet, and the count found (see _apply)
+            "errors": [e["error"] for e in self._errors],
+            "found": self._found,
         }
 
     @staticmethod
@@ -1153,6 +1159,7 @@ class ReplaySampler(BatchSampler):
             self._pending = collections.deque(updates)
             self._ready, self._host = {}, {}
             self._errors = [{"error": str(m)} for m in state.get("errors", [])]
+            self._found = self._found_base = int(state.get("found", 0))
             self._outstanding = collections.deque(dict(r) for r in records)
             self._again = collections.deque()
             self._last_updated = None
