@@ -650,3 +650,23 @@ def test_resume_with_inputs_on_the_gpu(state_device, tmp_path):
     again = run(b, iter(b), 10)
     assert all(torch.equal(x, y) for x, y in zip(rest, again))
     assert torch.equal(a.reservoir()["index"], b.reservoir()["index"])
+
+
+def test_update_keeps_copies_of_its_inputs():
+    """An update is applied replay_lag batches later: the loop may refill the
+    tensors it passed meanwhile (static buffers, CUDA graphs)."""
+    args = dict(batch_size=8, capacity=12, replay_lag=3, seed=1, num_classes=3, score="margin")
+    a, b = hardmix.ReplaySampler(80, **args), hardmix.ReplaySampler(80, **args)
+    losses, targets, logits = torch.empty(8), torch.empty(8, dtype=torch.int64), torch.empty(8, 3)
+    for x, y in zip(a, b):
+        assert x == y
+        x = torch.tensor(x)
+        losses.copy_((x % 5).float())
+        targets.copy_(x % 3)
+        logits.copy_(torch.nn.functional.one_hot((x * 7) % 3, 3).float())
+        a.update(x, losses, logits=logits, targets=targets)
+        b.update(x, (x % 5).float(), logits=logits.clone(), targets=x % 3)
+        for t in (losses, targets, logits):
+            t.fill_(1)  # refilled before the update is applied
+    assert torch.equal(a.reservoir()["index"], b.reservoir()["index"])
+    assert torch.equal(a.reservoir()["cls"], b.reservoir()["cls"])

@@ -959,7 +959,10 @@ class ReplaySampler(BatchSampler):
                     raise ValueError("update: " + what)
                 where = logits.device if deferred else self.engine.device
                 margins = self._margins(logits.detach(), targets.detach(), tgt, where)
-            classes = tgt.long()
+            elif host_checks and (what := self._value_error(None, classes=tgt)):
+                raise ValueError("update: " + what)
+            # (a copy, as of the losses: applied replay_lag batches later, the caller may reuse its buffers)
+            classes = tgt.to(torch.int64, copy=True)
         elif logits is not None:
             raise ValueError("update: logits need targets (pass both, or targets alone for classes)")
         if cfg.score == "margin" and margins is None:
@@ -974,7 +977,7 @@ class ReplaySampler(BatchSampler):
             prio = vec("priorities", priorities, (torch.float32, torch.float64)).clone()
         elif priorities is not None:
             raise ValueError(f"update: priorities are only taken with score='given', not {cfg.score!r}")
-        if host_checks and (what := self._value_error(None, loss, margins, classes, prio)):
+        if host_checks and (what := self._value_error(None, loss, margins, None, prio)):  # (classes: above)
             raise ValueError("update: " + what)
         entry = {"indices": rec["indices"], "losses": loss, "margins": margins, "classes": classes,
                  "priorities": prio}
@@ -1007,9 +1010,9 @@ class ReplaySampler(BatchSampler):
         the last applied update, and their ``total_*``; ``replay_fraction``
         (rho for the next batch); ``nonfinite`` (entries skipped so far);
         ``step`` (next batch); ``updates_applied`` and ``updates_pending``
-        (the replay lag at work): O(1), about 10 µs (with GPU inputs it
-        may wait for the copy of an update replay_lag batches old, which
-        it applies, as the next batch would). With ``full`` (default)
+        (the replay lag at work): O(1), about 10 µs. It first applies the
+        queued updates the next batch would apply (with GPU inputs it may
+        wait for their copies to the host). With ``full`` (default)
         also ``class_histogram`` (members per class, int64 tensor) and
         ``mean_age`` (steps since admission): a few vectorised passes over
         the R slots (about 0.1 ms at R = 8192, 0.6 ms at R = 65536 here).
