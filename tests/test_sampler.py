@@ -506,13 +506,13 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @pytest.mark.parametrize("state_device", ["cpu", "cuda"])
 @pytest.mark.parametrize("lag", [0, 4])
 def test_update_on_the_gpu_never_waits_for_it(state_device, lag):
-    def no_wait(event):  # (set_sync_debug_mode does not see Event.synchronize)
-        raise AssertionError("update() waited for a CUDA event")
-
     """DESIGN §4: with GPU inputs update() starts work and returns
     (torch.cuda.set_sync_debug_mode('error') raises on any wait): the copy
     of B numbers to the host (state on the CPU), or the step on the engine's
     stream (state on the GPU); the batch that needs an update waits for it."""
+
+    def no_wait(event):  # (set_sync_debug_mode does not see Event.synchronize)
+        raise AssertionError("update() waited for a CUDA event")
     s = hardmix.ReplaySampler(4096, batch_size=64, capacity=512, replay_lag=lag, num_classes=10, seed=1,
                               state_device=state_device)
     model = torch.nn.Linear(16, 10).cuda()
