@@ -616,7 +616,7 @@ class ReplaySampler(BatchSampler):
                     if not wait:
                         break
                     done.synchronize()
-                e.update({k: v for k, v in host.items() if isinstance(v, torch.Tensor)})  # complete now
+                e.update(host)  # the host copies, complete now (same keys; other values the same)
             checks = bool(e.get("deferred")) and eng.device.type == "cpu"
             error = self._value_error(e.get("C"), e["losses"], e["margins"], e["classes"],
                                       e["priorities"]) if checks else None
