@@ -26,6 +26,7 @@ def engine_snapshot(e: Engine) -> dict:
         t=c[0], t_ref=c[1], totals=e.totals(), members=members, pos=pos,
         table=e.table.tolist(), free=e.free[: c[9]].tolist(), tree=e.tree.tolist(),
         window=sorted(e.window[: c[7]].tolist()), counts=e.classes[:, 1].tolist(), weakest=weakest,
+        balance=e.balance.tolist(),
     )
 
 
@@ -40,6 +41,7 @@ def reference_snapshot(r: ReferencePolicy) -> dict:
         t=r.t, t_ref=r.t_ref, totals=dict(r.totals), members=members, pos=dict(r.pos),
         table=table, free=list(r.free), tree=list(r.tree.node),
         window=sorted(r.window), counts=list(r.count), weakest=weakest,
+        balance=[list(row) for row in r.balance],
     )
 
 

@@ -32,7 +32,7 @@ def make_data() -> TensorDataset:
 
 def make_sampler(**kw) -> hardmix.ReplaySampler:
     args = dict(batch_size=32, capacity=96, replay_fraction=0.25, warmup_steps=10, seed=7, replay_lag=8,
-                lam=0.01, class_quotas=True, num_classes=C, max_replays=6, quarantine_steps=20)
+                lam=0.01, class_quotas=True, num_classes=C, max_wrong=6, quarantine_steps=20)
     args.update(kw)
     return hardmix.ReplaySampler(N, **args)
 

@@ -48,7 +48,7 @@ def test_cuda_engine_equals_the_cpu_engine_at_scale(score):
     and the final state bit for bit (the hypothesis streams above are small)."""
     N, R, B, C, m = 20_000, 1024, 256, 10, 64
     cfg = PolicyConfig(num_examples=N, capacity=R, seed=7, score=score, alpha=0.5, lam=1e-3, gamma=0.0,
-                       graduation=0.05, max_replays=3, quarantine_steps=40, max_new_per_step=96,
+                       graduation=0.05, max_wrong=3, quarantine_steps=40, max_new_per_step=96,
                        class_quotas=True, num_classes=C, rank_window=64)
     cpu, gpu = Engine(cfg), Engine(cfg, device="cuda")
     g = torch.Generator().manual_seed(3)
@@ -76,7 +76,7 @@ def test_cuda_engine_equals_the_cpu_engine_at_scale(score):
 
 def test_update_does_not_wait_for_the_device():
     cfg = PolicyConfig(num_examples=10_000, capacity=512, seed=1, class_quotas=True, num_classes=10,
-                       max_replays=3, quarantine_steps=50, score="margin")
+                       max_wrong=3, quarantine_steps=50, score="margin")
     eng = Engine(cfg, device="cuda")
     g = torch.Generator(device="cuda").manual_seed(0)
     idx = [torch.randperm(10_000)[:256] for _ in range(20)]  # indices from the loader: on the host

@@ -129,6 +129,8 @@ def test_draw_changes_nothing_when_it_succeeds():
         ("score", "entropy", r"score must be one of .* got 'entropy'"),
         ("num_classes", 0, r"num_classes must be >= 1 when class_quotas is on, got 0"),
         ("nonfinite", "ignore", r"nonfinite must be 'skip' or 'raise', got 'ignore'"),
+        ("balance_replay", True, r"balance_replay must be False without class_quotas, got True"),
+        ("reweight_every", 0, r"reweight_every must be an int in \[1, 2\*\*31\), got 0"),
     ],
 )
 def test_bad_config_is_refused(field, value, message):
@@ -142,7 +144,8 @@ def test_bad_config_is_refused(field, value, message):
 
 def test_opcheck_policy_ops():
     e, _ = warmed(gamma=1.0, lam=0.1, max_new_per_step=2)
-    args = (*e.state_tensors(), e.config_vector, 1, I([1, 2, 3]), torch.tensor([0.1, 2.0, 0.7]), None, None, None)
+    args = (*e.state_tensors(), e.config_vector, 1, I([1, 2, 3]), torch.tensor([0.1, 2.0, 0.7]), None, None, None,
+            torch.tensor([False, True, False]))
     torch.library.opcheck(torch.ops.hardmix.policy_update, args)
     out = torch.empty(3 + 1, dtype=torch.int64)
     torch.library.opcheck(
@@ -176,7 +179,7 @@ def test_engine_step_under_torch_compile():
 def test_state_dict_resume_is_exact():
     """A new engine loaded from a state_dict mid-stream continues exactly as
     the original (the full state is tensors; nothing hides in C++)."""
-    cfg = PolicyConfig(num_examples=60, capacity=9, seed=8, lam=0.2, gamma=1.0, max_replays=2, quarantine_steps=3)
+    cfg = PolicyConfig(num_examples=60, capacity=9, seed=8, lam=0.2, gamma=1.0, max_wrong=2, quarantine_steps=3)
     a = Engine(cfg)
     g = torch.Generator().manual_seed(8)
     batches = [(torch.randint(0, 60, (7,), generator=g), torch.rand(7, generator=g)) for _ in range(40)]

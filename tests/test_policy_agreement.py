@@ -22,6 +22,7 @@ def configs(draw):
     N = draw(st.integers(1, 40))
     quotas = draw(st.booleans())
     num_classes = draw(st.integers(1, 4)) if quotas else draw(st.sampled_from([0, 3]))
+    balance = quotas and draw(st.booleans())
     return PolicyConfig(
         num_examples=N,
         capacity=draw(st.sampled_from([1, 2, 3, 5, 8, 13, 50])),  # R > N included
@@ -32,11 +33,13 @@ def configs(draw):
         gamma=draw(st.sampled_from([0.0, 1.0, 2.5])),
         ema_beta=draw(st.sampled_from([0.0, 0.5, 0.9])),
         graduation=draw(st.sampled_from([0.0, 0.0, 0.3])),
-        max_replays=draw(st.sampled_from([0, 0, 1, 3])),
+        max_wrong=draw(st.sampled_from([0, 0, 1, 2, 3])),
         quarantine_steps=draw(st.sampled_from([0, 4])),
         max_new_per_step=draw(st.sampled_from([0, 0, 1, 3])),
         class_quotas=quotas,
         num_classes=num_classes,
+        balance_replay=balance,
+        reweight_every=draw(st.sampled_from([1, 1, 3])),
         forget_boost=draw(st.sampled_from([0.0, 1.0])),
         rank_window=draw(st.sampled_from([1, 4, 64])),
     )
@@ -62,22 +65,25 @@ def steps(draw, cfg: PolicyConfig):
                                    min_size=B, max_size=B))
     m = draw(st.integers(0, 6))
     exclude = draw(st.lists(st.integers(0, cfg.num_examples - 1), max_size=4))
-    return idx, losses, margins, classes, priorities, m, exclude
+    replayed = draw(st.one_of(st.none(), st.lists(st.booleans(), min_size=B, max_size=B)))
+    return idx, losses, margins, classes, priorities, m, exclude, replayed
 
 
 def run_both(cfg, stream):
     e, r = Engine(cfg), ReferencePolicy(cfg)
-    for n, (idx, losses, margins, classes, priorities, m, exclude) in enumerate(stream):
+    for n, (idx, losses, margins, classes, priorities, m, exclude, *rest) in enumerate(stream):
+        replayed = rest[0] if rest else None
         loss_t = torch.tensor(losses, dtype=torch.float32)
         margin_t = None if margins is None else torch.tensor(margins, dtype=torch.float32)
         prio_t = None if priorities is None else torch.tensor(priorities, dtype=torch.float64)
         e.update(
             torch.tensor(idx, dtype=torch.int64), loss_t, margins=margin_t,
             classes=None if classes is None else torch.tensor(classes, dtype=torch.int64), priorities=prio_t,
+            replayed=None if replayed is None else torch.tensor(replayed, dtype=torch.bool),
         )
         # the reference sees exactly the float32 values, widened
         r.update(idx, loss_t.tolist(), None if margins is None else margin_t.tolist(), classes,
-                 None if priorities is None else prio_t.tolist())
+                 None if priorities is None else prio_t.tolist(), replayed)
         assert_same_state(e, r, f"after step {n}")
         got = e.draw(m, torch.tensor(exclude, dtype=torch.int64)).tolist()
         want = r.draw(m, exclude)
@@ -99,8 +105,8 @@ def test_long_stream_every_score(score):
     """A longer stream (300 steps, B = 32, N = 200, R = 24) with every option on."""
     g = torch.Generator().manual_seed(SCORES.index(score))
     cfg = PolicyConfig(num_examples=200, capacity=24, seed=11, score=score, alpha=1.5, lam=0.05, gamma=1.0,
-                       graduation=0.05, max_replays=4, quarantine_steps=10, max_new_per_step=6,
-                       class_quotas=True, num_classes=5, rank_window=50)
+                       graduation=0.05, max_wrong=4, quarantine_steps=10, max_new_per_step=6,
+                       class_quotas=True, num_classes=5, balance_replay=True, reweight_every=3, rank_window=50)
     stream = []
     for _ in range(300):
         idx = torch.randint(0, 200, (32,), generator=g).tolist()
@@ -108,9 +114,10 @@ def test_long_stream_every_score(score):
         margins = (torch.randn(32, generator=g) * 2).tolist()
         classes = [i % 5 for i in idx]
         prio = (torch.rand(32, generator=g) * 2).tolist() if score == "given" else None
-        stream.append((idx, losses, margins, classes, prio, 8, idx[:8]))
+        stream.append((idx, losses, margins, classes, prio, 8, idx[:8], [b >= 24 for b in range(32)]))
     e, r = run_both(cfg, stream)
     assert e.totals()["admitted"] > 24 and e.size > 0
+    assert len(set(e.balance[:5, 2].tolist())) > 1  # the classes' replay factors differ
 
 
 def test_regression_same_key_in_another_class():
@@ -136,7 +143,7 @@ def test_larger_stream_agrees():
     """Larger sizes: N = 5000, R = 700, B = 256 with duplicates, 40 steps."""
     g = torch.Generator().manual_seed(123)
     cfg = PolicyConfig(num_examples=5000, capacity=700, seed=5, score="loss_rank", alpha=2.0, lam=0.02,
-                       gamma=1.5, graduation=0.02, max_replays=3, quarantine_steps=20, rank_window=128)
+                       gamma=1.5, graduation=0.02, max_wrong=3, quarantine_steps=20, rank_window=128)
     stream = []
     for _ in range(40):
         idx = torch.randint(0, 5000, (256,), generator=g).tolist()
@@ -165,3 +172,36 @@ def test_keys_keep_their_precision_at_a_billion_steps():
         assert_same_state(e, r)
         assert e.draw(3).tolist() == r.draw(3)
     assert e.step == 10**9 + 30
+
+
+def test_class_incremental_stream_agrees():
+    """Tasks of 2 classes in turn, a quarter of each batch replayed; every
+    entry is wrong during a task's first 10 steps (its classes are not learned
+    yet), then right except a fixed mislabeled share: strikes, quarantines and
+    balanced replay weights over 400 steps."""
+    g = torch.Generator().manual_seed(7)
+    cfg = PolicyConfig(num_examples=600, capacity=40, seed=3, alpha=0.0, lam=0.0, gamma=0.0, max_wrong=2,
+                       quarantine_steps=1000, class_quotas=True, num_classes=10, balance_replay=True,
+                       reweight_every=2)
+    e, r = Engine(cfg), ReferencePolicy(cfg)
+    labels = torch.arange(600) % 10
+    bad = torch.rand(600, generator=g) < 0.2
+    for step in range(400):
+        task = step // 80
+        pool = ((labels == 2 * task) | (labels == 2 * task + 1)).nonzero().squeeze(1)
+        fresh = pool[torch.randint(len(pool), (12,), generator=g)]
+        drawn = r.draw(4, fresh.tolist())
+        assert e.draw(4, fresh).tolist() == drawn
+        idx = torch.cat([fresh, torch.tensor(drawn, dtype=torch.int64)])
+        cls = labels[idx]
+        wrong = bad[idx] | ((labels[idx] >= 2 * task) & (step % 80 < 10))
+        margins = torch.where(wrong, -1.0, 1.0) * (torch.rand(len(idx), generator=g) + 0.1)
+        losses = torch.rand(len(idx), generator=g)
+        replayed = torch.arange(len(idx)) >= 12
+        e.update(idx, losses, margins=margins, classes=cls, replayed=replayed)
+        r.update(idx.tolist(), losses.tolist(), margins.tolist(), cls.tolist(), None, replayed.tolist())
+        assert_same_state(e, r, f"step {step}")
+    members = e.members()["index"]
+    assert e.totals()["quarantined"] > 0
+    assert float(bad[members].float().mean()) < 0.05  # strikes keep the mislabeled out
+    assert set(e.members()["cls"].tolist()) == set(range(10))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hardmix.config import COL_QUARANTINE, COL_REPLAYS, PolicyConfig
+from hardmix.config import COL_QUARANTINE, COL_WRONG, PolicyConfig
 from hardmix.engine import Engine
 
 # chi-square critical values at alpha = 0.001, by degrees of freedom
@@ -131,38 +131,38 @@ def test_graduation_removes_exactly_the_learned():
     assert e.totals()["graduated"] == 2
 
 
-def test_quarantine_of_members_that_stay_wrong():
-    """max_replays = 2: a member misclassified at admission and at its next two
-    appearances, while a quarter or more of its class in the batch is right, leaves and is
-    quarantined even though its loss falls; one that was classified correctly
-    once since admission (learned) is never quarantined, even when it is
-    wrong again (forgotten)."""
-    cfg = PolicyConfig(num_examples=6, capacity=6, seed=0, alpha=1.0, max_replays=2, quarantine_steps=5)
+def test_strikes_quarantine_and_the_gate():
+    """max_wrong = 2: an example is judged only while its class is being
+    learned (a quarter or more of the step's entries of its class right).
+    Wrong then, it gets a strike; right then, it is never suspected again.
+    A member with 2 strikes leaves and is quarantined even though its loss
+    falls; a learned one that is wrong again (forgotten) stays; a non-member
+    with a strike is not admitted."""
+    cfg = PolicyConfig(num_examples=6, capacity=6, seed=0, alpha=1.0, max_wrong=2, quarantine_steps=5)
     e = Engine(cfg)
     R, W = 1.0, -1.0
 
     def step(idx, losses, margins):
         e.update(torch.tensor(idx), torch.tensor(losses), margins=torch.tensor(margins, dtype=torch.float64))
 
-    step([0, 1, 2, 3], [2.0, 2.0, 0.1, 0.1], [W, W, R, R])  # step 0: all admitted; 2, 3 learned at once
-    assert e.table[:4, COL_REPLAYS].tolist() == [0, 0, -1, -1]
-    step([0, 1, 2, 3], [1.5, 0.2, 0.1, 0.1], [W, R, R, R])  # 1 is learned; 0 stays wrong (class right 3/4)
-    assert e.table[0, COL_REPLAYS] == 1 and e.table[1, COL_REPLAYS] == -1
-    step([0, 1, 2, 3], [1.0, 2.5, 0.1, 0.1], [W, W, R, R])  # step 2: 0 out (class right 2/4); 1 stays
+    step([0, 1, 2, 3], [2.0, 2.0, 0.1, 0.1], [W, W, W, W])  # step 0: class not learned: no strikes, all in
+    assert e.table[:4, COL_WRONG].tolist() == [0, 0, 0, 0] and e.size == 4
+    step([0, 1, 2, 3], [1.5, 0.2, 0.1, 0.1], [W, R, R, R])  # class right 3/4: 0 gets a strike, 1-3 learned
+    assert e.table[:4, COL_WRONG].tolist() == [1, -1, -1, -1]
+    step([0, 1, 2, 3, 4], [1.0, 2.5, 0.1, 0.1, 2.0], [W, W, R, R, W])  # step 2: 0 out; 1 forgotten: stays; 4 kept out
     assert sorted(e.members()["index"].tolist()) == [1, 2, 3]
-    assert e.table[0, COL_QUARANTINE] == 2 + 5 and e.totals()["quarantined"] == 1
+    assert e.table[0, COL_QUARANTINE] == 2 + 5 and e.totals()["quarantined"] == 1 and e.table[4, COL_WRONG] == 1
     for t in range(3, 7):  # steps 3..6 < 7: 0 not admitted; 1 forgotten again and again: stays
         step([0, 1, 2, 3], [3.0, 3.0, 0.1, 0.1], [W, W, R, R])
         assert sorted(e.members()["index"].tolist()) == [1, 2, 3], t
-    step([0], [3.0], [R])  # step 7: admitted, learned at once
-    assert 0 in e.members()["index"].tolist() and e.table[0, COL_REPLAYS] == -1
+    step([0], [3.0], [R])  # step 7: right while its class is learned: not suspected, admitted
+    assert 0 in e.members()["index"].tolist() and e.table[0, COL_WRONG] == -1
 
 
 def test_no_quarantine_while_the_class_itself_is_not_learned():
-    """A rare or forgotten class: members that stay wrong while more than three
-    quarters of their class in the batch is wrong too are not counted against
-    their labels."""
-    cfg = PolicyConfig(num_examples=6, capacity=6, seed=0, alpha=1.0, max_replays=1, quarantine_steps=5)
+    """A rare or forgotten class: examples that stay wrong while more than three
+    quarters of their class in the batch is wrong too get no strikes."""
+    cfg = PolicyConfig(num_examples=6, capacity=6, seed=0, alpha=1.0, max_wrong=1, quarantine_steps=5)
     e = Engine(cfg)
     for t in range(10):  # class 0 (examples 0, 1) always wrong; class 1 (2, 3) always right
         e.update(torch.tensor([0, 1, 2, 3]), torch.tensor([2.0, 2.0, 0.1, 0.1]),
@@ -175,7 +175,7 @@ def test_no_quarantine_while_the_class_itself_is_not_learned():
 
 def test_without_margins_nothing_is_quarantined():
     """Whether an example stays wrong cannot be told from its loss alone."""
-    e = Engine(PolicyConfig(num_examples=4, capacity=4, seed=0, alpha=1.0, max_replays=1, quarantine_steps=5))
+    e = Engine(PolicyConfig(num_examples=4, capacity=4, seed=0, alpha=1.0, max_wrong=1, quarantine_steps=5))
     for step in range(20):
         e.update(torch.tensor([0, 1]), torch.tensor([1.0 + step, 1.0]))  # never a better loss
     assert sorted(e.members()["index"].tolist()) == [0, 1] and e.totals()["quarantined"] == 0

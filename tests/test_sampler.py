@@ -127,15 +127,64 @@ def test_len_is_fixed_within_an_epoch_and_iterating_on_starts_the_next():
     assert s.epoch == 1 and second
 
 
-def test_sampler_defaults_are_the_tuned_ones_and_can_be_overridden():
+def test_sampler_defaults_and_overrides():
     s = hardmix.ReplaySampler(100, batch_size=10, capacity=20)
     c = s.config
-    assert (c.alpha, c.gamma, c.max_replays, c.quarantine_steps, c.class_quotas) == (0.5, 0.0, 3, 10_000, False)
-    assert s.schedule(0) == 0.7
-    assert hardmix.ReplaySampler(100, batch_size=10, capacity=20, num_classes=4).config.class_quotas
+    assert (c.alpha, c.lam, c.gamma, c.max_wrong, c.quarantine_steps) == (0.0, 0.0, 0.0, 2, 2**31 - 1)
+    assert (c.class_quotas, c.balance_replay, s.replay_lag) == (False, False, None)  # until the first update
+    assert s.schedule(0) == 0.5
+    assert c.reweight_every == 1 and hardmix.ReplaySampler(4000, batch_size=10, capacity=4000).config.reweight_every == 100
+    c = hardmix.ReplaySampler(100, batch_size=10, capacity=20, num_classes=4).config
+    assert c.class_quotas and c.balance_replay and c.num_classes == 4
     c = hardmix.ReplaySampler(100, batch_size=10, capacity=20, num_classes=4, class_quotas=False,
-                              max_replays=0).config
-    assert (c.class_quotas, c.max_replays, c.num_classes) == (False, 0, 4)
+                              max_wrong=0).config
+    assert (c.class_quotas, c.balance_replay, c.max_wrong, c.num_classes) == (False, False, 0, 4)
+
+
+def _first_update(s, logits=True, C=7):
+    idx = torch.tensor(next(iter(s)))
+    y = idx % C
+    s.update(idx, torch.rand(len(idx)), logits=torch.randn(len(idx), C) if logits else None, targets=y)
+
+
+def test_class_balance_follows_the_logits_width_at_the_first_update():
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=20)
+    _first_update(s)
+    assert (s.config.class_quotas, s.config.balance_replay, s.config.num_classes) == (True, True, 7)
+    assert s.engine.classes.shape[0] == 7 and s.stats()["class_histogram"].numel() == 7
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=20)
+    _first_update(s, logits=False)  # targets alone: the class count is unknown, balance stays off
+    assert not s.config.class_quotas and not s.config.balance_replay
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=20, balance_replay=False)
+    _first_update(s)
+    assert s.config.class_quotas and not s.config.balance_replay
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=20, class_quotas=False)
+    _first_update(s)
+    assert not s.config.class_quotas and not s.config.balance_replay
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 4])
+def test_replay_lag_is_measured_at_the_first_update(ahead):
+    """By default the lag is the batches yielded before the first update, minus
+    one: a loader that fetches `ahead` batches beyond the one it trains on."""
+    s = hardmix.ReplaySampler(200, batch_size=10, capacity=20, replay_fraction=0.3)
+    it = iter(s)
+    queue = [next(it) for _ in range(ahead + 1)]
+    assert s.replay_lag is None
+    for _ in range(12):
+        idx = torch.tensor(queue.pop(0))
+        s.update(idx, torch.rand(len(idx)))
+        assert s.replay_lag == ahead
+        queue.append(next(it))  # never raises: the lag covers the loader's depth
+    fixed = hardmix.ReplaySampler(200, batch_size=10, capacity=20, replay_fraction=0.3, replay_lag=ahead)
+    again = []
+    for b in fixed:
+        again.append(b)
+        if len(again) > ahead:
+            fixed.update(torch.tensor(again[-ahead - 1]), torch.rand(len(again[-ahead - 1])))
+        if len(again) == 3:
+            break
+    assert fixed.replay_lag == ahead
 
 
 def test_fresh_order_is_a_seeded_permutation_per_epoch():

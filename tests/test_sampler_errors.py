@@ -207,7 +207,7 @@ CONSTRUCTOR_CASES = {
     "ema_beta 1": (dict(ema_beta=1.0), ValueError, r"ema_beta must be a number in \[0, 1\), got 1.0"),
     "unknown score": (dict(score="entropy"), ValueError, "score must be one of"),
     "replay_mode": (dict(replay_mode="prepend"), ValueError, "replay_mode must be 'mix' or 'append', got 'prepend'"),
-    "replay_lag negative": (dict(replay_lag=-1), ValueError, "replay_lag must be an int >= 0, got -1"),
+    "replay_lag negative": (dict(replay_lag=-1), ValueError, "replay_lag must be None or an int >= 0, got -1"),
     "drop_last not bool": (dict(drop_last=1), ValueError, "drop_last must be a bool, got 1"),
     "unknown knob": (dict(alpah=1.0), TypeError, "alpah"),
     "seed twice": (dict(policy_seed=None), TypeError, "policy_seed"),
@@ -258,7 +258,7 @@ def test_bad_state_dicts_change_nothing():
         ({**good, "version": 99}, ValueError, "state version 99 is not supported"),
         ({**good, "signature": {**good["signature"], "batch_size": 16}}, ValueError, "batch_size: saved 16, now 8"),
         ({**good, "signature": {**good["signature"], "policy": {**good["signature"]["policy"], "alpha": 2.0}}},
-         ValueError, "alpha: saved 2.0, now 0.5"),
+         ValueError, "alpha: saved 2.0, now 0.0"),
         ({**good, "engine": {**good["engine"], "table": torch.zeros(3, 8, dtype=torch.float64)}}, ValueError,
          "table"),
         ({**good, "batches": []}, ValueError, "lacks the batches yielded but not updated") if good["batches"] else

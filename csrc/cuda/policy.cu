@@ -68,7 +68,7 @@ __global__ void update_kernel(pk::PolicyView v, pk::Batch in) {
   if (batch_ok(v, in)) {
     v.update(in);
   } else {
-    v.update(pk::Batch{0, in.indices, in.losses, nullptr, nullptr, nullptr});
+    v.update(pk::Batch{0, in.indices, in.losses, nullptr, nullptr, nullptr, nullptr});
   }
 }
 

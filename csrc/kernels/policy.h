@@ -22,6 +22,8 @@
 //   tree     double [2P]     sum tree of replay weights, P = 2^ceil(log2 R)
 //   window   double [W]      ring buffer of recent valid losses (loss_rank)
 //   counters int64  [16]     step t, t_ref, totals, window and stack cursors
+//   balance  double [K+1][3] replay balance: per heap class (fresh EMA, seen,
+//                            factor), then the totals (fresh EMA, classes seen, 0)
 //
 // Eviction order: the weakest member (lowest key; ties: higher dataset index)
 // must be found in O(1) and every change of membership or key costs O(log R).
@@ -38,8 +40,9 @@
 //
 // Cost of update(): O(B log R) plus O(B * W) for the loss_rank score and O(K)
 // per cross-class eviction with class quotas; an O(R) rebase of replay weights
-// every REBASE_EXPONENT / (gamma * lam) steps (amortised). No allocation
-// beyond B-sized scratch. draw(): O(E + (m + X) log R) for E excluded
+// every REBASE_EXPONENT / (gamma * lam) steps (amortised); with balanced
+// replay O(K) per step and an O(R + K) reweighting every reweight_every
+// steps. No allocation beyond B-sized scratch. draw(): O(E + (m + X) log R) for E excluded
 // indices and X rejected picks (each member is rejected at most once).
 #pragma once
 
@@ -72,13 +75,13 @@ namespace policy {
 constexpr uint64_t kStreamAdmit = 1;
 constexpr uint64_t kStreamReplay = 2;
 constexpr double kRebaseExponent = 64.0;
+constexpr double kBalanceDecay = 0.9;
 constexpr int64_t kPrefetch = 32;  // entries ahead whose table row is prefetched
 
-enum Col { kLastLoss, kEma, kSeen, kLastSeen, kCorrect, kForget, kReplays, kQuarantine };
+enum Col { kLastLoss, kEma, kSeen, kLastSeen, kCorrect, kForget, kWrong, kQuarantine };
 constexpr int kTableCols = 8;
-// kSlotReplays: with a sharded table only, the member's replays column (its
-// table row lives on its owner; pass 2 runs on every rank).
-enum SlotField { kIndex, kKey, kLogp, kStep, kClass, kAdmitted, kBestLoss, kSlotReplays };
+// kSlotSpare: reserved, always 0.
+enum SlotField { kIndex, kKey, kLogp, kStep, kClass, kAdmitted, kBestLoss, kSlotSpare };
 constexpr int kSlotFields = 8;
 enum Link { kLeft, kRight, kParent, kNpl };
 constexpr int kLinkFields = 4;
@@ -108,7 +111,7 @@ enum ConfigField {
   kGamma,
   kEmaBeta,
   kGraduation,
-  kMaxReplays,
+  kMaxWrong,
   kQuarantineSteps,
   kMaxNew,
   kScore,
@@ -119,15 +122,19 @@ enum ConfigField {
   kShardWorld = 13,  // 0: the whole table here; else the number of shards
   kShardRank,        // this shard: the indices i with i % world == rank
   kNumExamples,      // N (needed when the table is sharded)
+  kBalanceReplay,    // 1: class-balanced replay (balance_replay)
+  kReweightEvery,    // its class factors are recomputed every this many steps
 };
-constexpr int kConfigFields = 16;
+constexpr int kConfigFields = 20;
+enum BalanceField { kBalFresh, kBalSeen, kBalFactor };
+constexpr int kBalanceFields = 3;
 
 struct Config {
   double alpha, lam, gamma, ema_beta, graduation, forget_boost;
-  int64_t max_replays, quarantine_steps, max_new, num_classes;
+  int64_t max_wrong, quarantine_steps, max_new, num_classes, reweight_every;
   int64_t world, rank, num_examples;  // sharding (world 0: not sharded)
   int score;
-  bool quotas, raise_nonfinite;
+  bool quotas, raise_nonfinite, balance;
   uint64_t seed;
 
   HM_FN static Config from(const double* c, uint64_t seed) {
@@ -138,7 +145,7 @@ struct Config {
     k.ema_beta = c[kEmaBeta];
     k.graduation = c[kGraduation];
     k.forget_boost = c[kForgetBoost];
-    k.max_replays = static_cast<int64_t>(c[kMaxReplays]);
+    k.max_wrong = static_cast<int64_t>(c[kMaxWrong]);
     k.quarantine_steps = static_cast<int64_t>(c[kQuarantineSteps]);
     k.max_new = static_cast<int64_t>(c[kMaxNew]);
     k.num_classes = static_cast<int64_t>(c[kNumClasses]);
@@ -148,6 +155,8 @@ struct Config {
     k.world = static_cast<int64_t>(c[kShardWorld]);
     k.rank = static_cast<int64_t>(c[kShardRank]);
     k.num_examples = static_cast<int64_t>(c[kNumExamples]);
+    k.balance = c[kBalanceReplay] != 0.0;
+    k.reweight_every = static_cast<int64_t>(c[kReweightEvery]);
     k.seed = seed;
     return k;
   }
@@ -161,6 +170,7 @@ struct Batch {
   const double* margins;     // or null
   const int64_t* classes;    // or null
   const double* priorities;  // or null
+  const uint8_t* replayed;   // or null (none): entries drawn from the reservoir
 };
 
 constexpr double kInf = __builtin_huge_val();
@@ -262,7 +272,7 @@ HM_FN inline int64_t draw_set_cap(int64_t E, int64_t m) {
 }
 
 HM_FN inline int64_t draw_scratch_bytes(int64_t E, int64_t m) {
-  return draw_set_cap(E, m) * 8 + (E + m) * 4 + m * 4 + 8;
+  return draw_set_cap(E, m) * 8 + (E + m) * 8 + (E + m) * 4 + m * 4 + 8;
 }
 
 // A non-owning view of the state arrays, with the policy's operations.
@@ -277,6 +287,7 @@ struct PolicyView {
   double* tree;
   double* window;
   int64_t* counters;
+  double* balance;  // [K + 1][kBalanceFields]
   int64_t N, R, K, P, W;
   Config cfg;
   // Sharded update only: rows[B][8], each entry's table row as its owner
@@ -298,6 +309,7 @@ struct PolicyView {
   HM_FN int64_t& root(int64_t hc) const { return classes[hc * 2]; }
   HM_FN int64_t& count(int64_t hc) const { return classes[hc * 2 + 1]; }
   HM_FN int64_t heap_class(double cls) const { return cfg.quotas ? static_cast<int64_t>(cls) : 0; }
+  HM_FN double* bal(int64_t hc) const { return balance + hc * kBalanceFields; }
 
   // a is weaker than b: lower key; ties: higher dataset index.
   HM_FN bool weaker(int32_t a, int32_t b) const {
@@ -566,12 +578,23 @@ struct PolicyView {
                                                           static_cast<int64_t>(s[kStep]) - counters[kTRef])));
   }
 
+  // The leaf of member j in the sum tree: its weight times its class's factor.
+  HM_FN double leaf(int32_t j) const { return weight(j) * bal(heap_class(slot(j)[kClass]))[kBalFactor]; }
+
+  // Every leaf from the members (empty slots 0), then every sum: O(R + P).
+  HM_FN void rebuild_tree() {
+    for (int64_t j = 0; j < R; ++j) {
+      tree[P + j] = slot(static_cast<int32_t>(j))[kIndex] < 0 ? 0.0 : leaf(static_cast<int32_t>(j));
+    }
+    for (int64_t k = P - 1; k >= 1; --k) tree[k] = tree[2 * k] + tree[2 * k + 1];
+  }
+
   // ---- one step -------------------------------------------------------------
-  // ---- the row columns pass 2 uses (correct, replays, quarantine) -----------
+  // ---- the row columns pass 2 uses (wrong, quarantine) ---------------------
   // Not sharded: the table row. Sharded: the step's copy of the row (the last
-  // entry of that index: its state after pass 1), and a member's replays in
-  // its slot; every change is also written to the table if this shard owns
-  // the row, so each shard's rows end as the whole table's would.
+  // entry of that index: its state after pass 1); a quarantine is also
+  // written to the table if this shard owns the row, so each shard's rows end
+  // as the whole table's would.
   HM_FN double* mrow(const Entry& e) const { return sharded() ? xrows + e.at * kTableCols : row(e.index); }
 
   HM_FN void set_quarantine(const Entry& e, double v) {
@@ -581,23 +604,7 @@ struct PolicyView {
     }
   }
 
-  HM_FN double replays_of(int32_t j, const Entry& e) const {
-    return sharded() ? slot(j)[kSlotReplays] : row(e.index)[kReplays];
-  }
-
-  HM_FN void set_replays(int32_t j, const Entry& e, double v) {
-    if (!sharded()) {
-      row(e.index)[kReplays] = v;
-      return;
-    }
-    slot(j)[kSlotReplays] = v;
-    if (double* o = owned_row(e.index)) o[kReplays] = v;
-  }
-
   // ---- membership ---------------------------------------------------------
-  // replays on admission: -1 (learned) if classified correctly, else 0.
-  HM_FN double admission_replays(const Entry& e) const { return mrow(e)[kCorrect] == 1.0 ? -1.0 : 0.0; }
-
   HM_FN void place(int32_t j, const Entry& e, int64_t t) {
     double* s = slot(j);
     s[kIndex] = static_cast<double>(e.index);
@@ -610,8 +617,7 @@ struct PolicyView {
     pos_put(e.index, j);
     heap_insert(j);
     count(heap_class(s[kClass])) += 1;
-    tree_set(j, weight(j));
-    set_replays(j, e, admission_replays(e));
+    tree_set(j, leaf(j));
   }
 
   HM_FN void vacate(int32_t j, bool clear_leaf = true) {
@@ -631,10 +637,7 @@ struct PolicyView {
     if (cfg.gamma > 0 && cfg.lam > 0 &&
         cfg.gamma * cfg.lam * static_cast<double>(t - counters[kTRef]) > kRebaseExponent) {
       counters[kTRef] = t;
-      for (int64_t j = 0; j < R; ++j) {
-        tree[P + j] = slot(static_cast<int32_t>(j))[kIndex] < 0 ? 0.0 : weight(static_cast<int32_t>(j));
-      }
-      for (int64_t k = P - 1; k >= 1; --k) tree[k] = tree[2 * k] + tree[2 * k + 1];
+      rebuild_tree();
     }
   }
 
@@ -648,17 +651,41 @@ struct PolicyView {
         e.key == -kInf) {
       return false;
     }
+    if (cfg.max_wrong > 0 && mrow(e)[kWrong] > 0) return false;  // suspected
     return !(cfg.graduation > 0 && e.p < cfg.graduation);
   }
 
-  // This step's counts of correct and seen entries per class (with margins):
-  // a member that stays wrong counts against its label only while at least a
+  // This step's counts of right and seen valid entries per class (with
+  // margins): an example is judged by its label only while at least a
   // quarter of its class in the batch is right; otherwise the class itself is
-  // not learned yet (rare, or forgotten), which says nothing about the label.
-  // (A quarter, not a half: with 40% label noise, mislabeled entries can be
-  // most of a class in a batch; evaluated on split digits, see README.)
+  // not learned yet (new, rare, or forgotten), which says nothing about the
+  // label. (A quarter, not a half: with 40% label noise, mislabeled entries
+  // can be most of a class in a batch.)
   const ClassTally* tallies = nullptr;  // sorted by class; null without margins
   int64_t n_tallies = 0;
+
+  // Builds the tally of a batch into scratch `tally` (B entries).
+  HM_FN void build_tally(const Batch& in, ClassTally* tally) {
+    tallies = nullptr;
+    n_tallies = 0;
+    if (!in.margins) return;
+    int64_t nt = 0;
+    for (int64_t b = 0; b < in.B; ++b) {
+      if (valid_input(in, b)) tally[nt++] = ClassTally{in.classes ? in.classes[b] : 0, in.margins[b] > 0 ? 1 : 0, 1};
+    }
+    heap_sort(tally, nt, [](const ClassTally& a, const ClassTally& b) { return a.cls < b.cls; });
+    int64_t n = 0;
+    for (int64_t k = 0; k < nt; ++k) {
+      if (n > 0 && tally[n - 1].cls == tally[k].cls) {
+        tally[n - 1].right += tally[k].right;
+        tally[n - 1].seen += tally[k].seen;
+      } else {
+        tally[n++] = tally[k];
+      }
+    }
+    tallies = tally;
+    n_tallies = n;
+  }
 
   HM_FN bool class_learned(int64_t cls) const {
     if (tallies == nullptr) return false;
@@ -690,6 +717,9 @@ struct PolicyView {
       const double correct = in.margins[b] > 0 ? 1.0 : 0.0;
       if (r[kCorrect] == 1.0 && correct == 0.0) r[kForget] += 1.0;
       r[kCorrect] = correct;
+      if (r[kWrong] >= 0 && class_learned(in.classes ? in.classes[b] : 0)) {
+        r[kWrong] = correct == 1.0 ? -1.0 : r[kWrong] + 1.0;
+      }
     }
   }
 
@@ -697,8 +727,9 @@ struct PolicyView {
   // the dynamics of the entries this shard owns (in batch order), and each
   // owned entry's row after its update into rows[b] (others untouched). The
   // rows of all shards, summed (each entry has one owner), are the input of
-  // update() on every shard. O(B).
-  HM_FN void owned_dynamics(const Batch& in, int64_t t, double* rows) const {
+  // update() on every shard. O(B log B) (the class tally).
+  HM_FN void owned_dynamics(const Batch& in, int64_t t, double* rows) {
+    build_tally(in, carve_update(scratch, in.B).tally);
     for (int64_t b = 0; b < in.B; ++b) {
       double* r = owned_row(in.indices[b]);
       if (r == nullptr) continue;
@@ -715,6 +746,7 @@ struct PolicyView {
     const int64_t win_n = counters[kWindowCount];
 
     const UpdateScratch sc = carve_update(scratch, in.B);
+    build_tally(in, sc.tally);
     Entry* entries = sc.entries;
     for (int64_t b = 0; b < in.B; ++b) entries[b] = Entry{};
     const int64_t* last = nullptr;  // sharded: each entry's last position of its index in the batch
@@ -787,26 +819,6 @@ struct PolicyView {
       counters[kWindowHead] = (counters[kWindowHead] + 1) % W;
       counters[kWindowCount] = min_of(counters[kWindowCount] + 1, W);
     }
-    tallies = nullptr;
-    if (in.margins) {
-      ClassTally* tally = sc.tally;
-      int64_t nt = 0;
-      for (int64_t b = 0; b < in.B; ++b) {
-        if (entries[b].valid) tally[nt++] = ClassTally{entries[b].cls, in.margins[b] > 0 ? 1 : 0, 1};
-      }
-      heap_sort(tally, nt, [](const ClassTally& a, const ClassTally& b) { return a.cls < b.cls; });
-      int64_t n = 0;
-      for (int64_t k = 0; k < nt; ++k) {
-        if (n > 0 && tally[n - 1].cls == tally[k].cls) {
-          tally[n - 1].right += tally[k].right;
-          tally[n - 1].seen += tally[k].seen;
-        } else {
-          tally[n++] = tally[k];
-        }
-      }
-      tallies = tally;
-      n_tallies = n;
-    }
 
     // The cap on new members: the k best eligible candidates (key, then lower
     // index, then batch position).
@@ -862,28 +874,63 @@ struct PolicyView {
         offer(e, t);
       }
     }
+    if (cfg.balance) balance_step(in, entries, sc.tally, t);
     counters[kT] = t + 1;
+  }
+
+  // The class balance of replay at the end of step t (reference.py:
+  // balance_step, reweight). O(B log B + K); O(R + K + P) more when
+  // reweighting. `counts` is B-sized scratch.
+  HM_FN void balance_step(const Batch& in, const Entry* entries, ClassTally* counts, int64_t t) {
+    double* total = bal(K);
+    int64_t n = 0, nc = 0;
+    for (int64_t b = 0; b < in.B; ++b) {
+      if (!entries[b].valid) continue;
+      ++n;
+      const int64_t hc = heap_class(static_cast<double>(entries[b].cls));
+      if (bal(hc)[kBalSeen] == 0.0) {
+        bal(hc)[kBalSeen] = 1.0;
+        total[kBalSeen] += 1.0;
+      }
+      if (!(in.replayed && in.replayed[b])) counts[nc++] = ClassTally{hc, 1, 1};
+    }
+    heap_sort(counts, nc, [](const ClassTally& x, const ClassTally& y) { return x.cls < y.cls; });
+    const double d = kBalanceDecay;
+    int64_t at = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      int64_t fresh = 0;
+      while (at < nc && counts[at].cls == k) fresh += counts[at++].right;
+      bal(k)[kBalFresh] = d * bal(k)[kBalFresh] + (1.0 - d) * static_cast<double>(fresh);
+    }
+    total[kBalFresh] = d * total[kBalFresh] + (1.0 - d) * static_cast<double>(n);
+    if ((t + 1) % cfg.reweight_every == 0) reweight();
+  }
+
+  // New class factors from the balance state, and every leaf with them.
+  HM_FN void reweight() {
+    const double* total = bal(K);
+    if (total[kBalSeen] == 0.0) return;
+    const double share = total[kBalFresh] / total[kBalSeen];
+    auto deficit = [&](int64_t k) {
+      return bal(k)[kBalSeen] == 1.0 ? max_of(0.0, share - bal(k)[kBalFresh]) : 0.0;
+    };
+    bool any = false;
+    for (int64_t k = 0; k < K; ++k) any = any || (count(k) > 0 && deficit(k) > 0);
+    for (int64_t k = 0; k < K; ++k) {
+      bal(k)[kBalFactor] = (any ? deficit(k) : 1.0) / static_cast<double>(max_of<int64_t>(count(k), 1));
+    }
+    rebuild_tree();
   }
 
   HM_FN void rescore(const Entry& e, int64_t t) {
     const int32_t j = pos_get(e.index);
     double* s = slot(j);
-    const double correct = mrow(e)[kCorrect];
-    // Does it stay wrong? Known only with margins (reference.py: rescore).
     if (e.loss < s[kBestLoss]) s[kBestLoss] = e.loss;
-    if (correct >= 0) {
-      const double replays = replays_of(j, e);
-      if (replays < 0 || correct == 1.0) {
-        set_replays(j, e, -1.0);
-      } else if (class_learned(e.cls)) {
-        set_replays(j, e, replays + 1.0);
-      }
-    }
     if (cfg.graduation > 0 && e.p < cfg.graduation) {
       vacate(j);
       push_free(j);
       counters[kGraduatedTotal] += 1;
-    } else if (cfg.max_replays > 0 && replays_of(j, e) >= static_cast<double>(cfg.max_replays)) {
+    } else if (cfg.max_wrong > 0 && mrow(e)[kWrong] >= static_cast<double>(cfg.max_wrong)) {
       vacate(j);
       push_free(j);
       set_quarantine(e, static_cast<double>(t + cfg.quarantine_steps));
@@ -894,7 +941,7 @@ struct PolicyView {
       s[kStep] = static_cast<double>(t);
       s[kKey] = e.key;
       heap_rekey(j);
-      tree_set(j, weight(j));
+      tree_set(j, leaf(j));
     }
   }
 
@@ -941,9 +988,8 @@ struct PolicyView {
       s[kAdmitted] = static_cast<double>(t);
       s[kBestLoss] = e.loss;
       pos_put(e.index, victim);
-      set_replays(victim, e, admission_replays(e));
       heap_rekey(victim);
-      tree_set(victim, weight(victim));
+      tree_set(victim, leaf(victim));
       // The next eviction will touch the new weakest member's slot: fetch it now.
       HM_PREFETCH(slot(static_cast<int32_t>(root(0))), 1);
     }
@@ -959,12 +1005,13 @@ struct PolicyView {
   // again. Rejection keeps the distribution of drawing without replacement
   // among the others (successive sampling), and in the usual case (m small
   // against the reservoir) the tree is only read. Zeroed leaves are restored
-  // before return.
+  // to their saved values before return.
   HM_FN int64_t draw(int64_t m, const int64_t* exclude, int64_t E, int64_t* out) {
     // Excluded and drawn dataset indices, in a small open-addressing set.
     const int64_t cap = draw_set_cap(E, m);
     int64_t* set = static_cast<int64_t*>(scratch);
-    int32_t* zeroed = reinterpret_cast<int32_t*>(set + cap);  // at most E + m (each member once)
+    double* saved = reinterpret_cast<double*>(set + cap);  // the zeroed leaves' values
+    int32_t* zeroed = reinterpret_cast<int32_t*>(saved + (E + m));  // at most E + m (each member once)
     int32_t* ahead = zeroed + (E + m);
     int64_t n_zeroed = 0;
     for (int64_t h = 0; h < cap; ++h) set[h] = -1;
@@ -996,6 +1043,7 @@ struct PolicyView {
       const int64_t index = static_cast<int64_t>(slot(j)[kIndex]);
       const int64_t h = slot_of(index);
       if (set[h] == index) {  // excluded or drawn already
+        saved[n_zeroed] = tree[P + j];
         tree_set(j, 0.0);
         zeroed[n_zeroed++] = j;
         changed = true;
@@ -1004,7 +1052,7 @@ struct PolicyView {
       set[h] = index;
       out[n++] = index;
     }
-    for (int64_t k = 0; k < n_zeroed; ++k) tree_set(zeroed[k], weight(zeroed[k]));
+    for (int64_t k = n_zeroed - 1; k >= 0; --k) tree_set(zeroed[k], saved[k]);
     return n;
   }
 };

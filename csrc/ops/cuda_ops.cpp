@@ -121,16 +121,17 @@ Tensor device_scratch(int64_t bytes, const Tensor& like) {
 }
 
 void policy_update_cuda(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor heap, Tensor free,
-                        Tensor classes_state, Tensor tree, Tensor window, Tensor counters,
+                        Tensor classes_state, Tensor tree, Tensor window, Tensor counters, Tensor balance,
                         Tensor config, int64_t seed, Tensor indices, Tensor losses,
                         std::optional<Tensor> margins, std::optional<Tensor> classes,
-                        std::optional<Tensor> priorities, std::optional<Tensor> rows) {
+                        std::optional<Tensor> priorities, std::optional<Tensor> replayed,
+                        std::optional<Tensor> rows) {
   const char* op = "hardmix::policy_update";
   on_cuda(op, "table", table);
   const OnDevice dev{table.get_device_index()};
   const torch::stable::accelerator::DeviceGuard guard(dev.index);
   pk::PolicyView v = policy_ops::view(op, dev, table, pos, slots, links, heap, free, classes_state, tree,
-                                      window, counters, config, seed);
+                                      window, counters, balance, config, seed);
   HM_CHECK(!rows.has_value() && !v.sharded(), op, ": a sharded table is not supported on CUDA");
   device_input(op, dev, "indices", indices, ScalarType::Long, -1);
   const int64_t B = indices.size(0);
@@ -138,13 +139,15 @@ void policy_update_cuda(Tensor table, Tensor pos, Tensor slots, Tensor links, Te
   if (margins) device_input(op, dev, "margins", *margins, ScalarType::Double, B);
   if (classes) device_input(op, dev, "classes", *classes, ScalarType::Long, B);
   if (priorities) device_input(op, dev, "priorities", *priorities, ScalarType::Double, B);
+  if (replayed) device_input(op, dev, "replayed", *replayed, ScalarType::Bool, B);
   policy_ops::check_batch_kinds(op, v.cfg, margins.has_value(), classes.has_value(), priorities.has_value());
   Tensor scratch = device_scratch(pk::update_scratch_bytes(B), table);
   v.scratch = scratch.mutable_data_ptr();
   const pk::Batch in{B, indices.const_data_ptr<int64_t>(), losses.const_data_ptr<double>(),
                      margins ? margins->const_data_ptr<double>() : nullptr,
                      classes ? classes->const_data_ptr<int64_t>() : nullptr,
-                     priorities ? priorities->const_data_ptr<double>() : nullptr};
+                     priorities ? priorities->const_data_ptr<double>() : nullptr,
+                     replayed ? reinterpret_cast<const uint8_t*>(replayed->const_data_ptr()) : nullptr};
   check_launch(op, cuda::launch_policy_update(v, in, current_stream(table)));
 }
 

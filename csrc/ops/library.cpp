@@ -72,20 +72,21 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   m.def("margin(Tensor logits, Tensor targets) -> Tensor");
 
   // policy_update(state..., config, seed, indices, losses, margins?, classes?,
-  //               priorities?, rows?)
+  //               priorities?, replayed?, rows?)
   //   One step t of the policy (DESIGN §2; the exact rules are the docstring
   //   of python/hardmix/reference.py, which this op must match bit for bit).
   //   State (mutated; made and owned by hardmix.engine.Engine, CPU,
   //   contiguous): table f64 [N, 8], pos i32 [N], slots f64 [R, 8],
   //   links i32 [R, 4], heap f64 [R, 2], free i32 [R], classes i64 [K, 2],
-  //   tree f64 [2P],
-  //   window f64 [W], counters i64 [16]. config: f64 [16], read only.
+  //   tree f64 [2P], window f64 [W], counters i64 [16], balance f64
+  //   [K + 1, 3]. config: f64 [20], read only.
   //   Inputs: indices i64 [B] in [0, N); losses f32/f64 [B]; margins
   //   f32/f64 [B] (needed by score 'margin'); classes i64 [B] in
   //   [0, num_classes) (needed by class quotas); priorities f32/f64 [B] >= 0
-  //   (exactly when score is 'given'). B may be 0; duplicates are handled in
-  //   batch order. Every input check runs before the first write: a call
-  //   that raises changes nothing.
+  //   (exactly when score is 'given'); replayed bool [B] (the entries drawn
+  //   from the reservoir; read by balance_replay; None: none). B may be 0;
+  //   duplicates are handled in batch order. Every input check runs before
+  //   the first write: a call that raises changes nothing.
   //   Sharded table (config world W > 0, rank r): table f64 [(N - r + W - 1)
   //   // W, 8] holds the rows of indices i = r (mod W) at row i // W; pos is
   //   an i32 hash [2P] of the member slots; rows f64 [B, 8] (mutated) is
@@ -94,7 +95,7 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   quarantine_until as of this step). The step then runs on every shard
   //   as one whole-table step would; rows[b] of each index's last entry is
   //   the step's working copy of its row, and this shard's rows get the
-  //   replays/quarantine_until writes. Unsharded: rows must be None.
+  //   quarantine_until writes. Unsharded: rows must be None.
   //   CUDA (state on one device, config on the CPU; inputs int64/float64,
   //   contiguous, on the state's device): one device thread runs the step
   //   on the current stream; the host never waits. Shapes/dtypes/devices
@@ -104,30 +105,32 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   (hardmix.Engine raises it at its next draw). Not sharded.
   //   Deterministic: a pure function of state, config, seed and inputs (the
   //   same bits on CPU and CUDA: csrc/kernels/policy.h).
-  //   Cost: O(B log R) (+ O(B * W) for score 'loss_rank', + O(K) per
-  //   cross-class eviction with quotas, + an O(R) rebase of replay weights
-  //   every 64 / (gamma * lam) steps; + O(B log B) sharded); B-sized scratch
-  //   only.
+  //   Cost: O(B log R + B log B) (+ O(B * W) for score 'loss_rank', + O(K)
+  //   per cross-class eviction with quotas, + an O(R) rebase of replay
+  //   weights every 64 / (gamma * lam) steps; with balance_replay + O(K) per
+  //   step and O(R + K) every reweight_every steps); B-sized scratch only.
   m.def(
       "policy_update(Tensor(a!) table, Tensor(b!) pos, Tensor(c!) slots, "
       "Tensor(d!) links, Tensor(e!) heap, Tensor(f!) free, "
       "Tensor(g!) classes_state, Tensor(h!) tree, Tensor(i!) window, "
-      "Tensor(j!) counters, "
+      "Tensor(j!) counters, Tensor(k!) balance, "
       "Tensor config, int seed, Tensor indices, Tensor losses, "
-      "Tensor? margins, Tensor? classes, Tensor? priorities, Tensor(k!)? rows=None) -> ()");
+      "Tensor? margins, Tensor? classes, Tensor? priorities, Tensor? replayed=None, "
+      "Tensor(l!)? rows=None) -> ()");
 
-  // policy_dynamics(table, config, t, indices, losses, margins?, priorities?,
-  //                 rows)
+  // policy_dynamics(table, config, t, indices, losses, margins?, classes?,
+  //                 priorities?, rows)
   //   Sharded table only: the first half of step t on one shard. For each
   //   entry b (in batch order) whose index this shard owns: the per-example
   //   dynamics of a valid entry (finite loss, margin and priority) on its
-  //   table row, then that row into rows[b]; other rows[b] are not written.
+  //   table row (the strikes against its label read the batch's class
+  //   tally), then that row into rows[b]; other rows[b] are not written.
   //   Inputs as for policy_update (indices in [0, N) of the whole dataset);
   //   rows f64 [B, 8] CPU contiguous (mutated). Checks run before any write.
-  //   Deterministic. Cost: O(B).
+  //   Deterministic. Cost: O(B log B).
   m.def(
       "policy_dynamics(Tensor(a!) table, Tensor config, int t, Tensor indices, "
-      "Tensor losses, Tensor? margins, Tensor? priorities, Tensor(b!) rows) -> ()");
+      "Tensor losses, Tensor? margins, Tensor? classes, Tensor? priorities, Tensor(b!) rows) -> ()");
 
   // policy_find(pos, slots, config, indices, out)
   //   out[b] = the slot of member indices[b], or -1 if it is not a member
@@ -143,6 +146,8 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   out[0, n) = dataset indices of up to m members drawn without
   //   replacement with probability proportional to (decayed priority)^gamma,
   //   skipping members whose index is in exclude [E] (i64, in [0, N));
+  //   (times the factor of the member's class with balance_replay: the
+  //   tree's leaves hold the product);
   //   out[n, m) = -1 (n < m only when fewer members are eligible); out[m] = n.
   //   Uniforms: (seed, step, stream 2, r).
   //   Picks are made with replacement and rejected when excluded or already

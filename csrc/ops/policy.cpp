@@ -81,14 +81,15 @@ void check_finite(const char* op, const char* name, const std::vector<double>& v
 // A step's batch, checked and widened to doubles (held in thread_local
 // buffers until the next call on this thread).
 struct CheckedBatch {
-  Tensor idx_c, cls_c;
+  Tensor idx_c, cls_c, rep_c;
   pk::Batch batch;
 };
 
 CheckedBatch checked_batch(const char* op, const pk::Config& cfg, int64_t N, const Tensor& indices,
                            const Tensor& losses, const std::optional<Tensor>& margins,
                            const std::optional<Tensor>& classes,
-                           const std::optional<Tensor>& priorities, bool need_classes = true) {
+                           const std::optional<Tensor>& priorities,
+                           const std::optional<Tensor>& replayed = std::nullopt) {
   checks::on_cpu(op, "indices", indices);
   checks::dim(op, "indices [B]", indices, 1);
   checks::dtype(op, "indices", indices, ScalarType::Long);
@@ -100,13 +101,16 @@ CheckedBatch checked_batch(const char* op, const pk::Config& cfg, int64_t N, con
     checks::dtype(op, "classes", *classes, ScalarType::Long);
   }
   if (priorities) batch_input(op, "priorities", *priorities, B);
+  if (replayed) {
+    batch_input(op, "replayed", *replayed, B);
+    checks::dtype(op, "replayed", *replayed, ScalarType::Bool);
+  }
 
   CheckedBatch out;
   out.idx_c = torch::stable::contiguous(indices);
   const int64_t* idx = out.idx_c.const_data_ptr<int64_t>();
   check_indices(op, "indices", idx, B, N);
-  policy_ops::check_batch_kinds(op, cfg, margins.has_value(), classes.has_value(), priorities.has_value(),
-                                need_classes);
+  policy_ops::check_batch_kinds(op, cfg, margins.has_value(), classes.has_value(), priorities.has_value());
 
   thread_local std::vector<double> loss_v, margin_v, prio_v;
   widen(op, "losses", losses, loss_v);
@@ -133,8 +137,13 @@ CheckedBatch checked_batch(const char* op, const pk::Config& cfg, int64_t N, con
     if (margins) check_finite(op, "margins", margin_v);
     if (priorities) check_finite(op, "priorities", prio_v);
   }
+  const uint8_t* rep = nullptr;
+  if (replayed) {
+    out.rep_c = torch::stable::contiguous(*replayed);
+    rep = reinterpret_cast<const uint8_t*>(out.rep_c.const_data_ptr());
+  }
   out.batch = pk::Batch{B, idx, loss_v.data(), margins ? margin_v.data() : nullptr, cls,
-                        priorities ? prio_v.data() : nullptr};
+                        priorities ? prio_v.data() : nullptr, rep};
   return out;
 }
 
@@ -147,13 +156,15 @@ double* rows_arg(const char* op, const Tensor& rows, int64_t B) {
 }
 
 void policy_update(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor heap, Tensor free,
-                   Tensor classes_state, Tensor tree, Tensor window, Tensor counters,
+                   Tensor classes_state, Tensor tree, Tensor window, Tensor counters, Tensor balance,
                    Tensor config, int64_t seed, Tensor indices, Tensor losses,
                    std::optional<Tensor> margins, std::optional<Tensor> classes,
-                   std::optional<Tensor> priorities, std::optional<Tensor> rows) {
+                   std::optional<Tensor> priorities, std::optional<Tensor> replayed,
+                   std::optional<Tensor> rows) {
   pk::PolicyView v = policy_ops::view(kUpdate, checks::on_cpu, table, pos, slots, links, heap, free,
-                                      classes_state, tree, window, counters, config, seed);
-  const CheckedBatch in = checked_batch(kUpdate, v.cfg, v.N, indices, losses, margins, classes, priorities);
+                                      classes_state, tree, window, counters, balance, config, seed);
+  const CheckedBatch in =
+      checked_batch(kUpdate, v.cfg, v.N, indices, losses, margins, classes, priorities, replayed);
   HM_CHECK(v.sharded() == rows.has_value(), kUpdate,
            ": rows must be given exactly when the table is sharded (world ", v.cfg.world, ")");
   if (rows) v.xrows = rows_arg(kUpdate, *rows, in.batch.B);
@@ -163,15 +174,17 @@ void policy_update(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor 
 }
 
 void policy_dynamics(Tensor table, Tensor config, int64_t t, Tensor indices, Tensor losses,
-                     std::optional<Tensor> margins, std::optional<Tensor> priorities, Tensor rows) {
+                     std::optional<Tensor> margins, std::optional<Tensor> classes,
+                     std::optional<Tensor> priorities, Tensor rows) {
   pk::PolicyView v{};
   v.cfg = policy_ops::config_of(kDynamics, checks::on_cpu, table, config, 0);
   HM_CHECK(v.sharded(), kDynamics, ": the table is not sharded (world 0 in config)");
   HM_CHECK(t >= 0, kDynamics, ": t must be >= 0, got ", t);
   v.table = table.mutable_data_ptr<double>();
   const CheckedBatch in = checked_batch(kDynamics, v.cfg, v.cfg.num_examples, indices, losses, margins,
-                                        std::nullopt, priorities, /*need_classes=*/false);
+                                        classes, priorities);
   double* out = rows_arg(kDynamics, rows, in.batch.B);
+  v.scratch = host_scratch(pk::update_scratch_bytes(in.batch.B));
   v.owned_dynamics(in.batch, t, out);
 }
 

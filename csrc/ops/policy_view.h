@@ -67,7 +67,7 @@ template <class Place>
 pk::PolicyView view(const char* op, Place place, const Tensor& table, const Tensor& pos, const Tensor& slots,
                     const Tensor& links, const Tensor& heap, const Tensor& free, const Tensor& classes,
                     const Tensor& tree, const Tensor& window, const Tensor& counters,
-                    const Tensor& config, int64_t seed) {
+                    const Tensor& balance, const Tensor& config, int64_t seed) {
   state_tensor(op, place, "pos", pos, ScalarType::Int);
   state_tensor(op, place, "slots", slots, ScalarType::Double);
   state_tensor(op, place, "links", links, ScalarType::Int);
@@ -77,6 +77,7 @@ pk::PolicyView view(const char* op, Place place, const Tensor& table, const Tens
   state_tensor(op, place, "tree", tree, ScalarType::Double);
   state_tensor(op, place, "window", window, ScalarType::Double);
   state_tensor(op, place, "counters", counters, ScalarType::Long);
+  state_tensor(op, place, "balance", balance, ScalarType::Double);
   HM_CHECK(counters.numel() == pk::kCounters && config.numel() == pk::kConfigFields, op,
            ": state counters/config have the wrong size");
   pk::PolicyView v{};
@@ -106,20 +107,24 @@ pk::PolicyView view(const char* op, Place place, const Tensor& table, const Tens
   v.tree = tree.mutable_data_ptr<double>();
   v.window = window.mutable_data_ptr<double>();
   v.counters = counters.mutable_data_ptr<int64_t>();
+  v.balance = balance.mutable_data_ptr<double>();
   HM_CHECK(v.K == (v.cfg.quotas ? v.cfg.num_classes : 1), op,
            ": state classes must have one row per heap class");
+  HM_CHECK(rows_of(op, "balance", balance, pk::kBalanceFields) == v.K + 1, op,
+           ": state balance must have one row per heap class and one more");
+  HM_CHECK(v.cfg.reweight_every >= 1 && (!v.cfg.balance || v.cfg.quotas), op,
+           ": state config has a bad replay balance (reweight_every ", v.cfg.reweight_every, ")");
   return v;
 }
 
 // The inputs a step needs given the policy (both op layers).
 inline void check_batch_kinds(const char* op, const pk::Config& cfg, bool margins, bool classes,
-                              bool priorities, bool need_classes = true) {
+                              bool priorities) {
   HM_CHECK(cfg.score != pk::kScoreMargin || margins, op,
            ": score 'margin' needs margins (pass logits and targets)");
   HM_CHECK((cfg.score == pk::kScoreGiven) == priorities, op,
            ": priorities must be given exactly when score is 'given'");
-  // (policy_dynamics takes no classes: the step's second half checks them)
-  HM_CHECK(!need_classes || !cfg.quotas || classes, op, ": class_quotas needs classes (pass targets)");
+  HM_CHECK(!cfg.quotas || classes, op, ": class_quotas needs classes (pass targets)");
 }
 
 // N: the config's when sharded, else the length of pos (an array [N]).

@@ -17,7 +17,7 @@ from . import _load
 CUDA_KERNELS = _load.load()
 """Whether this build's CUDA kernels are loaded (a CUDA torch and a CUDA build)."""
 
-from . import config, data, engine, ops, reference, rng, sampler, schedules  # noqa: E402
+from . import config, data, engine, losses, ops, reference, rng, sampler, schedules  # noqa: E402
 from .config import PolicyConfig  # noqa: E402
 from .data import WithIndex, collate_with_index  # noqa: E402
 from .engine import Engine  # noqa: E402
@@ -39,6 +39,7 @@ __all__ = [
     "data",
     "engine",
     "gumbel",
+    "losses",
     "margin",
     "ops",
     "reference",

@@ -27,7 +27,7 @@ TABLE_COLUMNS = (
     "last_seen",  # the step of the last valid update, -1 if never
     "last_correct",  # 1 / 0 from the last margin seen (margin > 0), -1 if never known
     "forgetting",  # correct -> incorrect transitions (Toneva et al. 2019)
-    "replays",  # appearances while staying wrong since admission; -1 once learned (see reference.rescore)
+    "wrong",  # sightings wrong while its class was learned, none right; -1 once right then (reference: dynamics)
     "quarantine_until",  # not admitted while step < this
 )
 (
@@ -37,9 +37,19 @@ TABLE_COLUMNS = (
     COL_LAST_SEEN,
     COL_CORRECT,
     COL_FORGET,
-    COL_REPLAYS,
+    COL_WRONG,
     COL_QUARANTINE,
 ) = range(8)
+
+# Columns of the per-class replay-balance state [K + 1, 3] (float64): rows
+# 0..K-1 per class, row K (BALANCE_TOTAL) the batch-wide figures.
+BALANCE_COLUMNS = (
+    "fresh",  # class rows: EMA of the step's fresh (not replayed) entries of the class; total row: of all entries
+    "seen",  # class rows: 1 once the class appeared in a valid entry; total row: how many classes did
+    "factor",  # class rows: replay weight of each member of the class, from the last reweighting
+)
+COL_FRESH, COL_SEEN_CLASS, COL_FACTOR = range(3)
+BALANCE_DECAY = 0.9  # the EMA's decay per step: it follows the fresh stream's classes over ~10 steps
 
 # Keys of weights are rebased when gamma * lam * (t - t_ref) exceeds this, so
 # exp() never overflows (DESIGN §2: "rebased now and then").
@@ -69,18 +79,28 @@ class PolicyConfig:
         ema_beta: smoothing of the loss EMA in the dynamics table, in [0, 1).
         graduation: a member whose fresh priority falls below this leaves (it
             is learned), and candidates below it are not admitted; 0 disables.
-        max_replays: a member that stays wrong this many appearances leaves
-            and is quarantined (unlearnable or mislabeled): it has not been
-            classified correctly once since admission, and an appearance
-            counts only while a quarter or more of its class in the batch is
-            right. Needs margins (logits and targets); without them nothing
-            is quarantined. 0 disables.
+        max_wrong: suspected mislabeling. An example is judged only in the
+            steps where its class is being learned (a quarter or more of the
+            step's entries of its class are right): right once, it is
+            learnable as labeled and never suspected again; wrong, it counts
+            a strike. With one strike or more it is not admitted; a member
+            with ``max_wrong`` strikes leaves and is quarantined. Needs
+            margins (logits and targets); 0 disables.
         quarantine_steps: how long a quarantined example may not be admitted.
         max_new_per_step: admit at most this many new members per step (the
             top keys among the step's candidates); 0 means no cap.
         class_quotas: balance the reservoir across classes (needs classes).
         num_classes: the number of classes when classes are given; required
             (>= 1) with class_quotas.
+        balance_replay: draw replay by class so that each batch, fresh and
+            replayed together, is as close to class-balanced as the fresh
+            stream allows: class c's members share the weight
+            max(0, S / K_seen - F_c), where F_c is the recent number of fresh
+            (not replayed) entries of class c per step, S the recent batch
+            size and K_seen the classes seen so far (all equal when every
+            class is at or above its share). Needs class_quotas.
+        reweight_every: the class weights of ``balance_replay`` are
+            recomputed every this many steps (O(R) each time).
         forget_boost: the weight of forgetting events in the "forgetting" score.
         rank_window: how many recent valid losses "loss_rank" compares against.
         nonfinite: what a NaN/inf loss (or margin, or given priority) does:
@@ -96,11 +116,13 @@ class PolicyConfig:
     gamma: float = 1.0
     ema_beta: float = 0.9
     graduation: float = 0.0
-    max_replays: int = 0
+    max_wrong: int = 0
     quarantine_steps: int = 0
     max_new_per_step: int = 0
     class_quotas: bool = False
     num_classes: int = 0
+    balance_replay: bool = False
+    reweight_every: int = 1
     forget_boost: float = 1.0
     rank_window: int = 256
     nonfinite: str = "skip"
@@ -125,10 +147,13 @@ class PolicyConfig:
         for name in ("alpha", "lam", "gamma", "graduation", "forget_boost"):
             need(is_num(name) and getattr(self, name) >= 0, name, "a finite number >= 0")
         need(is_num("ema_beta") and 0 <= self.ema_beta < 1, "ema_beta", "a number in [0, 1)")
-        for name in ("max_replays", "quarantine_steps", "max_new_per_step", "num_classes"):
+        for name in ("max_wrong", "quarantine_steps", "max_new_per_step", "num_classes"):
             need(is_int(name) and 0 <= getattr(self, name) < 2**31, name, "an int in [0, 2**31)")
         need(is_int("rank_window") and 1 <= self.rank_window < 2**31, "rank_window", "an int in [1, 2**31)")
         need(isinstance(self.class_quotas, bool), "class_quotas", "a bool")
+        need(isinstance(self.balance_replay, bool), "balance_replay", "a bool")
+        need(not self.balance_replay or self.class_quotas, "balance_replay", "False without class_quotas")
+        need(is_int("reweight_every") and 1 <= self.reweight_every < 2**31, "reweight_every", "an int in [1, 2**31)")
         need(not self.class_quotas or self.num_classes >= 1, "num_classes", ">= 1 when class_quotas is on")
         need(self.nonfinite in ("skip", "raise"), "nonfinite", "'skip' or 'raise'")
 

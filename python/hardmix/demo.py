@@ -54,7 +54,7 @@ FMNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mni
 # seed and num_classes. "hardmix" passes nothing: it is the defaults.
 # The baselines switch off everything hardmix adds: no class quotas, no
 # quarantine, no graduation; they keep hardmix's replay fraction.
-_PLAIN = {"class_quotas": False, "max_replays": 0, "graduation": 0.0}
+_PLAIN = {"class_quotas": False, "max_wrong": 0, "graduation": 0.0}
 METHOD_ARGS = {
     "none": {"replay_fraction": 0.0},
     "reservoir": {"alpha": 0.0, "lam": 0.0, "gamma": 0.0, **_PLAIN},

@@ -1,13 +1,14 @@
 """torch.distributed glue for ReplaySampler (DESIGN §4).
 
 Under a process group every rank holds the same reservoir: ``update()``
-gathers each rank's validated batch (index, loss, margin, class, priority)
-with one ``all_gather`` of a [B_max + 1, 5] float64 tensor per rank, whose
-first row says whether the rank's input was valid and how long its batch is:
+gathers each rank's validated batch (index, loss, margin, class, priority,
+replayed) with one ``all_gather`` of a [B_max + 1, 6] float64 tensor per rank,
+whose first row says whether the rank's input was valid and how long its batch
+is (and, until the replay lag is known, the lag it measured):
 a rank with bad input fails clearly instead of leaving the others waiting in a
 collective, and every rank raises. Every rank then applies the concatenation
 of the ranks' batches, in rank order, as one step. Each rank receives
-40 * W * (B_max + 1) bytes per step, independent of N and R; B_max is the
+48 * W * (B_max + 1) bytes per step, independent of N and R; B_max is the
 batch size (twice it with ``replay_mode="append"``).
 
 With ``shard_table=True`` a second collective, :func:`sum_rows`, brings every
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-_COLUMNS = 5  # index, loss, margin, class, priority (float64: exact for all of them)
+_COLUMNS = 6  # index, loss, margin, class, priority, replayed (float64: exact for all of them)
 
 
 def resolve(num_replicas, rank, group) -> tuple[int, int]:
@@ -63,14 +64,16 @@ def sum_rows(rows: torch.Tensor, group) -> torch.Tensor:
 
 
 def gather_entries(entry: dict | None, error: BaseException | None, world: int, rank: int, group,
-                   rows: int) -> dict:
+                   rows: int, lag: int = -1) -> dict:
     """All ranks' entries concatenated in rank order (the same on every rank).
 
     ``entry`` is this rank's validated update, or None with ``error`` when
     its input was bad: then every rank raises (this one its own error) and no
     state has changed anywhere. ``rows`` bounds every rank's batch size (the
-    sampler knows it without asking), so one ``all_gather`` of [rows + 1, 5]
-    float64 per rank carries both the header (row 0) and the batch.
+    sampler knows it without asking), so one ``all_gather`` of [rows + 1, 6]
+    float64 per rank carries both the header (row 0) and the batch. ``lag``:
+    the replay lag this rank measured (-1: none); the result's ``"lag"`` is
+    the largest, or None.
     """
     import torch.distributed as dist
 
@@ -80,14 +83,15 @@ def gather_entries(entry: dict | None, error: BaseException | None, world: int, 
         device = torch.device("cuda", torch.cuda.current_device())
     ok = entry is not None
     B = entry["indices"].numel() if ok else 0
-    has = [ok and entry[k] is not None for k in ("margins", "classes", "priorities")]
+    has = [ok and entry.get(k) is not None for k in ("margins", "classes", "priorities", "replayed")]
     mine = torch.zeros(rows + 1, _COLUMNS, dtype=torch.float64)
-    mine[0] = torch.tensor([float(ok), B, has[0] * 1 + has[1] * 2 + has[2] * 4, rank, 0.0], dtype=torch.float64)
+    mine[0] = torch.tensor([float(ok), B, has[0] * 1 + has[1] * 2 + has[2] * 4 + has[3] * 8, rank, float(lag), 0.0],
+                           dtype=torch.float64)
     if ok:
         mine[1 : B + 1, 0] = entry["indices"].double()
         mine[1 : B + 1, 1] = entry["losses"].double()
-        for col, key in ((2, "margins"), (3, "classes"), (4, "priorities")):
-            if entry[key] is not None:
+        for col, key in ((2, "margins"), (3, "classes"), (4, "priorities"), (5, "replayed")):
+            if entry.get(key) is not None:
                 mine[1 : B + 1, col] = entry[key].double()
     mine = mine.to(device)
     parts = [torch.empty_like(mine) for _ in range(world)]
@@ -102,6 +106,7 @@ def gather_entries(entry: dict | None, error: BaseException | None, world: int, 
     if len({int(p[0, 2]) for p in parts}) > 1:
         raise RuntimeError("ReplaySampler.update: ranks disagree on which of logits/targets/priorities they pass")
     data = torch.cat([p[1 : int(p[0, 1]) + 1] for p in parts])
+    lags = [int(p[0, 4]) for p in parts if p[0, 4] >= 0]
     # float64 throughout: exact for float32 inputs, and the same on every rank
     # whatever dtype each rank passed (the engine widens to float64 anyway).
     return {
@@ -110,4 +115,6 @@ def gather_entries(entry: dict | None, error: BaseException | None, world: int, 
         "margins": data[:, 2].clone() if has[0] else None,
         "classes": data[:, 3].long() if has[1] else None,
         "priorities": data[:, 4].clone() if has[2] else None,
+        **({"replayed": data[:, 5] != 0} if has[3] else {}),
+        "lag": max(lags) if lags else None,
     }

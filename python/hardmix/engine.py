@@ -39,12 +39,13 @@ from .config import SCORES, PolicyConfig
 _T, _T_REF, _NONFINITE, _ADMITTED, _EVICTED, _GRADUATED, _QUARANTINED, _WIN_COUNT, _WIN_HEAD, _FREE_TOP = range(10)
 _ERROR = 10  # CUDA: error code, position, value of a skipped step (csrc/cuda/policy.cu)
 _N_COUNTERS = 16
-_N_CONFIG = 16
+_N_CONFIG = 20
 
 _NO_INDICES = torch.empty(0, dtype=torch.int64)
 _NO_CONTEXT = contextlib.nullcontext()  # (reusable: on_stream() of a CPU engine, every batch)
 
-STATE_TENSORS = ("table", "pos", "slots", "links", "heap", "free", "classes", "tree", "window", "counters")
+STATE_TENSORS = ("table", "pos", "slots", "links", "heap", "free", "classes", "tree", "window", "counters",
+                 "balance")
 
 
 def _config_vector(c: PolicyConfig, shard: tuple[int, int] | None = None) -> torch.Tensor:
@@ -55,7 +56,7 @@ def _config_vector(c: PolicyConfig, shard: tuple[int, int] | None = None) -> tor
         c.gamma,
         c.ema_beta,
         c.graduation,
-        c.max_replays,
+        c.max_wrong,
         c.quarantine_steps,
         c.max_new_per_step,
         SCORES.index(c.score),
@@ -66,6 +67,7 @@ def _config_vector(c: PolicyConfig, shard: tuple[int, int] | None = None) -> tor
     ]
     rank, world = shard if shard is not None else (0, 0)
     v += [world, rank, c.num_examples]  # kShardWorld, kShardRank, kNumExamples
+    v += [1.0 if c.balance_replay else 0.0, c.reweight_every]  # kBalanceReplay, kReweightEvery
     return torch.tensor(v + [0.0] * (_N_CONFIG - len(v)), dtype=torch.float64)
 
 
@@ -154,6 +156,9 @@ class Engine:
         self.window = torch.zeros(config.rank_window, dtype=torch.float64)
         self.counters = torch.zeros(_N_COUNTERS, dtype=torch.int64)
         self.counters[_FREE_TOP] = R
+        # replay balance (config.BALANCE_COLUMNS): per heap class, then the totals row
+        self.balance = torch.zeros(K + 1, 3, dtype=torch.float64)
+        self.balance[:K, 2] = 1.0
         self.config_vector = _config_vector(config, shard)  # read on the host: stays on the CPU
         self._seed = _ops.as_int64(config.seed, "seed")
         self.device = torch.device("cpu")
@@ -233,6 +238,7 @@ class Engine:
         margins: torch.Tensor | None = None,
         classes: torch.Tensor | None = None,
         priorities: torch.Tensor | None = None,
+        replayed: torch.Tensor | None = None,
         rows: torch.Tensor | None = None,
         ready: "torch.cuda.Event | None" = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -247,6 +253,8 @@ class Engine:
             margins: [B] precomputed margins (instead of logits/targets).
             classes: [B] class of each example.
             priorities: [B] with score "given" (or computed by ``score_fn``).
+            replayed: [B] bool, the entries drawn from the reservoir (read by
+                ``balance_replay``); None: none.
             rows: sharded table only (required there): the sum over the shards
                 of :meth:`dynamics` for this batch, float64 [B, 8] (not
                 changed: the op works on a copy).
@@ -261,10 +269,10 @@ class Engine:
         RuntimeError, before any state changes.
         """
         if self._stream is not None:
-            self._update_on_device(ready, indices, losses, logits, targets, margins, classes, priorities)
+            self._update_on_device(ready, indices, losses, logits, targets, margins, classes, priorities, replayed)
             self._t += 1
             return None
-        args = self._inputs(indices, losses, logits, targets, margins, classes, priorities)
+        args = self._inputs(indices, losses, logits, targets, margins, classes, priorities, replayed)
         if (rows is None) != (self.shard is None):
             raise ValueError("rows must be given exactly when the table is sharded "
                              f"(shard={self.shard!r}), got {'None' if rows is None else 'a tensor'}")
@@ -329,11 +337,12 @@ class Engine:
             rows[hit, 7] = torch.maximum(rows[hit, 7], until[at[hit]])
 
     def dynamics(self, t: int, indices: torch.Tensor, losses: torch.Tensor, *,
-                 margins: torch.Tensor | None = None, priorities: torch.Tensor | None = None) -> torch.Tensor:
+                 margins: torch.Tensor | None = None, classes: torch.Tensor | None = None,
+                 priorities: torch.Tensor | None = None) -> torch.Tensor:
         """Sharded table: the first half of the step that will run as step ``t``
-        (indices, losses, margins, priorities as for :meth:`update`: what the
-        dynamics read; classes matter to the second half only). Updates the dynamics of the
-        entries this shard owns and returns float64 [B, 8] with, for each, its
+        (indices, losses, margins, classes, priorities as for :meth:`update`:
+        what the dynamics read; the strikes against a label read the batch's
+        class tally). Updates the dynamics of the entries this shard owns and returns float64 [B, 8] with, for each, its
         row after that (zeros elsewhere). Summed over the shards, it is the
         ``rows`` of :meth:`update`. ``t`` may run ahead of :attr:`step` (the
         replay lag): then the rows' ``quarantine_until`` can miss quarantines
@@ -343,9 +352,9 @@ class Engine:
             raise ValueError("dynamics() is for a sharded table (Engine(..., shard=(rank, world)))")
         if isinstance(t, bool) or not isinstance(t, int) or t < 0:
             raise ValueError(f"t must be an int >= 0, got {t!r}")
-        idx, loss, marg, _, prio = self._inputs(indices, losses, None, None, margins, None, priorities)
+        idx, loss, marg, cls, prio, _ = self._inputs(indices, losses, None, None, margins, classes, priorities)
         rows = torch.zeros(idx.numel(), 8, dtype=torch.float64)
-        torch.ops.hardmix.policy_dynamics(self.table, self.config_vector, t, idx, loss, marg, prio, rows)
+        torch.ops.hardmix.policy_dynamics(self.table, self.config_vector, t, idx, loss, marg, cls, prio, rows)
         return rows
 
     def slots_of(self, indices: torch.Tensor) -> torch.Tensor:
@@ -363,7 +372,7 @@ class Engine:
         torch.cuda.current_stream(self.device).wait_stream(self._stream)  # for the caller's stream
         return out
 
-    def _inputs(self, indices, losses, logits, targets, margins, classes, priorities) -> tuple:
+    def _inputs(self, indices, losses, logits, targets, margins, classes, priorities, replayed=None) -> tuple:
         """The op's batch arguments from update()'s, checked (see update)."""
         dev = self.device
         indices = _tensor("indices", indices, None, (torch.int64, torch.int32, torch.int16, torch.uint8), dev)
@@ -391,14 +400,16 @@ class Engine:
             priorities = torch.as_tensor(self.score_fn(indices, losses, margins))
         if priorities is not None:
             priorities = _tensor("priorities", priorities, B, (torch.float32, torch.float64), dev)
+        if replayed is not None:
+            replayed = _tensor("replayed", replayed, B, (torch.bool,), dev)
         if losses.dtype in (torch.float16, torch.bfloat16):
             losses = losses.float()
         args = (indices.long(), losses.detach(), None if margins is None else margins.detach(), classes,
-                None if priorities is None else priorities.detach())
+                None if priorities is None else priorities.detach(), replayed)
         if dev.type == "cpu":
             return args
         # The device op takes its own dtypes, on its device; host inputs go over without a wait.
-        kinds = (torch.int64, torch.float64, torch.float64, torch.int64, torch.float64)
+        kinds = (torch.int64, torch.float64, torch.float64, torch.int64, torch.float64, torch.bool)
         return tuple(None if a is None else to_device(a.to(k), dev).contiguous() for a, k in zip(args, kinds))
 
     def draw(self, m: int, exclude: torch.Tensor | None = None) -> torch.Tensor:

@@ -133,8 +133,8 @@ def _fake_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @torch.library.register_fake("hardmix::policy_update")
 def _fake_policy_update(
-    table, pos, slots, links, heap, free, classes_state, tree, window, counters,
-    config, seed, indices, losses, margins, classes, priorities, rows=None,
+    table, pos, slots, links, heap, free, classes_state, tree, window, counters, balance,
+    config, seed, indices, losses, margins, classes, priorities, replayed=None, rows=None,
 ) -> None:  # fmt: skip
     torch._check(indices.dim() == 1, lambda: f"indices must be 1-D, got {indices.dim()}-D")
     torch._check(losses.shape == indices.shape, lambda: "losses must have one entry per index")
@@ -147,7 +147,7 @@ def _fake_policy_draw(tree, slots, pos, counters, config, seed, exclude, out) ->
 
 
 @torch.library.register_fake("hardmix::policy_dynamics")
-def _fake_policy_dynamics(table, config, t, indices, losses, margins, priorities, rows) -> None:
+def _fake_policy_dynamics(table, config, t, indices, losses, margins, classes, priorities, rows) -> None:
     torch._check(rows.shape[0] == indices.shape[0], lambda: "rows must have one row per index")
 
 

@@ -20,6 +20,12 @@ are given) is finite and its priority (if priorities are given) is finite.
 Invalid entries change nothing but the ``nonfinite`` counter (or, with
 ``nonfinite="raise"``, the whole call raises before changing anything).
 
+*Class tally.* First, per class, this step's valid entries with margins and
+how many of them are right (margin > 0). The class of an entry is
+*being learned* when at least a quarter of them are right (a quarter, not a
+half: with 40% label noise, mislabeled entries can be most of a class in a
+batch). Without margins no class is being learned.
+
 *Pass 1: dynamics and scores*, for each valid entry in order (so a dataset
 index that appears twice is updated twice, the second time seeing the first):
 
@@ -27,7 +33,12 @@ index that appears twice is updated twice, the second time seeing the first):
   ``ema = loss`` on the first sighting, else ``ema_beta * ema + (1 - ema_beta) * loss``;
   ``last_loss = loss``; ``times_seen += 1``; ``last_seen = t``; with margins,
   ``correct = margin > 0``, a forgetting event is counted when the example was
-  correct last time and is not now, and ``last_correct = correct``.
+  correct last time and is not now, and ``last_correct = correct``. Then
+  ``wrong``, the strikes against its label: while ``wrong >= 0`` and its class
+  is being learned, it becomes -1 if the entry is right (the example is
+  learnable as labeled, and is never suspected again), else ``wrong += 1``.
+  A sighting while its class is not being learned (a new class, a rare one,
+  a forgotten one) says nothing about the label and changes nothing.
 - priority p >= 0 (config.score): ``loss``: max(loss, 0); ``margin``:
   softplus(-margin); ``loss_rank``: (less + equal / 2 + 1/2) / (n + 1) over the
   n losses in the rank window *as it was when the step began*; ``forgetting``:
@@ -41,40 +52,25 @@ index that appears twice is updated twice, the second time seeing the first):
   the reservoir is a uniform sample of the distinct examples seen, however
   often each is seen or replayed (classic reservoir sampling), and with alpha >
   0 it is weighted reservoir sampling whose weights are updated in place (each
-  item's key keeps its own random number). Noise drawn anew at every
-  appearance made every epoch and every replay a new lottery ticket: with
-  alpha = 0 the reservoir drained of old tasks (split digits: 0.35 against
-  0.91 for a classic reservoir).
+  item's key keeps its own random number).
 
 After pass 1 the step's valid losses join the rank window (oldest out first).
 
-*Pass 2: membership*, for each valid entry in order:
+*Pass 2: membership*, for each valid entry in order, reading the rows as
+pass 1 left them:
 
 - A **member** (the index is in the reservoir) is *rescored*: its log p, score
   step s = t and key are replaced, and its best loss since admission is
-  updated. ``replays`` tracks whether it stays wrong. When its correctness is
-  known (margins were given): ``replays = -1`` once it has been classified
-  correctly since admission (it is learned: a later mistake is forgetting,
-  not a sign of a bad label); else ``replays += 1`` if at least a quarter of
-  this step's entries of its class (entries with margins) are classified
-  correctly (its class is being learned, so staying wrong is a sign of a bad
-  label), else it is left as it is (a rare class not learned yet, or a
-  forgotten one, says nothing about the label). Without margins it is
-  left as it is: whether an example stays wrong cannot be told from its loss
-  alone (a rule "no new best loss in k appearances" quarantined learned,
-  clean examples whose tiny losses just fluctuate, and cut final accuracy on
-  split digits from 0.74 to 0.20). On admission ``replays`` is -1 if the
-  example is classified correctly, else 0. (``replays`` is set to 0 on admission and left as it is
-  when the example leaves: for a non-member it tells how its last membership
-  ended.) Then it **graduates** (leaves) if ``graduation > 0`` and
+  updated. Then it **graduates** (leaves) if ``graduation > 0`` and
   p < graduation; else it is **quarantined** (leaves, and may not be admitted
-  again before step t + quarantine_steps) if ``max_replays > 0`` and
-  replays >= max_replays.
-- A **candidate** (not a member) is passed over when it is quarantined, when its
-  key is -inf (p = 0 with alpha > 0), when ``graduation > 0`` and
-  p < graduation, or when ``max_new_per_step = k > 0`` and it is not among the
-  step's k best eligible candidates (decided once, at the start of pass 2, by
-  key, then lower index, then batch position). Otherwise it is admitted if the
+  again before step t + quarantine_steps) if ``max_wrong > 0`` and
+  ``wrong >= max_wrong``.
+- A **candidate** (not a member) is passed over when it is quarantined, when
+  ``max_wrong > 0`` and ``wrong > 0`` (suspected), when its key is -inf
+  (p = 0 with alpha > 0), when ``graduation > 0`` and p < graduation, or when
+  ``max_new_per_step = k > 0`` and it is not among the step's k best eligible
+  candidates (decided once, at the start of pass 2, by key, then lower index,
+  then batch position). Otherwise it is admitted if the
   reservoir has a free slot; if not, it is compared with the *weakest* member
   (lowest key; ties: the higher dataset index is weaker) and replaces it when
   its key is larger (ties: the lower dataset index wins). Over any run the
@@ -88,6 +84,20 @@ After pass 1 the step's valid losses join the rank window (oldest out first).
   else with c's own weakest. "Equal shares of the capacity among the classes
   seen so far" is what this converges to.
 
+*Class balance of replay* (``balance_replay``), at the end of the step: with
+d = BALANCE_DECAY, every class's ``fresh = d * fresh + (1 - d) * n_c`` (n_c:
+the step's valid entries of class c not marked ``replayed``), the total row's
+``fresh = d * fresh + (1 - d) * n`` (n: all valid entries), and each class
+with a valid entry is marked seen. Every ``reweight_every`` steps (when
+(t + 1) is a multiple) the class factors are recomputed: with S the total
+row's fresh, K the classes seen and n_c the members of class c, the deficit
+``max(0, S / K - fresh_c)`` of each seen class (0 for others); if the deficits
+of the classes with members sum to 0, every class's deficit is 1 instead;
+``factor_c = deficit_c / max(n_c, 1)``. Then every member's replay weight is
+recomputed. So replay goes to the classes the fresh stream lacks (in a stream
+of tasks: the earlier tasks' classes; in long-tailed data: the rare ones),
+each class's share spread evenly over its members.
+
 Slots: members live in R numbered slots. A new member takes the evicted
 member's slot, or the most recently freed slot (a stack, initially 0, 1, 2, ...).
 
@@ -95,7 +105,8 @@ Replay draw
 ===========
 ``draw(m, exclude)`` draws up to m members without replacement, with
 probability proportional to ``w = exp(gamma * (log p + lam * (s - t_ref)))``
-(``w = 1`` when gamma = 0), i.e. to (decayed priority) ** gamma: successive
+(``w = 1`` when gamma = 0), i.e. to (decayed priority) ** gamma, times the
+factor of the member's class (1 without ``balance_replay``): successive
 sampling, the distribution of the Gumbel-top-m of ``gamma * (log p + lam * s)
 + G'``. Members whose index is in ``exclude`` (the next batch's fresh part) are
 skipped. It reads draw r's uniform ``u = uniform(seed, t, STREAM_REPLAY, r)``
@@ -130,8 +141,9 @@ from .config import (
     COL_LAST_LOSS,
     COL_LAST_SEEN,
     COL_QUARANTINE,
-    COL_REPLAYS,
     COL_SEEN,
+    COL_WRONG,
+    BALANCE_DECAY,
     REBASE_EXPONENT,
     STREAM_ADMIT,
     STREAM_REPLAY,
@@ -219,6 +231,9 @@ class ReferencePolicy:
         self.heaps: list[list] = [[] for _ in range(self.heap_classes)]  # lazy min-heaps
         self.tree = SumTree(c.capacity)
         self.window: deque[float] = deque(maxlen=c.rank_window)
+        # Replay balance (rows as the engine's balance tensor): per heap class
+        # [fresh, seen, factor], then the total row [fresh, classes seen, 0].
+        self.balance = [[0.0, 0.0, 1.0] for _ in range(self.heap_classes)] + [[0.0, 0.0, 0.0]]
         self.totals = dict(nonfinite=0, admitted=0, evicted=0, graduated=0, quarantined=0)
 
     # --- small helpers ---------------------------------------------------
@@ -237,6 +252,10 @@ class ReferencePolicy:
         if c.gamma == 0:
             return 1.0
         return rng.exp(c.gamma * (m.logp + c.lam * (m.s - self.t_ref)))
+
+    def leaf(self, m: Member) -> float:
+        """The member's replay weight: weight times its class's factor."""
+        return self.weight(m) * self.balance[self.heap_class(m.cls)][2]
 
     def heap_class(self, cls: int) -> int:
         return cls if self.config.class_quotas else 0
@@ -270,9 +289,7 @@ class ReferencePolicy:
         self.pos[m.index] = slot
         self.count[self.heap_class(m.cls)] += 1
         self.push(slot)
-        self.tree.set(slot, self.weight(m))
-        row = self.row(m.index)
-        row[COL_REPLAYS] = -1.0 if row[COL_CORRECT] == 1.0 else 0.0
+        self.tree.set(slot, self.leaf(m))
 
     def vacate(self, slot: int) -> None:
         """Take the member out of slot (the slot is left empty)."""
@@ -287,7 +304,7 @@ class ReferencePolicy:
         if c.gamma > 0 and c.lam > 0 and c.gamma * c.lam * (self.t - self.t_ref) > REBASE_EXPONENT:
             self.t_ref = self.t
             for j, m in enumerate(self.slots):
-                self.tree.node[self.tree.P + j] = 0.0 if m is None else self.weight(m)
+                self.tree.node[self.tree.P + j] = 0.0 if m is None else self.leaf(m)
             self.tree.rebuild()
 
     # --- validation --------------------------------------------------------
@@ -323,26 +340,43 @@ class ReferencePolicy:
 
     # --- one step --------------------------------------------------------
 
-    def update(self, indices, losses, margins=None, classes=None, priorities=None) -> None:
+    def update(self, indices, losses, margins=None, classes=None, priorities=None, replayed=None) -> None:
         """Step t: see the module docstring. Arguments are sequences of Python
-        numbers (float32 values widened to float exactly)."""
+        numbers (float32 values widened to float exactly); ``replayed`` marks
+        the entries drawn from the reservoir (None: none)."""
         self.validate(indices, losses, margins, classes, priorities)
+        if replayed is not None and len(replayed) != len(indices):
+            raise ValueError(f"replayed has {len(replayed)} entries but indices has {len(indices)}")
         c = self.config
         t = self.t
         self.rebase_if_due()
         admit_key = rng.stream_key(c.seed, 0, STREAM_ADMIT)  # per example, for life
         window = sorted(self.window)  # the rank window as the step began
 
+        def valid(b: int) -> bool:
+            return all(math.isfinite(v[b]) for v in (losses, margins, priorities) if v is not None)
+
+        # Per class, this step's [right, seen] valid entries (with margins).
+        self.tally = None
+        if margins is not None:
+            self.tally = {}
+            for b in range(len(indices)):
+                if valid(b):
+                    ts = self.tally.setdefault(classes[b] if classes is not None else 0, [0, 0])
+                    ts[0] += 1 if margins[b] > 0 else 0
+                    ts[1] += 1
+
         # Pass 1: dynamics and scores.
         entries = []  # per batch position: None (invalid) or (index, loss, p, logp, key, cls)
         for b, i in enumerate(indices):
             loss = losses[b]
             mu = margins[b] if margins is not None else 0.0
-            given = priorities[b] if priorities is not None else 0.0
-            if not (math.isfinite(loss) and math.isfinite(mu) and math.isfinite(given)):
+            if not valid(b):
                 self.totals["nonfinite"] += 1
                 entries.append(None)
                 continue
+            cls = classes[b] if classes is not None else 0
+            given = priorities[b] if priorities is not None else 0.0
             row = self.row(i)
             row[COL_EMA] = loss if row[COL_SEEN] == 0 else c.ema_beta * row[COL_EMA] + (1.0 - c.ema_beta) * loss
             row[COL_LAST_LOSS] = loss
@@ -353,6 +387,8 @@ class ReferencePolicy:
                 if row[COL_CORRECT] == 1.0 and correct == 0.0:
                     row[COL_FORGET] += 1.0
                 row[COL_CORRECT] = correct
+                if row[COL_WRONG] >= 0 and self.class_learned(cls):
+                    row[COL_WRONG] = -1.0 if correct == 1.0 else row[COL_WRONG] + 1.0
             if c.score == "loss":
                 p = max(loss, 0.0)
             elif c.score == "margin":
@@ -368,20 +404,10 @@ class ReferencePolicy:
             logp = rng.log(p) if p > 0 else -math.inf
             base = 0.0 if c.alpha == 0 else c.alpha * logp
             key = base + c.lam * t + rng.gumbel(admit_key, i)
-            cls = classes[b] if classes is not None else 0
             entries.append((i, loss, p, logp, key, cls))
         for e in entries:
             if e is not None:
                 self.window.append(e[1])
-        # Per class, this step's [correct, seen] entries (with margins).
-        self.tally = None
-        if margins is not None:
-            self.tally = {}
-            for b, e in enumerate(entries):
-                if e is not None:
-                    ts = self.tally.setdefault(e[5], [0, 0])
-                    ts[0] += 1 if margins[b] > 0 else 0
-                    ts[1] += 1
 
         # The cap on new members: the k best eligible candidates of the step.
         allowed = None
@@ -397,13 +423,56 @@ class ReferencePolicy:
                 self.rescore(e, t)
             elif self.eligible(e, t) and (allowed is None or b in allowed):
                 self.offer(e, t)
+        if c.balance_replay:
+            self.balance_step(entries, replayed)
         self.t += 1
+
+    def balance_step(self, entries, replayed) -> None:
+        """The class balance of replay at the end of step t (module docstring)."""
+        K = self.heap_classes
+        fresh = [0] * K
+        n = 0
+        for b, e in enumerate(entries):
+            if e is None:
+                continue
+            n += 1
+            hc = self.heap_class(e[5])
+            if self.balance[hc][1] == 0.0:
+                self.balance[hc][1] = 1.0
+                self.balance[K][1] += 1.0
+            if not (replayed is not None and replayed[b]):
+                fresh[hc] += 1
+        d = BALANCE_DECAY
+        for k in range(K):
+            self.balance[k][0] = d * self.balance[k][0] + (1.0 - d) * float(fresh[k])
+        self.balance[K][0] = d * self.balance[K][0] + (1.0 - d) * float(n)
+        if (self.t + 1) % self.config.reweight_every == 0:
+            self.reweight()
+
+    def reweight(self) -> None:
+        """New class factors, and every member's replay weight with them."""
+        K = self.heap_classes
+        total = self.balance[K]
+        if total[1] == 0.0:
+            return
+        share = total[0] / total[1]
+        deficit = [max(0.0, share - self.balance[k][0]) if self.balance[k][1] == 1.0 else 0.0 for k in range(K)]
+        if not sum(deficit[k] for k in range(K) if self.count[k] > 0) > 0:
+            deficit = [1.0] * K
+        for k in range(K):
+            self.balance[k][2] = deficit[k] / float(max(self.count[k], 1))
+        for j, m in enumerate(self.slots):
+            self.tree.node[self.tree.P + j] = 0.0 if m is None else self.leaf(m)
+        self.tree.rebuild()
 
     def eligible(self, e, t: int) -> bool:
         """Whether a non-member entry may be admitted at all this step."""
         i, _, p, _, key, _ = e
         c = self.config
-        if i in self.pos or self.row(i)[COL_QUARANTINE] > t or key == -math.inf:
+        row = self.row(i)
+        if i in self.pos or row[COL_QUARANTINE] > t or key == -math.inf:
+            return False
+        if c.max_wrong > 0 and row[COL_WRONG] > 0:
             return False
         return not (c.graduation > 0 and p < c.graduation)
 
@@ -420,24 +489,19 @@ class ReferencePolicy:
         row = self.row(i)
         if loss < m.best_loss:
             m.best_loss = loss
-        if row[COL_CORRECT] >= 0:  # correctness known (margins): -1 once learned
-            if row[COL_REPLAYS] < 0 or row[COL_CORRECT] == 1.0:
-                row[COL_REPLAYS] = -1.0
-            elif self.class_learned(e[5]):
-                row[COL_REPLAYS] += 1.0
         m.logp, m.s, m.key = logp, t, key
         if c.graduation > 0 and p < c.graduation:
             self.vacate(slot)
             self.free.append(slot)
             self.totals["graduated"] += 1
-        elif c.max_replays > 0 and row[COL_REPLAYS] >= c.max_replays:
+        elif c.max_wrong > 0 and row[COL_WRONG] >= c.max_wrong:
             self.vacate(slot)
             self.free.append(slot)
             row[COL_QUARANTINE] = float(t + c.quarantine_steps)
             self.totals["quarantined"] += 1
         else:
             self.push(slot)
-            self.tree.set(slot, self.weight(m))
+            self.tree.set(slot, self.leaf(m))
 
     def offer(self, e, t: int) -> None:
         """A candidate that may be admitted: a free slot, or a contest."""
@@ -498,7 +562,7 @@ class ReferencePolicy:
             blocked.add(index)
             out.append(index)
         for slot in zeroed:
-            self.tree.set(slot, self.weight(self.slots[slot]))
+            self.tree.set(slot, self.leaf(self.slots[slot]))
         return out
 
     # --- inspection ----------------------------------------------------------

@@ -30,15 +30,18 @@ training (``num_workers * prefetch_factor`` of them), before the losses of the
 batches in flight exist. So the replay of batch g is drawn from the reservoir
 exactly as it was after the updates of batches 0 .. g - L - 1, with
 L = ``replay_lag``. Updates arriving earlier are queued and applied in order.
-The batches are then a pure function of the seed and the reported losses, the
-same for any worker count. L must be at least the number of batches fetched
-before the loop reports the losses of the oldest: ``num_workers *
-prefetch_factor``, plus whatever the loop itself fetches ahead (1 for
-Lightning's and Accelerate's fetchers). The default, 20, covers 8 workers
-with the default prefetch factor of 2 and such a fetcher; ``replay_lag=0``
-suits a plain loop with ``num_workers=0``. If batch g is requested before the
-update of batch g - L - 1 has arrived, the sampler raises. Batches must come
-back in order (the DataLoader's default ``in_order=True``).
+The batches are then a pure function of the seed, L and the reported losses,
+never of timing. L must be at least the number of batches fetched before the
+loop reports the losses of the oldest: ``num_workers * prefetch_factor``,
+plus whatever the loop itself fetches ahead (1 for Lightning's and
+Accelerate's fetchers). By default (``replay_lag=None``) L is measured once:
+the batches yielded before the first ``update()``, minus one (0 for a plain
+loop without workers, 2 * num_workers for a DataLoader's defaults): the
+smallest lag the loader allows, since every batch of lag is a batch of
+admissions the replay cannot see yet. Pass an int to fix L (the same batches
+for any worker count). If batch g is requested before the update of batch
+g - L - 1 has arrived, the sampler raises. Batches must come back in order
+(the DataLoader's default ``in_order=True``).
 :meth:`reservoir` and :meth:`stats` show the reservoir the next draw uses.
 
 **update() contract.** Call ``update`` once per batch, in the order the
@@ -81,18 +84,16 @@ from .config import STREAM_EPOCH, STREAM_FILL, PolicyConfig
 from .engine import Engine, to_device
 from .schedules import LinearRamp, Schedule, as_schedule, replay_count
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
-# The sampler's defaults for policy knobs that PolicyConfig leaves off, tuned on
-# the evaluation suite (split digits, with label noise and class imbalance;
-# README): members that stay misclassified for 3 appearances since admission
-# leave and are kept out for 10,000 steps (mislabeled or unlearnable examples);
-# admission weighs the loss gently (alpha 0.5: 1 helped clean data a little and
-# hurt noisy data and Fashion-MNIST, where high loss means ambiguous); replay is
-# uniform over the members (gamma 0: replaying in proportion to the loss
-# replays mislabeled examples most). With the replay fraction 0.7 and class
-# quotas (on with num_classes).
-SAMPLER_DEFAULTS = {"alpha": 0.5, "gamma": 0.0, "max_replays": 3, "quarantine_steps": 10_000}
+# The sampler's policy: a random reservoir per class (alpha = lam = 0:
+# admission by loss fills the memory with mislabeled examples and does not
+# beat a random one), class-balanced memory and replay (class quotas and
+# balance_replay, on whenever the class count is known: num_classes, or the
+# logits' width at the first update), uniform replay within a class
+# (gamma 0), and examples that are wrong twice while their class is being
+# learned, and never right then, kept out (max_wrong 2) for good.
+SAMPLER_DEFAULTS = {"alpha": 0.0, "lam": 0.0, "gamma": 0.0, "max_wrong": 2, "quarantine_steps": 2**31 - 1}
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -155,7 +156,12 @@ class ReplaySampler(BatchSampler):
         replay_mode: ``"mix"`` (batches of B = fresh + replay) or ``"append"``
             (B fresh plus ``replay_count(rho, B)`` replayed on top).
         replay_lag: L, the replay of batch g comes from the reservoir after
-            the updates of batches < g - L (see the module docstring).
+            the updates of batches < g - L; None (default): measured at the
+            first ``update()`` (see the module docstring).
+        store_logits: keep the logits each member had when it was admitted
+            (an [R, C] float32 table, C the logits' width at the first
+            update), for logit replay: :meth:`stored_logits`. ``update()``
+            then needs logits; one process only.
         score_fn: with ``score="given"``, a callable
             ``(indices, losses, margins) -> priorities`` used when ``update``
             gets no priorities.
@@ -188,11 +194,14 @@ class ReplaySampler(BatchSampler):
             columns is a NaN margin, skipped, where the host raises).
         **policy: the policy's knobs, as :class:`hardmix.PolicyConfig` takes
             them (``score``, ``alpha``, ``lam``, ``gamma``, ``graduation``,
-            ``max_replays``, ``class_quotas``, ``num_classes``,
-            ``nonfinite``, ...). Where PolicyConfig's defaults are neutral
-            (off), the sampler's are the ones tuned on the evaluation suite
-            (``python -m hardmix eval``; README): ``SAMPLER_DEFAULTS``, and
-            ``class_quotas`` on whenever ``num_classes`` is given.
+            ``max_wrong``, ``class_quotas``, ``num_classes``,
+            ``balance_replay``, ``nonfinite``, ...). Where PolicyConfig's
+            defaults are neutral (off), the sampler's are
+            ``SAMPLER_DEFAULTS``; ``class_quotas`` and ``balance_replay`` are
+            on whenever the class count is known: ``num_classes``, or else
+            the logits' width at the first ``update()`` (an update without
+            logits then leaves them off); ``reweight_every`` defaults to
+            max(1, R // (4 B)) (O(B) amortised per step).
     """
 
     def __init__(
@@ -200,7 +209,7 @@ class ReplaySampler(BatchSampler):
         num_examples: int,
         batch_size: int,
         capacity: int,
-        replay_fraction=0.7,
+        replay_fraction=0.5,
         warmup_steps: int = 0,
         seed: int = 0,
         *,
@@ -208,7 +217,8 @@ class ReplaySampler(BatchSampler):
         drop_last: bool = False,
         shuffle: bool = True,
         replay_mode: str = "mix",
-        replay_lag: int = 20,
+        replay_lag: int | None = None,
+        store_logits: bool = False,
         score_fn: Callable | None = None,
         num_replicas: int | None = None,
         rank: int | None = None,
@@ -231,7 +241,9 @@ class ReplaySampler(BatchSampler):
         need(isinstance(drop_last, bool), "drop_last", "a bool", drop_last)
         need(isinstance(shuffle, bool), "shuffle", "a bool", shuffle)
         need(replay_mode in ("mix", "append"), "replay_mode", "'mix' or 'append'", replay_mode)
-        need(_is_int(replay_lag) and replay_lag >= 0, "replay_lag", "an int >= 0", replay_lag)
+        need(replay_lag is None or (_is_int(replay_lag) and replay_lag >= 0), "replay_lag", "None or an int >= 0",
+             replay_lag)
+        need(isinstance(store_logits, bool), "store_logits", "a bool", store_logits)
         need(isinstance(shard_table, bool), "shard_table", "a bool", shard_table)
         try:
             state_dev = torch.device(state_device)
@@ -251,11 +263,20 @@ class ReplaySampler(BatchSampler):
             schedule = as_schedule(replay_fraction)
             if warmup_steps:
                 schedule = _Warmup(schedule, warmup_steps)
-        policy = {**SAMPLER_DEFAULTS, **policy}
+        self._given_knobs = frozenset(policy)
+        policy = {**SAMPLER_DEFAULTS, "reweight_every": max(1, capacity // (4 * batch_size)), **policy}
+        # Class balance: on with num_classes; else decided by the first update (the logits' width).
+        self._auto_classes = "class_quotas" not in policy and not policy.get("num_classes")
         if "class_quotas" not in policy:
             policy["class_quotas"] = bool(policy.get("num_classes"))
+        if "balance_replay" not in policy:
+            policy["balance_replay"] = policy["class_quotas"]
+        self._policy_args = dict(policy)  # as given (and defaulted): what checkpoints compare
         self.config = PolicyConfig(num_examples=num_examples, capacity=capacity, seed=seed, **policy)
+        self._classes: int | None = None  # the logits' width at the first update (0: none); None before
         self.num_replicas, self.rank = _dist.resolve(num_replicas, rank, process_group)
+        if store_logits and self.num_replicas > 1:
+            raise ValueError("ReplaySampler: store_logits needs one process (the ranks exchange no logits)")
         self.shard_table = shard_table
         shard = (self.rank, self.num_replicas) if shard_table else None
         if state_dev.type == "cuda" and (shard_table or self.num_replicas > 1):
@@ -269,7 +290,11 @@ class ReplaySampler(BatchSampler):
         self.drop_last = drop_last
         self.shuffle = shuffle
         self.replay_mode = replay_mode
-        self.replay_lag = replay_lag
+        self._lag_arg = replay_lag
+        self.replay_lag = replay_lag  # None until measured
+        self.store_logits = store_logits
+        self._logits: torch.Tensor | None = None  # [R, C] float32: each slot's member's logits at admission
+        self._logit_owner: torch.Tensor | None = None  # [R] int64: whose logits they are (-1: none)
         self.seed = seed
         self._group = process_group
         self.sampler = FreshOrder(self)
@@ -477,7 +502,7 @@ class ReplaySampler(BatchSampler):
         f, m = self._plan_fresh[j], self._plan_replay[j]
         off = self._plan_offset[j]
         fresh = self._order[off : off + f]
-        need = max(0, g - L)
+        need = 0 if L is None else max(0, g - L)  # (L unknown: no update has arrived yet)
         if self._received < need:
             raise RuntimeError(
                 f"ReplaySampler: batch {g} draws its replay from the reservoir after the update of batch "
@@ -499,8 +524,13 @@ class ReplaySampler(BatchSampler):
         replay = drawn[r * m : (r + 1) * m]  # this rank's slice of the shared draw
         fill = self._fill(g, m - replay.numel(), fresh, drawn)
         indices = torch.cat([fresh, replay, fill])
-        return {"g": g, "indices": indices, "fresh": f, "replay": int(replay.numel()), "fill": int(fill.numel()),
-                "m": m, **self._draw_facts(indices, fresh_all, drawn)}
+        rec = {"g": g, "indices": indices, "fresh": f, "replay": int(replay.numel()), "fill": int(fill.numel()),
+               "m": m, **self._draw_facts(indices, fresh_all, drawn)}
+        if self._logits is not None:  # the replayed members' logits at admission, as of this draw
+            slots = self.engine.slots_of(replay)
+            rec["stored"] = self._logits[slots].clone()
+            rec["stored_ok"] = self._logit_owner[slots] == replay
+        return rec
 
     def _fill(self, g: int, k: int, fresh: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
         """k distinct examples of this rank's fresh data outside the batch and
@@ -624,7 +654,10 @@ class ReplaySampler(BatchSampler):
             with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
                 self._prev_totals = eng.counters[2:7].clone()
             made = eng.update(args["indices"], args["losses"], margins=args["margins"], classes=args["classes"],
-                              priorities=args["priorities"], rows=e.get("rows"), ready=self._ready.get(id(e)))
+                              priorities=args["priorities"], replayed=args.get("replayed"), rows=e.get("rows"),
+                              ready=self._ready.get(id(e)))
+            if self._logits is not None and args.get("logits") is not None:
+                self._store_admitted(args["indices"], args["logits"], eng.step - 1)
             self._pending.popleft()
             self._ready.pop(id(e), None)
             self._host.pop(id(e), None)
@@ -645,6 +678,15 @@ class ReplaySampler(BatchSampler):
                 # step's quarantines (Engine.dynamics).
                 for later in self._pending:
                     Engine.carry(later["rows"], later["indices"], made)
+
+    def _store_admitted(self, indices: torch.Tensor, logits: torch.Tensor, step: int) -> None:
+        """Keeps the logits of the members admitted by step ``step``."""
+        slots = self.engine.slots_of(indices)
+        new = slots >= 0
+        new &= self.engine.slots[slots.clamp(min=0), 5] == step  # admitted by this step
+        where = slots[new]
+        self._logits[where] = logits[new].to(self._logits.dtype)
+        self._logit_owner[where] = indices[new]
 
     def _value_error(self, C: int | None, losses=None, margins=None, classes=None, priorities=None) -> str | None:
         """What is wrong with an update's values (host tensors), or None."""
@@ -754,6 +796,37 @@ class ReplaySampler(BatchSampler):
             rec["weights"] = w.pin_memory() if self._pin and indices.device.type == "cpu" else w
         return to_device(rec["weights"], indices.device)
 
+    def replayed(self, indices: torch.Tensor) -> torch.Tensor:
+        """Which rows of the batch about to be updated were drawn from the
+        reservoir: bool [B] on the device of ``indices`` (the fresh part and
+        any fresh fill-ins are False). For losses that treat replayed rows
+        apart (:func:`hardmix.losses.ace_cross_entropy`). Does not change
+        the sampler."""
+        idx = self._as_index_tensor("replayed", indices)
+        rec = self._expected("replayed", idx)
+        return to_device(self._replayed_mask(rec), indices.device)
+
+    def stored_logits(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits each replayed row had when it was admitted to the
+        reservoir (``store_logits=True``), for the batch about to be updated:
+        (float32 [B, C], bool [B] which rows have them: replayed rows whose
+        logits were kept), on the device of ``indices``; zeros elsewhere.
+        For logit replay (:func:`hardmix.losses.logit_replay`). Does not
+        change the sampler."""
+        if not self.store_logits:
+            raise ValueError("stored_logits: the sampler keeps no logits (pass store_logits=True)")
+        idx = self._as_index_tensor("stored_logits", indices)
+        rec = self._expected("stored_logits", idx)
+        B, f = rec["indices"].numel(), rec["fresh"]
+        width = self._logits.shape[1] if self._logits is not None else max(self._classes or 0, 1)
+        out = torch.zeros(B, width, dtype=torch.float32)
+        has = torch.zeros(B, dtype=torch.bool)
+        if "stored" in rec:
+            r = rec["stored"].shape[0]
+            out[f : f + r] = rec["stored"]
+            has[f : f + r] = rec["stored_ok"]
+        return to_device(out, indices.device), to_device(has, indices.device)
+
     @torch.compiler.disable
     def update(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor | None = None,
                targets: torch.Tensor | None = None, *, priorities: torch.Tensor | None = None) -> None:
@@ -788,12 +861,25 @@ class ReplaySampler(BatchSampler):
             except BaseException as e:  # noqa: BLE001 - whatever it is, the other ranks must hear of it
                 mine, error = None, e
             rows = self.batch_size * (2 if self.replay_mode == "append" else 1)  # no batch is longer
-            entry = _dist.gather_entries(mine, error, self.num_replicas, self.rank, self._group, rows)
+            if mine is not None:
+                mine["replayed"] = self._replayed_mask(self._outstanding[0])
+            lag = len(self._outstanding) - 1 if self.replay_lag is None else -1
+            entry = _dist.gather_entries(mine, error, self.num_replicas, self.rank, self._group, rows, lag)
+        lag = len(self._outstanding) - 1 if self.replay_lag is None else None  # measured now, if not yet
+        if self.num_replicas > 1:
+            got = entry.pop("lag")
+            lag = got if self.replay_lag is None else None  # the ranks' largest: all draw alike
+        # (after every check, and before any state changes: a failed call changes nothing)
+        if lag is not None:
+            self.replay_lag = lag
+        if self._classes is None and self._received == 0:
+            self._resolve_classes(logits.shape[1] if isinstance(logits, torch.Tensor) else 0)
+        if "replayed" not in entry:
+            entry["replayed"] = self._replayed_mask(self._outstanding[0])
         if self.shard_table:  # the owners' half of the step, now (the only time a collective may run)
             # (if this collective fails, e.g. times out, the owners' dynamics of this update are
             # already in their rows: the run cannot go on, restart from a checkpoint)
             entry["rows"] = self._owned_rows(entry, self._received)
-        # (after every check, and before any state changes: a failed call changes nothing)
         self._adopt_device(losses)
         ready = copy = None
         if entry.get("deferred") and self.engine.device.type == "cuda":
@@ -810,6 +896,41 @@ class ReplaySampler(BatchSampler):
             self._host[id(entry)] = copy
         self._receive(entry)
         self._apply(self._yielded - self.replay_lag, wait=False)
+
+    @staticmethod
+    def _replayed_mask(rec: dict) -> torch.Tensor:
+        mask = torch.zeros(rec["indices"].numel(), dtype=torch.bool)
+        mask[rec["fresh"] : rec["fresh"] + rec["replay"]] = True
+        return mask
+
+    def _config_for(self, C: int) -> PolicyConfig:
+        """The policy once the first update has shown C classes (the logits'
+        width; 0: no logits): class balance on with C >= 1, unless the
+        arguments decided it."""
+        policy = dict(self._policy_args)
+        if C >= 1 and self._auto_classes:
+            policy.update(class_quotas=True, num_classes=C)
+            if "balance_replay" not in self._given_knobs:
+                policy["balance_replay"] = True
+        return PolicyConfig(num_examples=self.num_examples, capacity=self.config.capacity, seed=self.seed, **policy)
+
+    def _resolve_classes(self, C: int) -> None:
+        """Decides the class count at the first update (the engine has run no
+        step yet)."""
+        config = self._config_for(C)
+        if config != self.config:
+            self.config = config
+            shard = (self.rank, self.num_replicas) if self.shard_table else None
+            self.engine = Engine(config, score_fn=self.engine.score_fn, shard=shard)
+        self._classes = C
+        if self.store_logits:
+            R = self.config.capacity
+            self._logits = torch.zeros(R, max(C, 1), dtype=torch.float32)
+            self._logit_owner = torch.full((R,), -1, dtype=torch.int64)
+
+    def _due(self) -> int:
+        """The updates the next batch's draw needs applied."""
+        return 0 if self.replay_lag is None else self._yielded - self.replay_lag
 
     def _adopt_device(self, losses) -> None:
         """With ``state_device="cuda"``: the state goes to the GPU the losses
@@ -847,7 +968,7 @@ class ReplaySampler(BatchSampler):
         engine step, and this rank carries in the quarantines it made since
         the least of them (Engine.carry_since)."""
         eng, W = self.engine, self.num_replicas
-        rows = eng.dynamics(t, entry["indices"], entry["losses"], margins=entry["margins"],
+        rows = eng.dynamics(t, entry["indices"], entry["losses"], margins=entry["margins"], classes=entry["classes"],
                             priorities=entry["priorities"])
         if W == 1:
             eng.forget_before(eng.step)  # (no other rank can need older quarantines)
@@ -967,6 +1088,13 @@ class ReplaySampler(BatchSampler):
             raise ValueError("update: logits need targets (pass both, or targets alone for classes)")
         if cfg.score == "margin" and margins is None:
             raise ValueError("update: score 'margin' needs logits and targets")
+        if self.store_logits:
+            if logits is None:
+                raise ValueError("update: store_logits needs logits (and targets)")
+            width = self._classes if self._classes is not None else logits.shape[1]
+            if logits.shape[1] != width:
+                raise ValueError(f"update: logits must have {width} columns (store_logits keeps logits of that "
+                                 f"width since the first update), got {logits.shape[1]}")
         if cfg.class_quotas and classes is None:
             raise ValueError("update: class_quotas needs targets")
         if priorities is None and self.engine.score_fn is not None:
@@ -981,6 +1109,10 @@ class ReplaySampler(BatchSampler):
             raise ValueError("update: " + what)
         entry = {"indices": rec["indices"], "losses": loss, "margins": margins, "classes": classes,
                  "priorities": prio}
+        if self.store_logits:  # (a copy: applied later, the caller may reuse its buffers)
+            entry["logits"] = logits.detach().to(torch.float32 if host_checks else logits.dtype, copy=True)
+            if host_checks:
+                entry["logits"] = entry["logits"].cpu()
         if deferred:  # values unchecked (kept in checkpoints, so that a restore checks them)
             entry["deferred"] = True
             entry["C"] = logits.shape[1] if logits is not None else None  # (for the check of the targets)
@@ -998,7 +1130,7 @@ class ReplaySampler(BatchSampler):
         """The members the next replay draw uses: ``index`` (dataset indices),
         ``priority`` (p as last scored), ``step`` (when scored), ``cls``,
         ``admitted`` (admission step); CPU tensors, ordered by slot."""
-        self._apply(self._yielded - self.replay_lag)  # (inputs copied from a GPU: the copies are done)
+        self._apply(self._due())  # (inputs copied from a GPU: the copies are done)
         m = self.engine.members()
         return dict(index=m["index"], priority=m["logp"].exp(), step=m["step"], cls=m["cls"],
                     admitted=m["admitted"])
@@ -1017,7 +1149,7 @@ class ReplaySampler(BatchSampler):
         ``mean_age`` (steps since admission): a few vectorised passes over
         the R slots (about 0.1 ms at R = 8192, 0.6 ms at R = 65536 here).
         """
-        self._apply(self._yielded - self.replay_lag)  # (inputs copied from a GPU: the copies are done)
+        self._apply(self._due())  # (inputs copied from a GPU: the copies are done)
         eng = self.engine
         with eng.on_stream():
             c = eng.counters[2:7].tolist()
@@ -1042,8 +1174,10 @@ class ReplaySampler(BatchSampler):
     # --- checkpoints -------------------------------------------------------
 
     def _signature(self) -> dict:
-        sig = {"policy": self.config.as_dict(), "batch_size": self.batch_size, "drop_last": self.drop_last,
-               "shuffle": self.shuffle, "replay_mode": self.replay_mode, "replay_lag": self.replay_lag,
+        sig = {"policy": dict(sorted(self._policy_args.items())), "num_examples": self.num_examples,
+               "capacity": self.config.capacity, "seed": self.seed, "batch_size": self.batch_size,
+               "drop_last": self.drop_last, "shuffle": self.shuffle, "replay_mode": self.replay_mode,
+               "replay_lag": self._lag_arg, "store_logits": self.store_logits,
                "num_replicas": self.num_replicas, "rank": self.rank}
         if self.shard_table:  # (absent otherwise: states saved before the option load as they were)
             sig["shard_table"] = True
@@ -1063,6 +1197,8 @@ class ReplaySampler(BatchSampler):
             if self._log is not None:
                 self._open_logs.append((self._log, self._log_start, self._log_until))
             self._base = self.engine.state_dict()
+            if self._logits is not None:
+                self._base.update(logits=self._logits.clone(), logit_owner=self._logit_owner.clone())
             self._log_start = self.engine.step
             self._log_dynamics = self._received
             self._log = list(self._pending)
@@ -1083,6 +1219,8 @@ class ReplaySampler(BatchSampler):
             # bad input found in applied updates and not reported yet, and the count found (see _apply)
             "errors": [e["error"] for e in self._errors],
             "found": self._found,
+            "replay_lag": self.replay_lag,  # (None: not measured yet)
+            "classes": self._classes,  # the logits' width at the first update (None: none yet)
         }
 
     @staticmethod
@@ -1120,8 +1258,13 @@ class ReplaySampler(BatchSampler):
                 diff = [f"{k}: saved {p.get(k)!r}, now {q[k]!r}" for k in q if p.get(k) != q[k]] + diff[1:]
             raise ValueError("load_state_dict: the state was saved with other arguments: " + "; ".join(diff))
         pos = state["position"]
-        engine = Engine(self.config, score_fn=self.engine.score_fn, shard=self.engine.shard)
+        classes = state["classes"]
+        config = self.config if classes is None else self._config_for(int(classes))
+        engine = Engine(config, score_fn=self.engine.score_fn, shard=self.engine.shard)
         engine.load_state_dict(state["engine"])
+        logits = owner = None
+        if self.store_logits and classes is not None:
+            logits, owner = state["engine"]["logits"].clone(), state["engine"]["logit_owner"].clone()
         on_gpu = [v.device for u in state["updates"] or [] for v in u.values()
                   if isinstance(v, torch.Tensor) and v.is_cuda]
         device = self.engine.device
@@ -1140,7 +1283,8 @@ class ReplaySampler(BatchSampler):
         if self.shard_table:  # the copied table lacks the dynamics of the updates received after the copy
             for n in range(max(start, int(state["dynamics_until"])), received):
                 u = updates[n - start]
-                engine.dynamics(n, u["indices"], u["losses"], margins=u["margins"], priorities=u["priorities"])
+                engine.dynamics(n, u["indices"], u["losses"], margins=u["margins"], classes=u["classes"],
+                                priorities=u["priorities"])
         records = [r for r in state["batches"] if received <= r["g"] < yielded]
         if [r["g"] for r in records] != list(range(received, yielded)):
             raise ValueError("load_state_dict: the state lacks the batches yielded but not updated")
@@ -1157,7 +1301,9 @@ class ReplaySampler(BatchSampler):
             self._batch = int(pos["batch"])
             if self._epoch_start + self._batch != yielded or self._batch > len(self._plan_fresh):
                 raise ValueError(f"load_state_dict: inconsistent position {pos}")
-            self.engine = engine
+            self.engine, self.config, self._classes = engine, config, classes
+            self._logits, self._logit_owner = logits, owner
+            self.replay_lag = state["replay_lag"] if self._lag_arg is None else self._lag_arg
             self._received = received
             self._pending = collections.deque(updates)
             self._ready, self._host = {}, {}
@@ -1170,7 +1316,7 @@ class ReplaySampler(BatchSampler):
             self._base, self._log, self._log_start, self._log_until, self._open_logs = None, None, 0, 0, []
             self._hold = False
             self._generation += 1
-            self._apply(yielded - self.replay_lag)
+            self._apply(self._due())
             if self._requested is not None:  # set_epoch() came first (as with StatefulDataLoader)
                 if self._requested == self._epoch:
                     self._hold = self._finished()
