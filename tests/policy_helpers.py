@@ -13,10 +13,11 @@ def engine_snapshot(e: Engine) -> dict:
     c = e.counters.tolist()
     mem = e.members()
     members = {
-        i: (slot, key, logp, s, cls, adm, best)
-        for i, slot, key, logp, s, cls, adm, best in zip(
+        i: (slot, key, logp, s, cls, adm, best, ticket)
+        for i, slot, key, logp, s, cls, adm, best, ticket in zip(
             mem["index"].tolist(), mem["slot"].tolist(), mem["key"].tolist(), mem["logp"].tolist(),
             mem["step"].tolist(), mem["cls"].tolist(), mem["admitted"].tolist(), mem["best_loss"].tolist(),
+            mem["ticket"].tolist(),
         )
     }
     pos = {i: s for i, s in enumerate(e.pos.tolist()) if s >= 0}
@@ -32,7 +33,7 @@ def engine_snapshot(e: Engine) -> dict:
 
 def reference_snapshot(r: ReferencePolicy) -> dict:
     members = {
-        m.index: (slot, m.key, m.logp, m.s, m.cls, m.admitted, m.best_loss)
+        m.index: (slot, m.key, m.logp, m.s, m.cls, m.admitted, m.best_loss, m.ticket)
         for slot, m in enumerate(r.slots) if m is not None
     }
     table = [list(r.table.get(i, NEW_ROW)) for i in range(r.config.num_examples)]

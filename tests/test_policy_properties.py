@@ -238,20 +238,21 @@ def test_rebase_keeps_weights_finite():
         assert len(e.draw(3)) == 3
 
 
-def test_alpha_zero_is_a_uniform_sample_of_distinct_examples_however_often_seen():
-    """Admission noise is per example, for life: with alpha = lam = 0, examples
-    seen five times as often as others are no more likely to be members
-    (P = R / N for both groups; 400 seeds, a 4-sigma binomial tolerance)."""
-    N, R, seeds = 60, 10, 400
-    frequent = 0
+@pytest.mark.parametrize("second_replayed", [False, True])
+def test_alpha_zero_counts_fresh_appearances_not_replays(second_replayed):
+    """With alpha = lam = 0 every fresh appearance is a ticket and a member
+    keeps its best, so the reservoir is a sample without replacement weighted
+    by the number of fresh appearances (reservoir sampling over the stream).
+    R = 1, 30 examples seen twice and 30 once: the member is a twice-seen one
+    with probability 2/3; when their second appearance is a replay, which
+    holds no ticket, with probability 1/2. 600 seeds, a 4-sigma binomial
+    tolerance."""
+    N, seeds = 60, 600
+    twice = 0
     for seed in range(seeds):
-        e = Engine(PolicyConfig(num_examples=N, capacity=R, seed=seed, alpha=0.0, lam=0.0))
-        g = torch.Generator().manual_seed(seed)
-        weights = torch.cat([torch.full((30,), 5.0), torch.ones(30)])
-        for step in range(40):
-            idx = torch.multinomial(weights, 12, replacement=False, generator=g)
-            e.update(idx, torch.rand(12, generator=g))
-        e.update(torch.arange(N), torch.rand(N, generator=g))  # every example seen at least once
-        frequent += int((e.members()["index"] < 30).sum())
-    total = seeds * R
-    assert abs(frequent - total / 2) < 4 * (total * 0.25) ** 0.5, frequent / total
+        e = Engine(PolicyConfig(num_examples=N, capacity=1, seed=seed, alpha=0.0, lam=0.0))
+        e.update(torch.arange(N), torch.rand(N))
+        e.update(torch.arange(30), torch.rand(30), replayed=torch.full((30,), second_replayed))
+        twice += int(e.members()["index"][0] < 30)
+    p = 0.5 if second_replayed else 2 / 3
+    assert abs(twice - seeds * p) < 4 * (seeds * p * (1 - p)) ** 0.5, twice / seeds

@@ -226,7 +226,7 @@ def test_replay_of_batch_g_comes_from_the_reservoir_after_g_minus_lag_updates(la
             r = s._outstanding[-1]
             g = r["g"]
             while eng.step < max(0, g - lag):
-                eng.update(*history[eng.step])
+                eng.update(**history[eng.step])
             fresh = r["indices"][: r["fresh"]]
             m = replay_count(s.schedule(g), B) if r["fresh"] == B - replay_count(s.schedule(g), B) else \
                 r["replay"] + r["fill"]
@@ -234,7 +234,9 @@ def test_replay_of_batch_g_comes_from_the_reservoir_after_g_minus_lag_updates(la
             assert torch.equal(r["indices"][r["fresh"] : r["fresh"] + r["replay"]], want)
             checked += int(want.numel() > 0)
             idx = torch.tensor(b)
-            history.append((idx, loss_of[idx]))
+            replayed = torch.zeros(len(b), dtype=torch.bool)
+            replayed[r["fresh"] : r["fresh"] + r["replay"]] = True
+            history.append(dict(indices=idx, losses=loss_of[idx], replayed=replayed))
             feed(s, b, loss_of)
     assert checked > 20
 

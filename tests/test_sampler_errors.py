@@ -385,6 +385,7 @@ def test_values_checked_when_applied(case, lag, monkeypatch):
             same_state()  # update 2 ran with no examples
             it = iter(s)  # (the error ended that iterator; the next one goes on)
         b = torch.tensor(next(it))
+        replayed = s.replayed(b)
         assert s.engine.step == max(0, g - lag)
         args = dict(losses=loss(b), targets=b % 3, **({"priorities": loss(b) + 1} if given else {}))
         if g == 6 and lag:
@@ -394,7 +395,8 @@ def test_values_checked_when_applied(case, lag, monkeypatch):
         if g == 2:
             updates.append((b[:0], loss(b)[:0], dict(priorities=loss(b)[:0] if given else None)))
         else:
-            updates.append((b, args["losses"], dict(classes=args["targets"], priorities=args.get("priorities"))))
+            updates.append((b, args["losses"], dict(classes=args["targets"], priorities=args.get("priorities"),
+                                                     replayed=replayed)))
     assert s.stats()["updates_applied"] == 8 - lag and not s._errors  # (stats waits for the copies)
     assert all(c.done for c in copies[: 8 - lag])
     same_state()

@@ -10,7 +10,8 @@
 //   table    double [N][8]   per-example dynamics (columns: config.py)
 //   pos      int32  [N]      dataset index -> slot, -1 if not a member
 //   slots    double [R][8]   member per slot: index (-1: empty), key, log p,
-//                            score step s, class, admission step, best loss
+//                            score step s, class, admission step, best loss,
+//                            ticket (best admission draw since admission)
 //   links    int32  [R][4]   per slot: leftist-heap links (left, right, parent,
 //                            null-path length) with class quotas; without
 //                            them, links[0, R) (flat) is each slot's position
@@ -80,8 +81,7 @@ constexpr int64_t kPrefetch = 32;  // entries ahead whose table row is prefetche
 
 enum Col { kLastLoss, kEma, kSeen, kLastSeen, kCorrect, kForget, kWrong, kQuarantine };
 constexpr int kTableCols = 8;
-// kSlotSpare: reserved, always 0.
-enum SlotField { kIndex, kKey, kLogp, kStep, kClass, kAdmitted, kBestLoss, kSlotSpare };
+enum SlotField { kIndex, kKey, kLogp, kStep, kClass, kAdmitted, kBestLoss, kTicket };
 constexpr int kSlotFields = 8;
 enum Link { kLeft, kRight, kParent, kNpl };
 constexpr int kLinkFields = 4;
@@ -223,10 +223,12 @@ HM_FN void heap_sort(T* a, int64_t n, Less less, int64_t k = -1) {
 struct Entry {
   bool valid;
   int64_t index;
-  double loss, p, logp, key;
+  double loss, p, logp, key;  // key: a candidate's (-inf when replayed: no candidate)
   int64_t cls;
   double quarantine;  // the row's quarantine_until as pass 1 saw it
   int64_t at;         // sharded: the batch position whose row copy pass 2 uses
+  bool fresh;         // not replayed: an appearance in the stream, with a ticket
+  double head, g;     // alpha * log p + lam * t; this step's ticket of the index
 };
 
 struct ClassTally {
@@ -614,6 +616,7 @@ struct PolicyView {
     s[kClass] = static_cast<double>(e.cls);
     s[kAdmitted] = static_cast<double>(t);
     s[kBestLoss] = e.loss;
+    s[kTicket] = e.g;
     pos_put(e.index, j);
     heap_insert(j);
     count(heap_class(s[kClass])) += 1;
@@ -741,8 +744,8 @@ struct PolicyView {
   HM_FN void update(const Batch& in) {
     const int64_t t = counters[kT];
     rebase_if_due();
-    // Admission noise per example, for life (reference.py: key).
-    const uint64_t admit_key = rng::stream_key(cfg.seed, 0, kStreamAdmit);
+    // This step's tickets, by index (reference.py: the key).
+    const uint64_t admit_key = rng::stream_key(cfg.seed, static_cast<uint64_t>(t), kStreamAdmit);
     const int64_t win_n = counters[kWindowCount];
 
     const UpdateScratch sc = carve_update(scratch, in.B);
@@ -809,9 +812,11 @@ struct PolicyView {
       }
       const double logp = p > 0 ? rng::log_det(p) : -kInf;
       const double base = cfg.alpha == 0 ? 0.0 : cfg.alpha * logp;
+      const double head = base + cfg.lam * static_cast<double>(t);
       const double g = rng::to_gumbel(rng::to_uniform(rng::draw_bits(admit_key, static_cast<uint64_t>(i))));
-      e = Entry{true, i, loss, p, logp, base + cfg.lam * static_cast<double>(t) + g,
-                in.classes ? in.classes[b] : 0, r[kQuarantine], shard ? last[b] : b};
+      const bool fresh = !(in.replayed && in.replayed[b]);
+      e = Entry{true, i, loss, p, logp, fresh ? head + g : -kInf,
+                in.classes ? in.classes[b] : 0, r[kQuarantine], shard ? last[b] : b, fresh, head, g};
     }
     for (int64_t b = 0; b < in.B; ++b) {
       if (!entries[b].valid) continue;
@@ -937,9 +942,10 @@ struct PolicyView {
       quarantined_this_step = true;
       counters[kQuarantinedTotal] += 1;
     } else {
+      if (e.fresh) s[kTicket] = max_of(s[kTicket], e.g);
       s[kLogp] = e.logp;
       s[kStep] = static_cast<double>(t);
-      s[kKey] = e.key;
+      s[kKey] = e.head + s[kTicket];
       heap_rekey(j);
       tree_set(j, leaf(j));
     }
@@ -987,6 +993,7 @@ struct PolicyView {
       s[kClass] = static_cast<double>(e.cls);
       s[kAdmitted] = static_cast<double>(t);
       s[kBestLoss] = e.loss;
+      s[kTicket] = e.g;
       pos_put(e.index, victim);
       heap_rekey(victim);
       tree_set(victim, leaf(victim));

@@ -466,7 +466,8 @@ class Engine:
 
     def members(self) -> dict[str, torch.Tensor]:
         """The current members, ordered by slot: dataset index, key, log
-        priority, score step, class, admission step, best loss (CPU tensors)."""
+        priority, score step, class, admission step, best loss, ticket (CPU
+        tensors)."""
         with self.on_stream():
             slots = self.slots.cpu()
         occupied = slots[:, 0] >= 0
@@ -480,6 +481,7 @@ class Engine:
             cls=s[:, 4].long(),
             admitted=s[:, 5].long(),
             best_loss=s[:, 6],
+            ticket=s[:, 7],
         )
 
     def state_dict(self) -> dict:

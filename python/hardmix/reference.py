@@ -44,15 +44,20 @@ index that appears twice is updated twice, the second time seeing the first):
   n losses in the rank window *as it was when the step began*; ``forgetting``:
   max(loss, 0) * (1 + forget_boost * forgetting events, after this update);
   ``given``: the caller's value.
-- log p (-inf when p = 0); the static key
-  ``key = base + lam * t + G`` with ``base = alpha * log p`` (``0`` when
-  alpha = 0, so that alpha = 0 is classic reservoir sampling whatever p is) and
-  ``G = gumbel(seed, 0, STREAM_ADMIT, index)``: each example keeps its noise
-  for life (a duplicate in the batch gets the same G). So with alpha = lam = 0
-  the reservoir is a uniform sample of the distinct examples seen, however
-  often each is seen or replayed (classic reservoir sampling), and with alpha >
-  0 it is weighted reservoir sampling whose weights are updated in place (each
-  item's key keeps its own random number).
+- log p (-inf when p = 0); the head ``base + lam * t`` with
+  ``base = alpha * log p`` (``0`` when alpha = 0, so that alpha = 0 is classic
+  reservoir sampling whatever p is), and the entry's ticket
+  ``G = gumbel(seed, t, STREAM_ADMIT, index)`` (duplicates in a batch share
+  it). A *fresh* entry (not marked ``replayed``) is a new appearance of the
+  example in the stream and holds that ticket; a replayed one holds none. The
+  key is ``head + ticket``: for a non-member, its fresh ticket (a replayed
+  non-member is no candidate); for a member, the best ticket of its fresh
+  appearances since admission (``max(ticket, G)`` when fresh, the member's
+  ticket when replayed). So with alpha = lam = 0 the reservoir is classic
+  reservoir sampling (Vitter's algorithm R) over the fresh appearances: each
+  appearance is a ticket, an example seen in more epochs holds more of them,
+  and replay is no appearance. With alpha > 0 it is weighted reservoir
+  sampling over the appearances.
 
 After pass 1 the step's valid losses join the rank window (oldest out first).
 
@@ -60,8 +65,8 @@ After pass 1 the step's valid losses join the rank window (oldest out first).
 pass 1 left them:
 
 - A **member** (the index is in the reservoir) is *rescored*: its log p, score
-  step s = t and key are replaced, and its best loss since admission is
-  updated. Then it **graduates** (leaves) if ``graduation > 0`` and
+  step s = t, ticket and key are replaced (above), and its best loss since
+  admission is updated. Then it **graduates** (leaves) if ``graduation > 0`` and
   p < graduation; else it is **quarantined** (leaves, and may not be admitted
   again before step t + quarantine_steps) if ``max_wrong > 0`` and
   ``wrong >= max_wrong``.
@@ -167,6 +172,7 @@ class Member:
 
     index: int  # dataset index
     key: float  # admission/eviction order: larger is stronger
+    ticket: float  # the best admission draw of its fresh appearances since admission
     logp: float  # log priority at the last (re)score
     s: int  # step of the last (re)score
     cls: int  # class (0 when no classes are given)
@@ -350,7 +356,7 @@ class ReferencePolicy:
         c = self.config
         t = self.t
         self.rebase_if_due()
-        admit_key = rng.stream_key(c.seed, 0, STREAM_ADMIT)  # per example, for life
+        admit_key = rng.stream_key(c.seed, t, STREAM_ADMIT)  # this step's tickets, by index
         window = sorted(self.window)  # the rank window as the step began
 
         def valid(b: int) -> bool:
@@ -367,7 +373,7 @@ class ReferencePolicy:
                     ts[1] += 1
 
         # Pass 1: dynamics and scores.
-        entries = []  # per batch position: None (invalid) or (index, loss, p, logp, key, cls)
+        entries = []  # per batch position: None (invalid) or (index, loss, p, logp, key, cls, fresh, head, g)
         for b, i in enumerate(indices):
             loss = losses[b]
             mu = margins[b] if margins is not None else 0.0
@@ -403,8 +409,11 @@ class ReferencePolicy:
                 p = given
             logp = rng.log(p) if p > 0 else -math.inf
             base = 0.0 if c.alpha == 0 else c.alpha * logp
-            key = base + c.lam * t + rng.gumbel(admit_key, i)
-            entries.append((i, loss, p, logp, key, cls))
+            head = base + c.lam * t
+            g = rng.gumbel(admit_key, i)
+            fresh = not (replayed is not None and replayed[b])
+            key = head + g if fresh else -math.inf  # (a replayed non-member is no candidate)
+            entries.append((i, loss, p, logp, key, cls, fresh, head, g))
         for e in entries:
             if e is not None:
                 self.window.append(e[1])
@@ -467,7 +476,7 @@ class ReferencePolicy:
 
     def eligible(self, e, t: int) -> bool:
         """Whether a non-member entry may be admitted at all this step."""
-        i, _, p, _, key, _ = e
+        i, _, p, _, key, *_ = e
         c = self.config
         row = self.row(i)
         if i in self.pos or row[COL_QUARANTINE] > t or key == -math.inf:
@@ -482,14 +491,15 @@ class ReferencePolicy:
         return ts is not None and 4 * ts[0] >= ts[1]
 
     def rescore(self, e, t: int) -> None:
-        i, loss, p, logp, key, _ = e
+        i, loss, p, logp, _, _, fresh, head, g = e
         c = self.config
         slot = self.pos[i]
         m = self.slots[slot]
         row = self.row(i)
         if loss < m.best_loss:
             m.best_loss = loss
-        m.logp, m.s, m.key = logp, t, key
+        m.ticket = max(m.ticket, g) if fresh else m.ticket
+        m.logp, m.s, m.key = logp, t, head + m.ticket
         if c.graduation > 0 and p < c.graduation:
             self.vacate(slot)
             self.free.append(slot)
@@ -505,9 +515,9 @@ class ReferencePolicy:
 
     def offer(self, e, t: int) -> None:
         """A candidate that may be admitted: a free slot, or a contest."""
-        i, loss, _, logp, key, cls = e
+        i, loss, _, logp, key, cls, _, _, g = e
         c = self.config
-        new = Member(i, key, logp, t, cls, t, loss)
+        new = Member(i, key, g, logp, t, cls, t, loss)
         if self.free:
             self.place(self.free.pop(), new)
             self.totals["admitted"] += 1
