@@ -150,7 +150,7 @@ def bench_loop(model_name: str, variant: str, N: int, R: int, B: int, C: int, de
                 yield torch.randint(0, N, (B,), generator=g)
         it, sampler = batches(), None
     else:
-        sampler = hardmix.ReplaySampler(N, batch_size=B, capacity=R, replay_fraction=RHO, seed=0,
+        sampler = hardmix.ReplaySampler(N, batch_size=B, capacity=R, replay_fraction=RHO, seed=0, replay_lag=20,
                                         num_classes=C, state_device="cuda" if variant == "gpu-state" else "cpu")
         it = (torch.tensor(b) for b in batches_forever(sampler))
 

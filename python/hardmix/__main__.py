@@ -1,9 +1,9 @@
 """``python -m hardmix``: command-line entry points.
 
-    python -m hardmix demo     class-incremental digits: no memory, random
-                               reservoir, hardmix (table + PNG; see --help)
-    python -m hardmix eval     the same over seeds, label noise, imbalance and
-                               Fashion-MNIST (see --help)
+    python -m hardmix demo     class-incremental digits: no memory, experience
+                               replay, hardmix (table + PNG; see --help)
+    python -m hardmix eval     hardmix against the baselines on continual and
+                               i.i.d. protocols, over seeds (see --help)
     python -m hardmix ops      run every native op and show what it returns
     python -m hardmix info     what this build is and which kernels are loaded
     python -m hardmix bench    time one policy step: native, reference, torch
@@ -85,10 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         from hardmix import bench
 
         return bench.main(argv[1:])
-    if argv[:1] in (["demo"], ["eval"]):
+    if argv[:1] == ["demo"]:
         from hardmix import demo
 
-        return demo.demo(argv[1:]) if argv[0] == "demo" else demo.evaluate(argv[1:])
+        return demo.demo(argv[1:])
+    if argv[:1] == ["eval"]:
+        from hardmix.evaluation import suite
+
+        return suite.evaluate(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m hardmix", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

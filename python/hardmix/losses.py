@@ -57,16 +57,20 @@ def logit_replay(logits: torch.Tensor, stored: torch.Tensor, has: torch.Tensor) 
 
     Args:
         logits: [B, C] the batch's logits now.
-        stored: [B, C] logits kept at admission (rows outside ``has``: any).
+        stored: [B, C] logits kept at admission (rows outside ``has``: any;
+            [B, 0] when no row has them).
         has: [B] bool, the rows with stored logits.
     Differentiable in ``logits``; O(B C).
     """
-    if logits.shape != stored.shape or has.shape != logits.shape[:1]:
-        raise ValueError(f"logit_replay: want logits and stored [B, C], has [B], got {list(logits.shape)}, "
-                         f"{list(stored.shape)}, {list(has.shape)}")
     if has.dtype != torch.bool:
         raise TypeError(f"logit_replay: has must be bool, got {has.dtype}")
-    if not bool(has.any()):
+    if logits.dim() != 2 or has.shape != logits.shape[:1] or stored.shape[:1] != has.shape:
+        raise ValueError(f"logit_replay: want logits [B, C], stored [B, C], has [B], got {list(logits.shape)}, "
+                         f"{list(stored.shape)}, {list(has.shape)}")
+    if not bool(has.any()):  # (stored may be [B, 0] then: nothing was kept yet)
         return logits.sum() * 0.0
+    if stored.shape != logits.shape:
+        raise ValueError(f"logit_replay: stored must have the logits' shape {list(logits.shape)}, got "
+                         f"{list(stored.shape)}")
     diff = logits[has] - stored[has].to(logits.dtype)
     return diff.pow(2).mean()

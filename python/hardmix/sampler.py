@@ -810,7 +810,8 @@ class ReplaySampler(BatchSampler):
         """The logits each replayed row had when it was admitted to the
         reservoir (``store_logits=True``), for the batch about to be updated:
         (float32 [B, C], bool [B] which rows have them: replayed rows whose
-        logits were kept), on the device of ``indices``; zeros elsewhere.
+        logits were kept), on the device of ``indices``; zeros elsewhere
+        (before the first update, C is unknown: [B, 0], and no row has them).
         For logit replay (:func:`hardmix.losses.logit_replay`). Does not
         change the sampler."""
         if not self.store_logits:
@@ -818,7 +819,7 @@ class ReplaySampler(BatchSampler):
         idx = self._as_index_tensor("stored_logits", indices)
         rec = self._expected("stored_logits", idx)
         B, f = rec["indices"].numel(), rec["fresh"]
-        width = self._logits.shape[1] if self._logits is not None else max(self._classes or 0, 1)
+        width = self._logits.shape[1] if self._logits is not None else 0  # (C unknown before the first update)
         out = torch.zeros(B, width, dtype=torch.float32)
         has = torch.zeros(B, dtype=torch.bool)
         if "stored" in rec:
