@@ -19,7 +19,7 @@ pytest.importorskip("sklearn")
 
 from hardmix import demo  # noqa: E402
 from hardmix.evaluation import PROTOCOLS, make_stream, paired, run, streams  # noqa: E402
-from hardmix.evaluation.suite import METHODS, summary  # noqa: E402
+from hardmix.evaluation.suite import METHODS, report  # noqa: E402
 
 pytestmark = pytest.mark.eval
 
@@ -108,23 +108,32 @@ def test_demo_figures_are_finite_and_in_range(demo_results):
 
 def test_eval_cli_writes_the_records(tmp_path):
     out = tmp_path / "eval.json"
-    proc = subprocess.run([sys.executable, "-m", "hardmix", "eval", "--seeds", "2", "--protocols",
-                           "ci-digits-sym20,iid-digits,ci-fmnist", "--methods", "er,plain,hardmix,hardmix-ace",
-                           "--json", str(out), "--fmnist-dir", str(tmp_path / "nothing")],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "hardmix", "eval", "--quick", "--methods", "er,plain,hardmix",
+                           "--json", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
-    assert "ci-fmnist: skipped: no Fashion-MNIST" in proc.stderr
     records = json.loads(out.read_text())
-    want = {("ci-digits-sym20", m) for m in ("er", "hardmix", "hardmix-ace")} | \
-        {("iid-digits", m) for m in ("plain", "hardmix")}
+    want = {(p, m) for p in streams.QUICK for m in ("er", "plain", "hardmix") if PROTOCOLS[p].kind in METHODS[m][0]}
     assert {(r["protocol"], r["method"]) for r in records} == want
+    assert {r["seed"] for r in records} == {0, 1}
     for r in records:
         assert set(r) == {"protocol", "method", "seed", "final_acc", "forgetting", "worst_class_acc",
                           "reservoir_noisy_frac"}
-        assert (r["forgetting"] is None) == (r["protocol"] == "iid-digits")
-        assert (r["reservoir_noisy_frac"] is None) == (r["protocol"] == "iid-digits" or r["method"] == "plain")
-    assert "| ci-digits-sym20 | hardmix |" in proc.stdout and "| iid-digits | hardmix |" in proc.stdout
-    assert summary(records) in proc.stdout
+        iid = PROTOCOLS[r["protocol"]].kind == "iid"
+        assert (r["forgetting"] is None) == iid
+        noisy = PROTOCOLS[r["protocol"]].noise != ""
+        assert (r["reservoir_noisy_frac"] is None) == (not noisy or r["method"] == "plain")
+    assert report(records) in proc.stdout and "| ci-digits | er 0." in proc.stdout
+    again = subprocess.run([sys.executable, "-m", "hardmix", "eval", "--from", str(out)], capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.strip() == report(records)
+
+
+def test_eval_skips_fashion_mnist_when_absent(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "hardmix", "eval", "--seeds", "1", "--protocols",
+                           "ci-fmnist,ci-fmnist-cnn", "--fmnist-dir", str(tmp_path / "nothing")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "ci-fmnist, ci-fmnist-cnn: skipped: no Fashion-MNIST" in proc.stderr
 
 
 def test_every_method_names_its_kinds():
