@@ -30,19 +30,24 @@ def make_data() -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def make_sampler(**kw) -> hardmix.ReplaySampler:
-    args = dict(batch_size=32, capacity=96, replay_fraction=0.25, warmup_steps=10, seed=7, replay_lag=8,
-                lam=0.01, class_quotas=True, num_classes=C, max_wrong=6, quarantine_steps=20)
+def make_sampler(defaults: bool = False, **kw) -> hardmix.ReplaySampler:
+    """The loop's sampler; with ``defaults`` only the quickstart's arguments
+    (class count and replay lag decided at the first update) and kept logits."""
+    args = dict(batch_size=32, capacity=96, replay_fraction=0.25, warmup_steps=10, seed=7)
+    if defaults:
+        args["store_logits"] = True
+    else:
+        args.update(replay_lag=8, lam=0.01, class_quotas=True, num_classes=C, max_wrong=6, quarantine_steps=20)
     args.update(kw)
     return hardmix.ReplaySampler(N, **args)
 
 
 def run(epochs: int = 3, workers: int = 0, loader: str = "plain", stop_after: int | None = None,
-        resume: bytes | None = None, sampler_kw: dict | None = None) -> dict:
+        resume: bytes | None = None, sampler_kw: dict | None = None, defaults: bool = False) -> dict:
     """Train; return what was yielded, the final reservoir and (if stopped) a checkpoint."""
     torch.manual_seed(0)
     data = hardmix.WithIndex(make_data())
-    sampler = make_sampler(**(sampler_kw or {}))
+    sampler = make_sampler(defaults, **(sampler_kw or {}))
     model = torch.nn.Sequential(torch.nn.Linear(D, 32), torch.nn.ReLU(), torch.nn.Linear(32, C))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     if loader == "stateful":
@@ -61,13 +66,15 @@ def run(epochs: int = 3, workers: int = 0, loader: str = "plain", stop_after: in
             dl.load_state_dict(ck["loader"])
         else:
             sampler.load_state_dict(ck["sampler"])
-    batches, weights = [], []
+    batches, weights, stored = [], [], []
     for epoch in range(start_epoch, epochs):
         sampler.set_epoch(epoch)
         for idx, x, y in dl:
             logits = model(x)
             losses = F.cross_entropy(logits, y, reduction="none")
             w = sampler.weights(idx)
+            if defaults:
+                stored.append(sampler.stored_logits(idx))
             (losses * w).mean().backward()
             opt.step()
             opt.zero_grad()
@@ -85,7 +92,8 @@ def run(epochs: int = 3, workers: int = 0, loader: str = "plain", stop_after: in
                 torch.save(ck, buf)
                 return {"batches": batches, "checkpoint": buf.getvalue()}
     return {"batches": batches, "weights": weights, "members": sampler.reservoir(), "stats": sampler.stats(),
-            "lens": len(sampler), "table": sampler.engine.table}
+            "lens": len(sampler), "table": sampler.engine.table, "stored": stored, "lag": sampler.replay_lag,
+            "config": sampler.config}
 
 
 def main() -> None:

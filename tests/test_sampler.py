@@ -163,6 +163,47 @@ def test_class_balance_follows_the_logits_width_at_the_first_update():
     assert not s.config.class_quotas and not s.config.balance_replay
 
 
+def test_class_balance_is_decided_by_the_first_update_after_dropped_batches():
+    """Batches yielded and dropped by a new epoch before any update count as
+    updates with no examples; the first real update still decides the class
+    count, and the rebuilt engine has applied as many empty updates."""
+    s = hardmix.ReplaySampler(200, batch_size=10, capacity=40, replay_fraction=0.3, seed=0, store_logits=True,
+                              replay_lag=3)
+    s.set_epoch(0)
+    it = iter(s)
+    next(it), next(it), next(it)  # a loop that breaks before training: 3 updates with no examples
+    s.set_epoch(1)
+    it = iter(s)
+    queue = [next(it), next(it)]  # the second applies the first empty update
+    assert s.engine.step == 1 and not s.config.class_quotas
+    for _ in range(6):
+        idx = torch.tensor(queue.pop(0))
+        s.update(idx, torch.rand(len(idx)), logits=torch.randn(len(idx), 4), targets=idx % 4)
+        queue.append(next(it))
+    assert (s.config.class_quotas, s.config.balance_replay, s.config.num_classes) == (True, True, 4)
+    assert s.engine.step == s.step - 4 and s.stored_logits(torch.tensor(queue[0]))[0].shape[1] == 4
+
+
+def test_balance_replay_may_be_asked_for_before_the_class_count_is_known():
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=20, balance_replay=True)
+    assert not s.config.balance_replay
+    _first_update(s)
+    assert s.config.class_quotas and s.config.balance_replay
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=20, balance_replay=True)
+    _first_update(s, logits=False)
+    assert not s.config.class_quotas and not s.config.balance_replay
+
+
+def test_a_lag_measured_in_a_finished_epoch_is_reported():
+    s = hardmix.ReplaySampler(200, batch_size=10, capacity=20, replay_fraction=0.2, seed=0)
+    s.set_fresh(torch.arange(16))  # a first task of two batches, both fetched before the first update
+    s.set_epoch(0)
+    batches = list(s)
+    with pytest.warns(UserWarning, match="replay_lag measured as 1 in an epoch of 2 batches"):
+        s.update(torch.tensor(batches[0]), torch.rand(len(batches[0])))
+    assert s.replay_lag == 1
+
+
 @pytest.mark.parametrize("ahead", [0, 1, 4])
 def test_replay_lag_is_measured_at_the_first_update(ahead):
     """By default the lag is the batches yielded before the first update, minus

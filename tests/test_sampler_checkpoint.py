@@ -43,6 +43,30 @@ def test_resume_is_exact(full, loader, workers, stop):
     assert all(torch.equal(a, b) for a, b in zip(rest["weights"], full["weights"][stop:]))
 
 
+@pytest.fixture(scope="module")
+def full_defaults():
+    return {w: sampler_loop.run(epochs=3, workers=w, defaults=True) for w in (0, 2)}
+
+
+@pytest.mark.parametrize("loader", ["plain", "stateful"])
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("stop", [1, 3, 12, 40])
+def test_resume_is_exact_with_the_quickstart_arguments(full_defaults, loader, workers, stop):
+    """The class count and the replay lag are decided by the first update; a
+    checkpoint taken before it (a StatefulDataLoader snapshots when it
+    dispatches a batch) restores them from its log, and kept logits resume
+    too."""
+    full = full_defaults[workers]
+    assert full["config"].class_quotas and full["config"].num_classes == 4 and full["lag"] == 2 * workers
+    first = sampler_loop.run(3, workers, loader, stop_after=stop, defaults=True)
+    rest = sampler_loop.run(3, workers, loader, resume=first["checkpoint"], defaults=True)
+    assert first["batches"] + rest["batches"] == full["batches"]
+    assert rest["lag"] == full["lag"] and rest["config"] == full["config"]
+    assert torch.equal(rest["members"]["index"], full["members"]["index"])
+    for (a, ha), (b, hb) in zip(rest["stored"], full["stored"][stop:]):
+        assert torch.equal(a, b) and torch.equal(ha, hb)
+
+
 def test_resume_in_a_new_process(full, tmp_path):
     """StatefulDataLoader with 2 workers, interrupted mid-epoch; the rest runs
     in a fresh interpreter from the saved file."""

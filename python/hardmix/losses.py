@@ -13,8 +13,8 @@
   the old function, not only the old labels. The stored logits:
   :meth:`hardmix.ReplaySampler.stored_logits` (``store_logits=True``).
 
-Both return per-row values, so they combine with importance weights and any
-reduction::
+``ace_cross_entropy`` returns per-row values (any reduction or weighting
+applies), ``logit_replay`` the mean over the rows that have stored logits::
 
     replayed = sampler.replayed(idx)
     stored, has = sampler.stored_logits(idx)

@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import collections
 import math
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -272,11 +273,14 @@ class ReplaySampler(BatchSampler):
         if "balance_replay" not in policy:
             policy["balance_replay"] = policy["class_quotas"]
         self._policy_args = dict(policy)  # as given (and defaulted): what checkpoints compare
-        self.config = PolicyConfig(num_examples=num_examples, capacity=capacity, seed=seed, **policy)
+        self._capacity, self.num_examples, self.seed = capacity, num_examples, seed
+        self.config = self._config_for(None)
         self._classes: int | None = None  # the logits' width at the first update (0: none); None before
         self.num_replicas, self.rank = _dist.resolve(num_replicas, rank, process_group)
         if store_logits and self.num_replicas > 1:
             raise ValueError("ReplaySampler: store_logits needs one process (the ranks exchange no logits)")
+        if store_logits and state_dev.type == "cuda":
+            raise ValueError("ReplaySampler: store_logits keeps its logits on the host: use state_device='cpu'")
         self.shard_table = shard_table
         shard = (self.rank, self.num_replicas) if shard_table else None
         if state_dev.type == "cuda" and (shard_table or self.num_replicas > 1):
@@ -650,7 +654,9 @@ class ReplaySampler(BatchSampler):
             checks = bool(e.get("deferred")) and eng.device.type == "cpu"
             error = self._value_error(e.get("C"), e["losses"], e["margins"], e["classes"],
                                       e["priorities"]) if checks else None
-            args = self._empty_entry() if error else e
+            # (an update with no examples as the config is now: one queued before the first update
+            # may predate the class count)
+            args = self._empty_entry() if error or e["indices"].numel() == 0 else e
             with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
                 self._prev_totals = eng.counters[2:7].clone()
             made = eng.update(args["indices"], args["losses"], margins=args["margins"], classes=args["classes"],
@@ -873,8 +879,14 @@ class ReplaySampler(BatchSampler):
         # (after every check, and before any state changes: a failed call changes nothing)
         if lag is not None:
             self.replay_lag = lag
-        if self._classes is None and self._received == 0:
-            self._resolve_classes(logits.shape[1] if isinstance(logits, torch.Tensor) else 0)
+        if self._classes is None:  # the first update: what a checkpoint logged before it needs, in its entry
+            C = logits.shape[1] if isinstance(logits, torch.Tensor) else 0
+            entry["first"] = {"classes": C, "lag": self.replay_lag}
+            if lag is not None and self._lag_arg is None and self._batch >= len(self._plan_fresh):
+                warnings.warn(f"ReplaySampler: replay_lag measured as {lag} in an epoch of {len(self._plan_fresh)} "
+                              f"batches, all yielded before the first update(): a loader that prefetches more "
+                              f"will need more; pass replay_lag explicitly", stacklevel=2)
+            self._resolve_classes(C)
         if "replayed" not in entry:
             entry["replayed"] = self._replayed_mask(self._outstanding[0])
         if self.shard_table:  # the owners' half of the step, now (the only time a collective may run)
@@ -904,25 +916,41 @@ class ReplaySampler(BatchSampler):
         mask[rec["fresh"] : rec["fresh"] + rec["replay"]] = True
         return mask
 
-    def _config_for(self, C: int) -> PolicyConfig:
+    def _config_for(self, C: int | None) -> PolicyConfig:
         """The policy once the first update has shown C classes (the logits'
-        width; 0: no logits): class balance on with C >= 1, unless the
-        arguments decided it."""
+        width; 0: no logits; None: before the first update): class balance on
+        with C >= 1, unless the arguments decided it."""
         policy = dict(self._policy_args)
-        if C >= 1 and self._auto_classes:
-            policy.update(class_quotas=True, num_classes=C)
-            if "balance_replay" not in self._given_knobs:
-                policy["balance_replay"] = True
-        return PolicyConfig(num_examples=self.num_examples, capacity=self.config.capacity, seed=self.seed, **policy)
+        if self._auto_classes:
+            if C is not None and C >= 1:
+                policy.update(class_quotas=True, num_classes=C)
+                if "balance_replay" not in self._given_knobs:
+                    policy["balance_replay"] = True
+            else:  # (no classes known: nothing to balance)
+                policy["balance_replay"] = False
+        return PolicyConfig(num_examples=self.num_examples, capacity=self._capacity, seed=self.seed, **policy)
+
+    def _rebuilt(self, engine: Engine, config: PolicyConfig) -> Engine:
+        """A new engine of ``config`` that has applied as many updates with no
+        examples as ``engine`` has applied (which must be all it applied)."""
+        new = Engine(config, score_fn=engine.score_fn, shard=engine.shard)
+        for _ in range(engine.step):
+            e = self._empty_entry(config)
+            new.update(e["indices"], e["losses"], margins=e["margins"], classes=e["classes"],
+                       priorities=e["priorities"], rows=e.get("rows"))
+        return new
 
     def _resolve_classes(self, C: int) -> None:
-        """Decides the class count at the first update (the engine has run no
-        step yet)."""
+        """Decides the class count at the first update. The engine may have
+        applied updates with no examples (batches dropped by a new epoch);
+        a rebuilt engine applies as many."""
         config = self._config_for(C)
         if config != self.config:
             self.config = config
-            shard = (self.rank, self.num_replicas) if self.shard_table else None
-            self.engine = Engine(config, score_fn=self.engine.score_fn, shard=shard)
+            self.engine = self._rebuilt(self.engine, config)
+            if self._log is not None:  # (the copy was of the engine replaced: the next state_dict copies
+                self._open_logs.append((self._log, self._log_start, self._log_until))  # anew; states out keep
+            self._base, self._log = None, None  # their log)
         self._classes = C
         if self.store_logits:
             R = self.config.capacity
@@ -983,8 +1011,8 @@ class ReplaySampler(BatchSampler):
         eng.forget_before(least)
         return rows
 
-    def _empty_entry(self) -> dict:
-        c = self.config
+    def _empty_entry(self, config: PolicyConfig | None = None) -> dict:
+        c = config or self.config
         entry = {"indices": torch.empty(0, dtype=torch.int64), "losses": torch.empty(0),
                  "margins": torch.empty(0) if c.score == "margin" else None,
                  "classes": torch.empty(0, dtype=torch.int64) if c.class_quotas else None,
@@ -1259,13 +1287,24 @@ class ReplaySampler(BatchSampler):
                 diff = [f"{k}: saved {p.get(k)!r}, now {q[k]!r}" for k in q if p.get(k) != q[k]] + diff[1:]
             raise ValueError("load_state_dict: the state was saved with other arguments: " + "; ".join(diff))
         pos = state["position"]
-        classes = state["classes"]
-        config = self.config if classes is None else self._config_for(int(classes))
-        engine = Engine(config, score_fn=self.engine.score_fn, shard=self.engine.shard)
+        yielded = int(pos["yielded"])
+        start = int(state["updates_start"])
+        classes, lag = state["classes"], state["replay_lag"]
+        engine = Engine(self._config_for(classes), score_fn=self.engine.score_fn, shard=self.engine.shard)
         engine.load_state_dict(state["engine"])
+        logged = list(state["updates"] or [])[: max(0, yielded - start)]
+        first = next((u["first"] for u in logged if "first" in u), None)
+        if classes is None and first is not None:  # copied before the first update, which the log holds
+            classes, lag = int(first["classes"]), lag if lag is not None else first["lag"]
+            engine = self._rebuilt(engine, self._config_for(classes))  # (it applied empty updates only)
+        config = engine.config
         logits = owner = None
         if self.store_logits and classes is not None:
-            logits, owner = state["engine"]["logits"].clone(), state["engine"]["logit_owner"].clone()
+            if "logits" in state["engine"] and state["classes"] is not None:
+                logits, owner = state["engine"]["logits"].clone(), state["engine"]["logit_owner"].clone()
+            else:
+                logits = torch.zeros(config.capacity, max(classes, 1), dtype=torch.float32)
+                owner = torch.full((config.capacity,), -1, dtype=torch.int64)
         on_gpu = [v.device for u in state["updates"] or [] for v in u.values()
                   if isinstance(v, torch.Tensor) and v.is_cuda]
         device = self.engine.device
@@ -1273,13 +1312,11 @@ class ReplaySampler(BatchSampler):
             device = on_gpu[0]  # the inputs were on a GPU: the state goes there
         if device.type == "cuda":
             engine.to(device)
-        start = int(state["updates_start"])
         if engine.step != start:
             raise ValueError(f"load_state_dict: engine step {engine.step} != updates_start {start}")
-        yielded = int(pos["yielded"])
         # (copies: applying them marks them, and quarantines get carried into sharded rows;
         # the caller's state stays as it was)
-        updates = [self._restored(u, engine.device) for u in list(state["updates"])[: max(0, yielded - start)]]
+        updates = [self._restored(u, engine.device) for u in logged]
         received = start + len(updates)
         if self.shard_table:  # the copied table lacks the dynamics of the updates received after the copy
             for n in range(max(start, int(state["dynamics_until"])), received):
@@ -1304,7 +1341,7 @@ class ReplaySampler(BatchSampler):
                 raise ValueError(f"load_state_dict: inconsistent position {pos}")
             self.engine, self.config, self._classes = engine, config, classes
             self._logits, self._logit_owner = logits, owner
-            self.replay_lag = state["replay_lag"] if self._lag_arg is None else self._lag_arg
+            self.replay_lag = lag if self._lag_arg is None else self._lag_arg
             self._received = received
             self._pending = collections.deque(updates)
             self._ready, self._host = {}, {}

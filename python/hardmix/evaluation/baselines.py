@@ -8,8 +8,9 @@ short, and in proportion in an epoch's last, short batch).
 
 - :func:`er`: experience replay. The memory is filled by classic reservoir
   sampling (Vitter's algorithm R over every fresh example as it arrives,
-  repeats included); each step adds a uniform draw of m memory entries
-  (without replacement) to the fresh ones.
+  repeats included, so an example seen in several epochs can hold two
+  entries, as in the usual implementations); each step adds a uniform draw of
+  m memory entries (without replacement) to the fresh ones.
 - :func:`er_balanced` (``balanced=True``): a class-balanced memory, GDumb's
   greedy rule: a new example (not already stored) enters while there is
   room, or in place of a random member of the largest class when its own
