@@ -65,13 +65,37 @@ SCHEDULES = {
 }
 
 
+def _passes(records: list[dict], N: int, drop_last: bool) -> list[list[int]]:
+    """The fresh stream cut into passes: a pass ends where a batch's fresh part
+    repeats one of its examples (or, without drop_last, when it holds N)."""
+    passes: list[list[int]] = [[]]
+    for r in records:
+        fresh = r["indices"][: r["fresh"]].tolist()
+        if set(fresh) & set(passes[-1]) or (not drop_last and len(passes[-1]) == N):
+            passes.append([])
+        passes[-1] += fresh
+    return passes
+
+
+def _check_batch(r: dict, b: list[int], s, B: int, mode: str, drop_last: bool) -> None:
+    rho = s.schedule(r["g"])
+    m = r["replay"] + r["fill"]
+    assert len(b) == len(set(b))
+    full = r["fresh"] == (B if mode == "append" else B - replay_count(rho, B))
+    if full:
+        assert m == replay_count(rho, B)
+        assert len(b) == (B + m if mode == "append" else B)
+    else:  # the short last batch of a pass: replay share at most rho
+        assert m <= max(rho / (1 - rho) * r["fresh"] + 0.5, replay_count(rho, r["fresh"]))
+
+
 @pytest.mark.parametrize("mode", ["mix", "append"])
 @pytest.mark.parametrize("drop_last", [False, True])
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
-def test_len_is_what_each_epoch_yields(schedule, drop_last, mode):
+def test_one_pass_per_epoch_by_name(schedule, drop_last, mode):
     N, B = 103, 8
     s = hardmix.ReplaySampler(N, batch_size=B, capacity=30, replay_fraction=SCHEDULES[schedule](),
-                              drop_last=drop_last, replay_mode=mode, replay_lag=2, seed=1)
+                              drop_last=drop_last, replay_mode=mode, replay_lag=2, seed=1, epoch_length="pass")
     records: list[dict] = []
     epochs = run_epochs(s, 4, records=records)
     g = 0
@@ -83,34 +107,74 @@ def test_len_is_what_each_epoch_yields(schedule, drop_last, mode):
         else:
             assert sorted(fresh) == list(range(N))  # each example once per epoch
         for r, b in zip(records[g : g + n], batches):
-            rho = s.schedule(r["g"])
-            m = r["replay"] + r["fill"]
-            assert len(b) == len(set(b))
-            full = r["fresh"] == (B if mode == "append" else B - replay_count(rho, B))
-            if full:
-                assert m == replay_count(rho, B)
-                assert len(b) == (B + m if mode == "append" else B)
-            else:  # the short last batch: replay share at most rho
-                assert not drop_last and m <= max(rho / (1 - rho) * r["fresh"] + 0.5, replay_count(rho, r["fresh"]))
+            _check_batch(r, b, s, B, mode, drop_last)
         g += n
+
+
+@pytest.mark.parametrize("mode", ["mix", "append"])
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_every_epoch_has_the_same_length_and_passes_cover_the_data(schedule, drop_last, mode):
+    N, B = 103, 8
+    rho = SCHEDULES[schedule]()
+    if callable(rho) and not isinstance(rho, schedules.Schedule):
+        rho = schedules.FromCallable(rho, peak=0.4)
+    s = hardmix.ReplaySampler(N, batch_size=B, capacity=30, replay_fraction=rho, drop_last=drop_last,
+                              replay_mode=mode, replay_lag=2, seed=1)
+    f = B if mode == "append" else B - replay_count(s.schedule.peak, B)
+    K = N // f if drop_last else -(-N // f)  # one pass at the peak replay fraction
+    assert len(s) == K  # before the first batch
+    records: list[dict] = []
+    epochs = run_epochs(s, 5, records=records)
+    assert [(n, len(batches)) for n, batches in epochs] == [(K, K)] * 5
+    for r, b in zip(records, [b for _, batches in epochs for b in batches]):
+        _check_batch(r, b, s, B, mode, drop_last)
+    passes = _passes(records, N, drop_last)
+    for p in passes[:-1]:  # every finished pass: each example once (drop_last: but a tail shorter than B)
+        assert len(p) == len(set(p)) and set(p) <= set(range(N))
+        assert len(p) == N if not drop_last else N - len(p) < B
+    assert len(passes[-1]) == len(set(passes[-1]))
+
+
+def test_an_epoch_holds_one_pass_at_the_peak_and_passes_run_ahead_in_warm_up():
+    N, B = 64, 8
+    s = hardmix.ReplaySampler(N, batch_size=B, capacity=16, replay_fraction=0.5, warmup_steps=4, replay_lag=0)
+    assert len(s) == 16  # 64 fresh, 4 per batch at rho 0.5
+    records: list[dict] = []
+    run_epochs(s, 2, records=records)
+    fresh = [r["fresh"] for r in records]
+    assert fresh[:4] == [8] * 4 and fresh[4:] == [4] * 28
+    # 4 * 8 + 12 * 4 = 80 fresh in epoch 0: a pass and 16 of the next
+    passes = _passes(records, N, False)
+    assert [len(p) for p in passes] == [64, 64, 16]
+    assert all(sorted(p) == list(range(N)) for p in passes[:2])
 
 
 @settings(max_examples=25, deadline=None)
 @given(N=st.integers(1, 60), B=st.integers(1, 17), rho=st.floats(0, 0.95), mode=st.sampled_from(["mix", "append"]),
-       drop_last=st.booleans(), warmup=st.integers(0, 6), lag=st.integers(0, 3))
-def test_len_and_coverage_hypothesis(N, B, rho, mode, drop_last, warmup, lag):
+       drop_last=st.booleans(), warmup=st.integers(0, 6), lag=st.integers(0, 3),
+       length=st.sampled_from(["pass", "auto", 3]))
+def test_len_and_coverage_hypothesis(N, B, rho, mode, drop_last, warmup, lag, length):
     s = hardmix.ReplaySampler(N, batch_size=B, capacity=max(1, N // 3), replay_fraction=rho, warmup_steps=warmup,
-                              drop_last=drop_last, replay_mode=mode, replay_lag=lag, seed=N)
+                              drop_last=drop_last, replay_mode=mode, replay_lag=lag, seed=N, epoch_length=length)
     records: list[dict] = []
     g = 0
+    lens = []
     for n, batches in run_epochs(s, 3, records=records):
         assert n == len(batches)
+        lens.append(n)
         fresh = [i for r in records[g : g + n] for i in r["indices"][: r["fresh"]].tolist()]
-        assert len(fresh) == len(set(fresh)) and set(fresh) <= set(range(N))
-        assert len(fresh) == N or (drop_last and N - len(fresh) < B)
+        if length == "pass":
+            assert len(fresh) == len(set(fresh)) and set(fresh) <= set(range(N))
+            assert len(fresh) == N or (drop_last and N - len(fresh) < B)
         for b in batches:
             assert 1 <= len(b) == len(set(b)) and all(0 <= i < N for i in b)
         g += n
+    if length != "pass":
+        assert len(set(lens)) == 1 and (length == "auto" or lens[0] == length)
+        if not drop_last:  # the stream: whole passes, each a permutation
+            passes = _passes(records, N, False)
+            assert all(sorted(p) == list(range(N)) for p in passes[:-1])
 
 
 def test_len_is_fixed_within_an_epoch_and_iterating_on_starts_the_next():

@@ -26,13 +26,15 @@ def full():
 
 
 def test_the_loop_has_replay_and_several_epochs(full):
-    assert len(full["batches"]) == 22 + 25 + 25 and full["lens"] == 25  # warm-up: 10 batches of 32 fresh
+    # 25 batches per epoch (600 fresh, 24 per batch at rho 0.25); the warm-up's 10 batches of 32 fresh
+    # put epoch 0 ahead of the pass by 80 examples
+    assert len(full["batches"]) == 25 * 3 and full["lens"] == 25
     assert full["stats"]["total_admitted"] > 96 and full["stats"]["size"] == 96
 
 
 @pytest.mark.parametrize("loader", ["plain", "stateful"])
 @pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("stop", [3, 17, 22, 40])  # warm-up, mid-epoch, epoch end, second epoch
+@pytest.mark.parametrize("stop", [3, 17, 25, 40])  # warm-up, mid-epoch, epoch end, second epoch
 def test_resume_is_exact(full, loader, workers, stop):
     first = sampler_loop.run(3, workers, loader, stop_after=stop)
     rest = sampler_loop.run(3, workers, loader, resume=first["checkpoint"])
@@ -244,6 +246,54 @@ def test_load_refuses_another_schedule():
     t = _sampler(replay_fraction=0.5)
     with pytest.raises(ValueError, match="plans the epoch in progress differently"):
         t.load_state_dict(copy.deepcopy(s.state_dict()))
+
+
+def test_len_is_the_same_before_and_after_a_restore():
+    """len() depends on the arguments and the fresh data only: a DataLoader (or
+    a trainer) that reads it before the state is loaded reads the right one."""
+    from torch.utils.data import TensorDataset
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    ds = hardmix.WithIndex(TensorDataset(torch.arange(100)))
+    s = _sampler(warmup_steps=5, ramp_steps=10)
+    K = len(s)
+    assert K == 15  # 100 fresh, 7 per batch at the peak 0.3
+    dl = StatefulDataLoader(ds, batch_sampler=s)
+    seen = []
+    for epoch in range(2):
+        s.set_epoch(epoch)
+        seen.append(len(dl))
+        for n, (idx, x) in enumerate(dl):
+            s.update(idx, (idx % 7).double())
+            if epoch == 1 and n == 6:
+                break
+    ck = copy.deepcopy(dl.state_dict())
+    t = _sampler(warmup_steps=5, ramp_steps=10)
+    dl2 = StatefulDataLoader(ds, batch_sampler=t)
+    dl2.load_state_dict(ck)
+    assert seen == [K, K] and len(dl2) == K
+    t.set_epoch(1)
+    assert len(dl2) == len(t) == K
+    rest = []
+    for idx, x in dl2:
+        t.update(idx, (idx % 7).double())
+        rest.append(idx)
+    assert len(rest) == K - 7  # (the loader's snapshot came after batch 6 was dispatched)
+
+
+def test_a_version_2_state_loads_with_one_pass_per_epoch():
+    s = _sampler(epoch_length="pass")
+    it = iter(s)
+    for _ in range(4):
+        _step(s, it)
+    old = copy.deepcopy(s.state_dict())
+    old["version"] = 2
+    del old["signature"]["epoch_length"], old["position"]["cursor"]
+    t = _sampler(epoch_length="pass")
+    t.load_state_dict(copy.deepcopy(old))
+    assert next(iter(t)) == next(it)
+    with pytest.raises(ValueError, match="epoch_length: saved 'pass', now 'auto'"):
+        _sampler().load_state_dict(old)
 
 
 @pytest.mark.parametrize("stop", [17, 40])

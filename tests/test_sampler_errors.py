@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import hardmix
+from hardmix import schedules
 from hardmix.engine import STATE_TENSORS
 
 
@@ -200,7 +201,8 @@ CONSTRUCTOR_CASES = {
     "rho nan": (dict(replay_fraction=float("nan")), ValueError, "got nan"),
     "warmup negative": (dict(warmup_steps=-1), ValueError, "warmup_steps must be an int >= 0, got -1"),
     "ramp negative": (dict(ramp_steps=-5), ValueError, "ramp_steps must be an int >= 0, got -5"),
-    "ramp with a schedule": (dict(replay_fraction=lambda t: 0.1, ramp_steps=5), ValueError, "ramp_steps applies"),
+    "ramp with a schedule": (dict(replay_fraction=lambda t: 0.1, ramp_steps=5, epoch_length="pass"), ValueError,
+                             "ramp_steps applies"),
     "negative alpha": (dict(alpha=-1.0), ValueError, "alpha must be a finite number >= 0, got -1.0"),
     "negative lam": (dict(lam=-0.5), ValueError, "lam must be a finite number >= 0, got -0.5"),
     "negative gamma": (dict(gamma=-2), ValueError, "gamma must be a finite number >= 0, got -2"),
@@ -209,6 +211,10 @@ CONSTRUCTOR_CASES = {
     "replay_mode": (dict(replay_mode="prepend"), ValueError, "replay_mode must be 'mix' or 'append', got 'prepend'"),
     "replay_lag negative": (dict(replay_lag=-1), ValueError, "replay_lag must be None or an int >= 0, got -1"),
     "drop_last not bool": (dict(drop_last=1), ValueError, "drop_last must be a bool, got 1"),
+    "epoch_length 0": (dict(epoch_length=0), ValueError, "epoch_length must be 'auto', 'pass' or an int >= 1, got 0"),
+    "epoch_length word": (dict(epoch_length="epoch"), ValueError, "epoch_length must be .* got 'epoch'"),
+    "callable without peak": (dict(replay_fraction=lambda t: 0.1), ValueError,
+                              r"epoch_length='auto' sizes every epoch by the replay schedule's peak.*FromCallable"),
     "unknown knob": (dict(alpah=1.0), TypeError, "alpah"),
     "seed twice": (dict(policy_seed=None), TypeError, "policy_seed"),
     "quotas without classes": (dict(class_quotas=True), ValueError, "num_classes must be >= 1 when class_quotas"),
@@ -273,7 +279,8 @@ def test_bad_state_dicts_change_nothing():
 
 def test_a_schedule_that_fails_at_an_epoch_start_changes_nothing():
     s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0,
-                              replay_fraction=lambda t: 0.25 if t < 7 else 1.5)  # epoch 0: batches 0..6
+                              replay_fraction=schedules.FromCallable(lambda t: 0.25 if t < 7 else 1.5, peak=0.25))
+    assert len(s) == 7  # batches 0..6
     for b in s:
         b = torch.tensor(b)
         s.update(b, loss(b))
@@ -542,3 +549,96 @@ def test_an_error_reported_after_a_live_checkpoint_is_reported_by_its_restore(mo
     again = hardmix.ReplaySampler(80, **args)
     again.load_state_dict(copy.deepcopy(r.state_dict()))  # taken after r reported it: not again
     assert torch.equal(torch.tensor(next(iter(again))), torch.tensor(next(iter(s))))
+
+
+# --- misuse named -------------------------------------------------------------
+
+
+class BatchSamplerShard:
+    """Named as accelerate's wrapper that hands each process a share of the batches."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __iter__(self):
+        for k, b in enumerate(self.inner):
+            if k % 2 == 0:
+                yield b
+
+
+class SkipBatchSampler(BatchSamplerShard):
+    """Named as the wrapper of a resume that drops an epoch's first batches."""
+
+
+@pytest.mark.parametrize("wrapper, message", [
+    (BatchSamplerShard, "wrapped in a BatchSamplerShard.*leave its DataLoader out of prepare"),
+    (SkipBatchSampler, "iterated by a SkipBatchSampler.*restore that and skip no batches"),
+])
+def test_a_framework_wrapper_that_shards_or_skips_batches_is_refused(wrapper, message):
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12)
+    before = freeze(s)
+    with pytest.raises(RuntimeError, match=message):
+        next(iter(wrapper(s)))
+    assert freeze(s) == before
+
+
+def test_a_process_group_the_sampler_was_not_built_for_is_refused(monkeypatch):
+    import torch.distributed as dist
+
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12)  # no process group yet: one process
+    t = hardmix.ReplaySampler(40, batch_size=8, capacity=12, num_replicas=1, rank=0)  # one, by name
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    before = freeze(s)
+    with pytest.raises(RuntimeError, match="built for one process .* now has 2 ranks.*after init_process_group"):
+        iter(s)
+    assert freeze(s) == before
+    assert len(next(iter(t))) == 8
+
+
+def test_batches_consumed_without_updates_are_told_from_a_short_lag():
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=1)
+    it = iter(s)
+    next(it), next(it)
+    with pytest.raises(RuntimeError, match=r"No update\(\) has arrived since this iteration began.*restore"):
+        next(it)  # (a skipping resume)
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=1)
+    it = iter(s)
+    b = torch.tensor(next(it))
+    next(it)
+    s.update(b, loss(b))
+    next(it)
+    with pytest.raises(RuntimeError, match=r"replay_lag \(now 1\) must be at least[^N]*$"):
+        next(it)  # (updates arrive, too late for the lag)
+
+
+def test_weights_after_update_says_the_order_is_wrong():
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0)
+    b = torch.tensor(next(iter(s)))
+    s.update(b, loss(b))
+    for name in ("weights", "replayed"):
+        with pytest.raises(ValueError, match=rf"{name}: this batch \(batch 0\) was already updated: {name}\(\) "
+                                             rf"describes the batch about to be updated, so call it before update"):
+            getattr(s, name)(b)
+
+
+def test_each_call_breaks_a_compiled_graph_once():
+    torch._dynamo.reset()
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0)
+    it = iter(s)
+    for _ in range(3):
+        b = torch.tensor(next(it))
+        s.update(b, loss(b))
+    b = torch.tensor(next(it))
+
+    def step(idx, x):
+        losses = x * 2
+        w = s.weights(idx)
+        total = (losses * w).mean()
+        total = total + s.replayed(idx).sum()
+        s.update(idx, losses.detach())
+        return total * 3
+
+    explained = torch._dynamo.explain(step)(b, loss(b))
+    assert explained.graph_break_count == 3, [str(r.reason)[:200] for r in explained.break_reasons]
+    assert s.step == 4 and s._received == 4

@@ -51,6 +51,17 @@ def test_bad_steps_and_callables():
         as_schedule("linear")
 
 
+def test_peaks():
+    assert Constant(0.3).peak == 0.3 and LinearRamp(0.4, 2, 3).peak == 0.4 and Cosine(0.2, 0, 5).peak == 0.2
+    assert Anneal(LinearRamp(0.5, 1, 1), 10, 5).peak == 0.5 and FromCallable(lambda t: 0.1).peak is None
+    s = FromCallable(lambda t: 0.1 * (t % 4), peak=0.25)
+    assert s.peak == 0.25 and s(2) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="the schedule's value at step 3 is 0.3.*above its declared peak 0.25"):
+        s(3)
+    with pytest.raises(ValueError, match=r"peak must be a number in \[0, 1\)"):
+        FromCallable(lambda t: 0.1, peak=1.0)
+
+
 def test_replay_count():
     assert replay_count(0.25, 256) == 64
     assert replay_count(0.0, 256) == 0

@@ -1,8 +1,8 @@
 """ReplaySampler: the drop-in batch sampler of DESIGN §1.
 
 A :class:`ReplaySampler` is a ``torch.utils.data.BatchSampler``: pass it to a
-DataLoader as ``batch_sampler=``. Every batch it yields is *fresh* data, in a
-seeded permutation of the epoch, plus *replay*: members of the reservoir that
+DataLoader as ``batch_sampler=``. Every batch it yields is *fresh* data, the
+next of a stream of seeded passes over the data, plus *replay*: members of the reservoir that
 :class:`hardmix.Engine` keeps from the losses the training loop reports with
 :meth:`ReplaySampler.update`::
 
@@ -21,9 +21,11 @@ seeded permutation of the epoch, plus *replay*: members of the reservoir that
 **Batches are numbered** g = 0, 1, 2, ... over the whole run (the global step;
 schedules read it). Batch g has ``m = replay_count(rho(g), B)`` replayed and
 ``B - m`` fresh examples (or B fresh and m replayed on top, with
-``replay_mode="append"``). An epoch's plan (how many fresh examples each batch
-takes) is fixed when the epoch starts, so ``len()`` is exactly the number of
-batches the epoch yields.
+``replay_mode="append"``). Every epoch has the same number of batches
+(``epoch_length``), known from the arguments and the fresh data alone, so
+``len()`` is right before the first batch and before and after a restore: an
+LR schedule or a trainer may read it once. An epoch's plan (how many fresh
+examples each batch takes, from which pass) is fixed when it starts.
 
 **The replay lag.** A DataLoader with workers asks for batches ahead of
 training (``num_workers * prefetch_factor`` of them), before the losses of the
@@ -73,6 +75,7 @@ from __future__ import annotations
 
 import collections
 import math
+import sys
 import warnings
 from typing import Callable, Sequence
 
@@ -85,7 +88,7 @@ from .config import STREAM_EPOCH, STREAM_FILL, PolicyConfig
 from .engine import Engine, to_device
 from .schedules import LinearRamp, Schedule, as_schedule, replay_count
 
-STATE_VERSION = 2
+STATE_VERSION = 3  # 2: one pass per epoch (loads with epoch_length="pass")
 
 # The sampler's policy: a random reservoir per class (alpha = lam = 0:
 # admission by loss fills the memory with mislabeled examples and does not
@@ -110,6 +113,10 @@ class _Warmup(Schedule):
     def __init__(self, inner: Schedule, warmup_steps: int):
         self.inner = inner
         self.warmup_steps = warmup_steps
+
+    @property
+    def peak(self) -> float | None:
+        return self.inner.peak
 
     def __call__(self, t: int) -> float:
         return 0.0 if t < self.warmup_steps else self.inner(t)
@@ -151,11 +158,24 @@ class ReplaySampler(BatchSampler):
         seed: seed of every random draw (fresh order, admission, replay).
         ramp_steps: with a number ``replay_fraction``, the length of the
             linear ramp after warm-up (0: jump to rho).
-        drop_last: drop an epoch's last batch when its fresh part would be
-            short.
-        shuffle: fresh data in a seeded permutation per epoch (else in order).
+        drop_last: drop the tail of a pass over the fresh data when it is
+            shorter than a batch's fresh part (and with several ranks, cut
+            the fresh data to equal parts instead of padding it).
+        shuffle: each pass over the fresh data in its own seeded permutation
+            (else in order).
         replay_mode: ``"mix"`` (batches of B = fresh + replay) or ``"append"``
             (B fresh plus ``replay_count(rho, B)`` replayed on top).
+        epoch_length: batches per epoch. ``"auto"`` (default): the same in
+            every epoch, one pass over the fresh data at the schedule's
+            peak replay fraction: ceil(n / f) batches of f = B -
+            replay_count(peak, B) fresh examples (B with ``"append"``;
+            floor with ``drop_last``), n the fresh examples of a rank. An
+            int: that many. Fresh data then flows as a stream of seeded
+            passes across epoch boundaries: where a batch holds more fresh
+            examples than f (warm-up, a ramp), a pass ends before its epoch
+            and the next one begins in it; a batch never spans two passes
+            (the last of a pass may be short). ``"pass"``: one pass per
+            epoch, whose batch count follows the schedule.
         replay_lag: L, the replay of batch g comes from the reservoir after
             the updates of batches < g - L; None (default): measured at the
             first ``update()`` (see the module docstring).
@@ -218,6 +238,7 @@ class ReplaySampler(BatchSampler):
         drop_last: bool = False,
         shuffle: bool = True,
         replay_mode: str = "mix",
+        epoch_length: int | str = "auto",
         replay_lag: int | None = None,
         store_logits: bool = False,
         score_fn: Callable | None = None,
@@ -242,6 +263,8 @@ class ReplaySampler(BatchSampler):
         need(isinstance(drop_last, bool), "drop_last", "a bool", drop_last)
         need(isinstance(shuffle, bool), "shuffle", "a bool", shuffle)
         need(replay_mode in ("mix", "append"), "replay_mode", "'mix' or 'append'", replay_mode)
+        need(epoch_length in ("auto", "pass") or (_is_int(epoch_length) and epoch_length >= 1), "epoch_length",
+             "'auto', 'pass' or an int >= 1", epoch_length)
         need(replay_lag is None or (_is_int(replay_lag) and replay_lag >= 0), "replay_lag", "None or an int >= 0",
              replay_lag)
         need(isinstance(store_logits, bool), "store_logits", "a bool", store_logits)
@@ -264,6 +287,11 @@ class ReplaySampler(BatchSampler):
             schedule = as_schedule(replay_fraction)
             if warmup_steps:
                 schedule = _Warmup(schedule, warmup_steps)
+        if epoch_length == "auto" and schedule.peak is None:
+            raise ValueError("ReplaySampler: epoch_length='auto' sizes every epoch by the replay schedule's peak, "
+                             "and this replay_fraction declares none: pass "
+                             "hardmix.schedules.FromCallable(fn, peak=...), epoch_length=<batches per epoch>, "
+                             "or epoch_length='pass' (one pass per epoch, its length following the schedule)")
         self._given_knobs = frozenset(policy)
         policy = {**SAMPLER_DEFAULTS, "reweight_every": max(1, capacity // (4 * batch_size)), **policy}
         # Class balance: on with num_classes; else decided by the first update (the logits' width).
@@ -277,6 +305,7 @@ class ReplaySampler(BatchSampler):
         self.config = self._config_for(None)
         self._classes: int | None = None  # the logits' width at the first update (0: none); None before
         self.num_replicas, self.rank = _dist.resolve(num_replicas, rank, process_group)
+        self._replicas_arg = num_replicas
         if store_logits and self.num_replicas > 1:
             raise ValueError("ReplaySampler: store_logits needs one process (the ranks exchange no logits)")
         if store_logits and state_dev.type == "cuda":
@@ -294,6 +323,7 @@ class ReplaySampler(BatchSampler):
         self.drop_last = drop_last
         self.shuffle = shuffle
         self.replay_mode = replay_mode
+        self.epoch_length = epoch_length
         self._lag_arg = replay_lag
         self.replay_lag = replay_lag  # None until measured
         self.store_logits = store_logits
@@ -320,6 +350,7 @@ class ReplaySampler(BatchSampler):
         self._found = self._found_base = 0  # such errors found so far; as of the state restored
         self._pin = False  # update() got GPU tensors: weights() returns pinned host memory
         self._generation = 0
+        self._iter_received = 0  # updates received when the current iteration began
         self._last_updated: torch.Tensor | None = None
         self._prev_totals = torch.zeros(5, dtype=torch.int64)  # the engine's totals before the last update
         # Checkpoint log (see state_dict).
@@ -330,6 +361,7 @@ class ReplaySampler(BatchSampler):
         self._log_until = 0
         self._open_logs: list = []
         self._requested: int | None = None  # the last set_epoch(), applied again after load_state_dict
+        self._cursor_end: tuple[int, int] | None = None  # where the epoch in progress leaves the fresh stream
         self._start_epoch(0)
 
     # --- epochs ------------------------------------------------------------
@@ -341,7 +373,10 @@ class ReplaySampler(BatchSampler):
         (a schedule that raises)."""
         fresh = self._next_fresh if self._next_fresh is not None else self._fresh
         start = self._yielded + len(self._again)
-        plan = self._make_plan(epoch, fresh, start)
+        # A new pass (permutation number ``epoch``) with new fresh data or one pass per epoch;
+        # else the stream goes on where the last epoch's plan left it.
+        new = self.epoch_length == "pass" or self._next_fresh is not None or self._cursor_end is None
+        plan = self._make_plan(fresh, start, (epoch, 0) if new else self._cursor_end)
         self._yielded = start
         self._outstanding.clear()
         self._again.clear()
@@ -351,51 +386,89 @@ class ReplaySampler(BatchSampler):
         self._epoch_start, self._batch, self._hold = start, 0, False
         self._set_plan(plan)
 
-    def _make_plan(self, epoch: int, fresh: torch.Tensor | None, start: int) -> tuple:
-        """The fresh order, its mask, and per batch its fresh and replay counts."""
-        N = self.num_examples
+    def _per_rank(self, fresh: torch.Tensor | None) -> int:
+        """Fresh examples per rank in a pass (DistributedSampler's split)."""
+        n = self.num_examples if fresh is None else fresh.numel()
+        W = self.num_replicas
+        per = n // W if (W > 1 and self.drop_last) else -(-n // W)
+        if per == 0:
+            raise ValueError(f"ReplaySampler: {n} fresh examples cannot be split into {W} parts with drop_last")
+        return per
+
+    def _epoch_batches(self, per: int) -> int | None:
+        """Batches per epoch for ``per`` fresh examples per rank (None: one pass)."""
+        if self.epoch_length == "pass":
+            return None
+        if self.epoch_length != "auto":
+            return self.epoch_length
+        B = self.batch_size
+        f = B if self.replay_mode == "append" else B - replay_count(self.schedule.peak, B)
+        return per // f if self.drop_last else -(-per // f)
+
+    def _pass_grid(self, p: int, fresh: torch.Tensor | None, per: int) -> torch.Tensor:
+        """Pass ``p`` over the fresh data as a [per, W] grid: column r is rank
+        r's part (positions r, r + W, ... of the permutation, as
+        DistributedSampler; padded with repeats or cut to per * W)."""
+        N, W = self.num_examples, self.num_replicas
         order = torch.arange(N, dtype=torch.int64) if fresh is None else fresh
         if self.shuffle:
-            u = _ops.uniform(N, self.seed, epoch, STREAM_EPOCH)[order]
+            u = _ops.uniform(N, self.seed, p, STREAM_EPOCH)[order]
             order = order[torch.sort(u, stable=True).indices]
-        mask = None
-        if fresh is not None:
-            mask = torch.zeros(N, dtype=torch.bool)
-            mask[fresh] = True
-        W = self.num_replicas
-        if W > 1:  # equal parts, as DistributedSampler: rank r takes positions r, r + W, ...
-            per = order.numel() // W if self.drop_last else -(-order.numel() // W)
-            if per == 0:
-                raise ValueError(f"ReplaySampler: {order.numel()} fresh examples cannot be split into "
-                                 f"{W} parts with drop_last")
+        if W > 1:
             reps = -(-per * W // order.numel())
             order = order.repeat(reps)[: per * W]
-        counts, replays = self._plan(order.numel() // W, start)
-        return order, mask, counts, replays
+        return order.view(per, W)
 
-    def _set_plan(self, plan: tuple) -> None:
-        self._all_order, self._fresh_mask, self._plan_fresh, self._plan_replay = plan
-        # [per, W]: column r is rank r's fresh order
-        self._order_grid = self._all_order.view(-1, self.num_replicas)
+    def _make_plan(self, fresh: torch.Tensor | None, start: int, cursor: tuple[int, int]) -> dict:
+        """The plan of an epoch whose first batch is global batch ``start``
+        and whose fresh data begins at ``cursor`` = (pass, position): per
+        batch its fresh and replay counts and where its fresh part lies, the
+        epoch's fresh rows (all ranks), and where the epoch leaves the
+        stream."""
+        per = self._per_rank(fresh)
+        counts, replays, where, end = self._plan(per, start, cursor, self._epoch_batches(per))
+        grids = {p: self._pass_grid(p, fresh, per) for p in sorted({p for p, _ in where})}
+        rows = [grids[p][pos : pos + f] for (p, pos), f in zip(where, counts)]
+        mask = None
+        if fresh is not None:
+            mask = torch.zeros(self.num_examples, dtype=torch.bool)
+            mask[fresh] = True
+        W = self.num_replicas
+        return {"grid": torch.cat(rows) if rows else torch.empty(0, W, dtype=torch.int64), "mask": mask,
+                "fresh": counts, "replay": replays, "where": where, "cursor": tuple(cursor), "end": end,
+                "pools": {p: g[:, self.rank].contiguous() for p, g in grids.items()}, "n": per * W}
+
+    def _set_plan(self, plan: dict) -> None:
+        self._plan_fresh, self._plan_replay, self._plan_where = plan["fresh"], plan["replay"], plan["where"]
+        self._fresh_mask, self._pools, self._pass_size = plan["mask"], plan["pools"], plan["n"]
+        self._cursor, self._cursor_end = plan["cursor"], plan["end"]
+        self._order_grid = plan["grid"]  # [fresh rows of the epoch, W]
         self._order = self._order_grid[:, self.rank].contiguous()
         offsets = [0]
         for f in self._plan_fresh:
             offsets.append(offsets[-1] + f)
         self._plan_offset = offsets
 
-    def _plan(self, n: int, t: int) -> tuple[list[int], list[int]]:
-        """Fresh and replay counts of the batches of an epoch of n fresh
-        examples whose first batch is global batch t."""
+    def _plan(self, per: int, t: int, cursor: tuple[int, int], K: int | None):
+        """Fresh and replay counts, and fresh positions (pass, position), of
+        K batches (None: up to the end of the pass) from global batch t, the
+        fresh stream at ``cursor``; and the cursor after them."""
         B = self.batch_size
-        counts, replays = [], []
-        left = n
-        while left > 0:
+        p, pos = cursor
+        counts, replays, where = [], [], []
+        while (pos < per) if K is None else (len(counts) < K):
+            if pos >= per:
+                p, pos = p + 1, 0
             rho = self.schedule(t)
             m = replay_count(rho, B)
             f = B if self.replay_mode == "append" else B - m
+            left = per - pos
             if left < f:
-                if self.drop_last:
-                    break
+                if self.drop_last and (K is None or pos > 0):  # (a pass shorter than f: one short batch)
+                    if K is None:
+                        break
+                    p, pos = p + 1, 0
+                    continue
                 if self.replay_mode == "append":
                     m = replay_count(rho, left)
                 else:  # keep the replay share at most rho in a short batch
@@ -403,12 +476,13 @@ class ReplaySampler(BatchSampler):
                 f = left
             counts.append(f)
             replays.append(m)
-            left -= f
+            where.append((p, pos))
+            pos += f
             t += 1
-        return counts, replays
+        return counts, replays, where, (p, pos)
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` (its own permutation of the fresh data).
+        """Start epoch ``epoch``.
 
         The epoch in progress keeps going when ``epoch`` is its number and
         ``set_fresh`` was not called since, so the loop of DESIGN §1 resumes
@@ -451,11 +525,9 @@ class ReplaySampler(BatchSampler):
         if self._hold:
             return 0
         if self._finished():
-            fresh = self._next_fresh if self._next_fresh is not None else self._fresh
-            n = self.num_examples if fresh is None else fresh.numel()
-            W = self.num_replicas
-            per = n // W if (W > 1 and self.drop_last) else -(-n // W)
-            return len(self._plan(per, self._yielded)[0])
+            per = self._per_rank(self._next_fresh if self._next_fresh is not None else self._fresh)
+            K = self._epoch_batches(per)
+            return K if K is not None else len(self._plan(per, self._yielded, (0, 0), None)[0])
         return len(self._plan_fresh)
 
     @property
@@ -471,6 +543,7 @@ class ReplaySampler(BatchSampler):
     # --- batches -----------------------------------------------------------
 
     def __iter__(self):
+        self._check_context(sys._getframe(1))
         # Batches yielded but never updated (a loop that broke with batches in
         # flight) come again, unchanged, before any new one.
         if self._outstanding:
@@ -484,7 +557,40 @@ class ReplaySampler(BatchSampler):
                 return iter(())
             self._start_epoch(self._epoch + 1)  # if this raises, nothing has changed
         self._generation += 1
+        self._iter_received = self._received
         return self._batches(self._generation)
+
+    def _check_context(self, frame) -> None:
+        """Refuses what would silently give wrong batches: a wrapper that
+        shards or skips this sampler's batches (found by the caller's class
+        name, so no framework is imported), or a process group of several
+        ranks when the sampler was built for one."""
+        for _ in range(4):
+            if frame is None:
+                break
+            kind = type(frame.f_locals.get("self")).__name__
+            if kind == "BatchSamplerShard":
+                raise RuntimeError(
+                    "ReplaySampler: wrapped in a BatchSamplerShard (accelerate's prepare() with several "
+                    "processes), which gives each process a share of this sampler's batches, so updates "
+                    "would not match them. The sampler splits the fresh data across ranks itself: leave its "
+                    "DataLoader out of prepare() and move batches to the device yourself")
+            if kind == "SkipBatchSampler":
+                raise RuntimeError(
+                    "ReplaySampler: iterated by a SkipBatchSampler (a mid-epoch resume that drops the "
+                    "epoch's first batches without training on them). The sampler resumes mid-epoch from its "
+                    "own state_dict: restore that and skip no batches (transformers' Trainer: "
+                    "ignore_data_skip=True; accelerate: no skip_first_batches)")
+            frame = frame.f_back
+        if self._replicas_arg is None and self.num_replicas == 1:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size(self._group) > 1:
+                raise RuntimeError(
+                    f"ReplaySampler: built for one process (no process group existed then), but the process "
+                    f"group now has {dist.get_world_size(self._group)} ranks, which would all yield the same "
+                    f"batches. Build the sampler after init_process_group (Lightning: in the DataModule's "
+                    f"setup() or train_dataloader()), or pass num_replicas and rank")
 
     def _batches(self, generation: int):
         while generation == self._generation and (self._again or self._batch < len(self._plan_fresh)):
@@ -508,11 +614,15 @@ class ReplaySampler(BatchSampler):
         fresh = self._order[off : off + f]
         need = 0 if L is None else max(0, g - L)  # (L unknown: no update has arrived yet)
         if self._received < need:
+            skip = (" No update() has arrived since this iteration began: if something consumes batches "
+                    "without training on them (a trainer skipping batches to resume mid-epoch), restore the "
+                    "sampler's state_dict instead and skip nothing." if self._received == self._iter_received
+                    else "")
             raise RuntimeError(
                 f"ReplaySampler: batch {g} draws its replay from the reservoir after the update of batch "
                 f"{need - 1}, but update() has been called for {self._received} batches only. Call "
                 f"update() once per batch; with DataLoader workers, replay_lag (now {L}) must be at least "
-                f"num_workers * prefetch_factor, plus any batches the training loop fetches ahead"
+                f"num_workers * prefetch_factor, plus any batches the training loop fetches ahead.{skip}"
             )
         self._apply(need)
         self.engine.check()  # (GPU: an error the device found in an applied update; no extra wait)
@@ -526,7 +636,7 @@ class ReplaySampler(BatchSampler):
         fresh_all = self._order_grid[off : off + f].reshape(-1) if W > 1 else fresh
         drawn = self.engine.draw(m * W, exclude=fresh_all) if m > 0 else fresh[:0]
         replay = drawn[r * m : (r + 1) * m]  # this rank's slice of the shared draw
-        fill = self._fill(g, m - replay.numel(), fresh, drawn)
+        fill = self._fill(g, m - replay.numel(), fresh, drawn, self._pools[self._plan_where[j][0]])
         indices = torch.cat([fresh, replay, fill])
         rec = {"g": g, "indices": indices, "fresh": f, "replay": int(replay.numel()), "fill": int(fill.numel()),
                "m": m, **self._draw_facts(indices, fresh_all, drawn)}
@@ -536,14 +646,13 @@ class ReplaySampler(BatchSampler):
             rec["stored_ok"] = self._logit_owner[slots] == replay
         return rec
 
-    def _fill(self, g: int, k: int, fresh: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
-        """k distinct examples of this rank's fresh data outside the batch and
+    def _fill(self, g: int, k: int, fresh: torch.Tensor, drawn: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+        """k distinct examples of ``pool`` (this rank's part of the pass) outside the batch and
         the whole replay draw, uniformly at random (when the reservoir holds
         fewer than m eligible members): O(B) per 64 candidates, and O(n) only
         when fewer than k of the n could be left."""
         if k <= 0:
             return fresh[:0]
-        pool = self._order
         n = pool.numel()
         taken = set(fresh.tolist()) | set(drawn.tolist())
         if n - len(taken) < k:  # maybe fewer than k left: count them
@@ -585,7 +694,7 @@ class ReplaySampler(BatchSampler):
                  "drawn_w": self._leaf_weights(drawn) if W > 1 else w[fresh_all.numel() : fresh_all.numel()
                                                                       + drawn.numel()],
                  "f_all": int(fresh_all.numel()), "size_all": int(indices.numel()) * W,
-                 "n": int(self._all_order.numel()), "outside": 0, "in_fresh": None}
+                 "n": self._pass_size, "outside": 0, "in_fresh": None}
         if self._fresh_mask is not None:
             mask = self._fresh_mask
             facts["in_fresh"] = mask[indices]
@@ -736,6 +845,9 @@ class ReplaySampler(BatchSampler):
             v, c = torch.unique(host, return_counts=True)
             raise ValueError(f"{name}: indices contains {int(v[c > 1][0])} more than once (a batch never does)")
         if self._last_updated is not None and torch.equal(host, self._last_updated):
+            if name != "update":
+                raise ValueError(f"{name}: this batch (batch {self._received - 1}) was already updated: {name}() "
+                                 f"describes the batch about to be updated, so call it before update()")
             raise ValueError(f"{name}: update() was already called for this batch (batch "
                              f"{self._received - 1}); call it once per batch")
         if not self._outstanding:
@@ -750,6 +862,7 @@ class ReplaySampler(BatchSampler):
             f"({where}). Pass each batch's indices in the order yielded, once per batch, in order"
         )
 
+    @torch.compiler.disable  # (host-side: one graph break per call under torch.compile)
     def batch_to_update(self) -> torch.Tensor:
         """The indices ``update()`` expects next: the oldest batch yielded and
         not yet updated (int64, CPU). For datasets that cannot be wrapped in
@@ -770,6 +883,7 @@ class ReplaySampler(BatchSampler):
             raise ValueError(f"{name}: indices must be a 1-D tensor [B], got shape {list(indices.shape)}")
         return indices.long()
 
+    @torch.compiler.disable  # (host-side: one graph break per call under torch.compile)
     def weights(self, indices: torch.Tensor) -> torch.Tensor:
         """Importance weights for the batch about to be updated (float32 [B], on
         the device of ``indices``); does not change the sampler.
@@ -802,6 +916,7 @@ class ReplaySampler(BatchSampler):
             rec["weights"] = w.pin_memory() if self._pin and indices.device.type == "cpu" else w
         return to_device(rec["weights"], indices.device)
 
+    @torch.compiler.disable  # (host-side: one graph break per call under torch.compile)
     def replayed(self, indices: torch.Tensor) -> torch.Tensor:
         """Which rows of the batch about to be updated were drawn from the
         reservoir: bool [B] on the device of ``indices`` (the fresh part and
@@ -812,6 +927,7 @@ class ReplaySampler(BatchSampler):
         rec = self._expected("replayed", idx)
         return to_device(self._replayed_mask(rec), indices.device)
 
+    @torch.compiler.disable  # (host-side: one graph break per call under torch.compile)
     def stored_logits(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits each replayed row had when it was admitted to the
         reservoir (``store_logits=True``), for the batch about to be updated:
@@ -1206,6 +1322,7 @@ class ReplaySampler(BatchSampler):
         sig = {"policy": dict(sorted(self._policy_args.items())), "num_examples": self.num_examples,
                "capacity": self.config.capacity, "seed": self.seed, "batch_size": self.batch_size,
                "drop_last": self.drop_last, "shuffle": self.shuffle, "replay_mode": self.replay_mode,
+               "epoch_length": self.epoch_length,
                "replay_lag": self._lag_arg, "store_logits": self.store_logits,
                "num_replicas": self.num_replicas, "rank": self.rank}
         if self.shard_table:  # (absent otherwise: states saved before the option load as they were)
@@ -1235,7 +1352,7 @@ class ReplaySampler(BatchSampler):
             "version": STATE_VERSION,
             "signature": self._signature(),
             "position": {"epoch": self._epoch, "epoch_start": self._epoch_start, "batch": self._batch + again,
-                         "yielded": frontier},
+                         "yielded": frontier, "cursor": list(self._cursor)},
             "plan": (self._plan_fresh, self._plan_replay),
             "fresh": self._fresh,
             "next_fresh": self._next_fresh,
@@ -1276,17 +1393,20 @@ class ReplaySampler(BatchSampler):
         everything first; on error nothing changes."""
         if not isinstance(state, dict) or "version" not in state:
             raise ValueError("load_state_dict: not a ReplaySampler state_dict (no 'version')")
-        if state["version"] != STATE_VERSION:
+        if state["version"] not in (2, STATE_VERSION):
             raise ValueError(f"load_state_dict: state version {state['version']!r} is not supported "
-                             f"(this hardmix reads version {STATE_VERSION})")
-        mine, theirs = self._signature(), state["signature"]
+                             f"(this hardmix reads versions 2 and {STATE_VERSION})")
+        mine, theirs = self._signature(), dict(state["signature"])
+        pos = dict(state["position"])
+        if state["version"] == 2:  # one pass per epoch, each epoch's pass numbered by the epoch
+            theirs.setdefault("epoch_length", "pass")
+            pos.setdefault("cursor", [int(pos["epoch"]), 0])
         if mine != theirs:
             diff = [f"{k}: saved {theirs.get(k)!r}, now {v!r}" for k, v in mine.items() if theirs.get(k) != v]
             if mine["policy"] != theirs.get("policy"):
                 p, q = theirs.get("policy") or {}, mine["policy"]
                 diff = [f"{k}: saved {p.get(k)!r}, now {q[k]!r}" for k in q if p.get(k) != q[k]] + diff[1:]
             raise ValueError("load_state_dict: the state was saved with other arguments: " + "; ".join(diff))
-        pos = state["position"]
         yielded = int(pos["yielded"])
         start = int(state["updates_start"])
         classes, lag = state["classes"], state["replay_lag"]
@@ -1332,7 +1452,8 @@ class ReplaySampler(BatchSampler):
             self._fresh, self._next_fresh = state["fresh"], state["next_fresh"]
             self._epoch, self._yielded = int(pos["epoch"]), yielded
             self._epoch_start = int(pos["epoch_start"])
-            self._set_plan(self._make_plan(self._epoch, self._fresh, self._epoch_start))
+            cursor = tuple(int(c) for c in pos["cursor"])
+            self._set_plan(self._make_plan(self._fresh, self._epoch_start, cursor))
             if (list(self._plan_fresh), list(self._plan_replay)) != tuple(list(x) for x in state["plan"]):
                 raise ValueError("load_state_dict: this sampler's replay schedule (replay_fraction, warmup_steps, "
                                  "ramp_steps) plans the epoch in progress differently from the saved one")

@@ -37,13 +37,21 @@ def replay_count(rho: float, batch_size: int) -> int:
 
 
 class Schedule:
-    """Base class: ``schedule(t) -> rho`` for step t >= 0."""
+    """Base class: ``schedule(t) -> rho`` for step t >= 0.
+
+    ``peak`` is the largest value the schedule takes (None: not declared);
+    a sampler sizes its epochs by it (``ReplaySampler(epoch_length="auto")``).
+    """
+
+    @property
+    def peak(self) -> float | None:
+        return None
 
     def __call__(self, t: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        fields = ", ".join(f"{k.lstrip('_')}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
 
 
@@ -52,6 +60,10 @@ class Constant(Schedule):
 
     def __init__(self, rho: float):
         self.rho = _check_rho(rho)
+
+    @property
+    def peak(self) -> float:
+        return self.rho
 
     def __call__(self, t: int) -> float:
         return self.rho
@@ -65,6 +77,10 @@ class LinearRamp(Schedule):
         self.rho = _check_rho(rho)
         self.warmup_steps = _check_steps(warmup_steps, "warmup_steps")
         self.ramp_steps = _check_steps(ramp_steps, "ramp_steps")
+
+    @property
+    def peak(self) -> float:
+        return self.rho
 
     def progress(self, t: int) -> float:
         if t < self.warmup_steps:
@@ -95,6 +111,10 @@ class Anneal(Schedule):
         if anneal_steps > total_steps:
             raise ValueError(f"anneal_steps must be <= total_steps = {total_steps}, got {anneal_steps}")
 
+    @property
+    def peak(self) -> float | None:
+        return self.inner.peak
+
     def __call__(self, t: int) -> float:
         start = self.total_steps - self.anneal_steps
         if t < start:
@@ -107,15 +127,24 @@ class Anneal(Schedule):
 
 
 class FromCallable(Schedule):
-    """A user function ``fn(t) -> rho``; every value is checked to be in [0, 1)."""
+    """A user function ``fn(t) -> rho``; every value is checked to be in [0, 1)
+    (and at most ``peak``, when given: the largest value ``fn`` takes)."""
 
-    def __init__(self, fn: Callable[[int], float]):
+    def __init__(self, fn: Callable[[int], float], peak: float | None = None):
         if not callable(fn):
             raise TypeError(f"a schedule must be a number, a Schedule or a callable, got {type(fn).__name__}")
         self.fn = fn
+        self._peak = None if peak is None else _check_rho(peak, "peak")
+
+    @property
+    def peak(self) -> float | None:
+        return self._peak
 
     def __call__(self, t: int) -> float:
-        return _check_rho(self.fn(t), f"the schedule's value at step {t}")
+        rho = _check_rho(self.fn(t), f"the schedule's value at step {t}")
+        if self._peak is not None and rho > self._peak:
+            raise ValueError(f"the schedule's value at step {t} is {rho!r}, above its declared peak {self._peak!r}")
+        return rho
 
 
 ScheduleLike = Union[Schedule, float, Callable[[int], float]]
