@@ -8,6 +8,9 @@
 #   HARDMIX_TORCH  the torch requirement            (default: torch==2.13.0,
 #                  the CPU build on this machine's disk; elsewhere any torch>=2.10)
 #   HARDMIX_CUDA   AUTO | ON | OFF, build the CUDA kernels (default: AUTO)
+#   HARDMIX_INTEGRATIONS  1 | 0, install the training frameworks of
+#                  requirements-integrations.txt (default: 1; their tests are
+#                  skipped without them)
 #   PYTHON         the interpreter that makes the venv (default: python3)
 set -euo pipefail
 
@@ -25,7 +28,11 @@ PY="$VENV/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 echo "[hardmix] installing $TORCH_REQ and the build/test tools into $VENV" >&2
-"$PY" -m pip install -q "$TORCH_REQ" -r requirements-dev.txt
+REQS=(-r requirements-dev.txt)
+if [ "${HARDMIX_INTEGRATIONS:-1}" != 0 ]; then
+  REQS+=(-r requirements-integrations.txt)
+fi
+"$PY" -m pip install -q "$TORCH_REQ" "${REQS[@]}"
 
 echo "[hardmix] building hardmix against $("$PY" -c 'import torch; print(torch.__version__)') (CUDA: $CUDA_MODE)" >&2
 "$PY" -m pip install -q --no-build-isolation --no-deps --force-reinstall \

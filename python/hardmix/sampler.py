@@ -35,8 +35,8 @@ L = ``replay_lag``. Updates arriving earlier are queued and applied in order.
 The batches are then a pure function of the seed, L and the reported losses,
 never of timing. L must be at least the number of batches fetched before the
 loop reports the losses of the oldest: ``num_workers * prefetch_factor``,
-plus whatever the loop itself fetches ahead (1 for Lightning's and
-Accelerate's fetchers). By default (``replay_lag=None``) L is measured once:
+plus whatever the loop itself fetches ahead (Accelerate's prepared loader:
+1; the transformers Trainer: its gradient-accumulation steps). By default (``replay_lag=None``) L is measured once:
 the batches yielded before the first ``update()``, minus one (0 for a plain
 loop without workers, 2 * num_workers for a DataLoader's defaults): the
 smallest lag the loader allows, since every batch of lag is a batch of
@@ -77,7 +77,7 @@ import collections
 import math
 import sys
 import warnings
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch.utils.data import BatchSampler, Sampler
@@ -589,8 +589,9 @@ class ReplaySampler(BatchSampler):
                 raise RuntimeError(
                     f"ReplaySampler: built for one process (no process group existed then), but the process "
                     f"group now has {dist.get_world_size(self._group)} ranks, which would all yield the same "
-                    f"batches. Build the sampler after init_process_group (Lightning: in the DataModule's "
-                    f"setup() or train_dataloader()), or pass num_replicas and rank")
+                    f"batches. Build the sampler after init_process_group (Lightning: "
+                    f"hardmix.integrations.lightning.ReplayCallback with a function that builds it), or pass "
+                    f"num_replicas and rank")
 
     def _batches(self, generation: int):
         while generation == self._generation and (self._again or self._batch < len(self._plan_fresh)):
