@@ -281,6 +281,20 @@ def test_len_is_the_same_before_and_after_a_restore():
     assert len(rest) == K - 7  # (the loader's snapshot came after batch 6 was dispatched)
 
 
+@pytest.mark.parametrize("cursor", [[0, -1], [-1, 0], [0, 101], [0]])
+def test_a_cursor_out_of_range_is_refused_and_changes_nothing(cursor):
+    s = _sampler()
+    it = iter(s)
+    _step(s, it)
+    state = copy.deepcopy(s.state_dict())
+    state["position"]["cursor"] = cursor
+    t = _sampler()
+    before = t.state_dict()["position"]
+    with pytest.raises(ValueError, match=r"position cursor .* is not \[pass >= 0, position in \[0, 100\]\]"):
+        t.load_state_dict(state)
+    assert t.state_dict()["position"] == before and next(iter(t)) == next(iter(_sampler()))
+
+
 def test_a_version_2_state_loads_with_one_pass_per_epoch():
     s = _sampler(epoch_length="pass")
     it = iter(s)

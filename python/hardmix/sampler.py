@@ -1454,6 +1454,9 @@ class ReplaySampler(BatchSampler):
             self._epoch, self._yielded = int(pos["epoch"]), yielded
             self._epoch_start = int(pos["epoch_start"])
             cursor = tuple(int(c) for c in pos["cursor"])
+            if len(cursor) != 2 or cursor[0] < 0 or not 0 <= cursor[1] <= self._per_rank(self._fresh):
+                raise ValueError(f"load_state_dict: position cursor {list(cursor)} is not [pass >= 0, position "
+                                 f"in [0, {self._per_rank(self._fresh)}]]")
             self._set_plan(self._make_plan(self._fresh, self._epoch_start, cursor))
             if (list(self._plan_fresh), list(self._plan_replay)) != tuple(list(x) for x in state["plan"]):
                 raise ValueError("load_state_dict: this sampler's replay schedule (replay_fraction, warmup_steps, "
