@@ -61,6 +61,9 @@ def main() -> None:
                 hm_accelerate.save_state(accelerator, os.path.join(args.ckpt_dir, f"step{step}"), sampler=sampler)
     out = f"{args.out}.{accelerator.process_index}" if several else args.out
     torch.save({"batches": seen, "members": sampler.reservoir()["index"], "lens": lens}, out)
+    if torch.distributed.is_initialized():  # (a process group left to exit teardown can abort the process)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

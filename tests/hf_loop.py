@@ -74,6 +74,9 @@ def main() -> None:
     out = args.out if targs.world_size == 1 else f"{args.out}.{targs.process_index}"
     torch.save({"batches": seen, "members": trainer.replay_sampler.reservoir()["index"],
                 "lens": len(trainer.replay_sampler)}, out)
+    if torch.distributed.is_initialized():  # (a process group left to exit teardown can abort the process)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
