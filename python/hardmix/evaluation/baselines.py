@@ -102,34 +102,33 @@ def er_balanced(stream: Stream, seed: int, monitor: Monitor) -> Result:
     return er(stream, seed, monitor, balanced=True)
 
 
-def joint(stream: Stream, seed: int, monitor: Monitor) -> Result:
-    p, X, Y = stream.protocol, stream.x_train, stream.y_train
-    model, opt = _setup(stream, seed)
-    g = torch.Generator().manual_seed(seed)
-    every = torch.cat(stream.tasks)
+def _shuffled_epochs(model, opt, stream: Stream, data: torch.Tensor, g: torch.Generator, monitor: Monitor) -> None:
+    """``epochs`` passes over ``data`` (dataset indices), each in a seeded shuffle, in batches of B."""
+    p = stream.protocol
     for _ in range(p.epochs):
-        order = every[torch.randperm(len(every), generator=g)]
+        order = data[torch.randperm(len(data), generator=g)]
         for start in range(0, len(order), p.batch_size):
             idx = order[start : start + p.batch_size]
-            _sgd_step(model, opt, X[idx], Y[idx])
+            _sgd_step(model, opt, stream.x_train[idx], stream.y_train[idx])
             monitor.step(model)
+
+
+def joint(stream: Stream, seed: int, monitor: Monitor) -> Result:
+    model, opt = _setup(stream, seed)
+    g = torch.Generator().manual_seed(seed)
+    _shuffled_epochs(model, opt, stream, torch.cat(stream.tasks), g, monitor)
     for _ in stream.tasks:  # every task "ends" with the model trained on all of them
         monitor.task_end(model)
     return monitor.finish(model)
 
 
 def finetune(stream: Stream, seed: int, monitor: Monitor) -> Result:
-    p, X, Y = stream.protocol, stream.x_train, stream.y_train
+    p = stream.protocol
     model, opt = _setup(stream, seed)
     g = torch.Generator().manual_seed(seed)
     for task in stream.tasks:
         monitor.task_start(p.epochs * math.ceil(len(task) / p.batch_size))
-        for _ in range(p.epochs):
-            order = task[torch.randperm(len(task), generator=g)]
-            for start in range(0, len(order), p.batch_size):
-                idx = order[start : start + p.batch_size]
-                _sgd_step(model, opt, X[idx], Y[idx])
-                monitor.step(model)
+        _shuffled_epochs(model, opt, stream, task, g, monitor)
         monitor.task_end(model)
     return monitor.finish(model)
 
