@@ -56,25 +56,22 @@ def er(stream: Stream, seed: int, monitor: Monitor, *, balanced: bool = False) -
     stored: set[int] = set()  # balanced: the memory's indices
     for task in stream.tasks:
         monitor.task_start(p.epochs * math.ceil(len(task) / f))
-        for _ in range(p.epochs):
-            order = task[torch.randperm(len(task), generator=g)]
-            for start in range(0, len(order), f):
-                fresh = order[start : start + f]
-                k = min(len(memory), round(m * len(fresh) / f))
-                picks = torch.randperm(len(memory), generator=g)[:k]
-                idx = torch.cat([fresh, torch.tensor(memory, dtype=torch.int64)[picks]])
-                _sgd_step(model, opt, X[idx], Y[idx])
-                for i in fresh.tolist():
-                    seen += 1
-                    if balanced:
-                        _greedy_balanced(memory, by_class, stored, i, int(Y[i]), p.capacity, g)
-                    elif len(memory) < p.capacity:
-                        memory.append(i)
-                    else:
-                        j = int(torch.randint(seen, (1,), generator=g))
-                        if j < p.capacity:
-                            memory[j] = i
-                monitor.step(model, memory)
+        for fresh in _shuffled_batches(task, f, p.epochs, g):
+            k = min(len(memory), round(m * len(fresh) / f))
+            picks = torch.randperm(len(memory), generator=g)[:k]
+            idx = torch.cat([fresh, torch.tensor(memory, dtype=torch.int64)[picks]])
+            _sgd_step(model, opt, X[idx], Y[idx])
+            for i in fresh.tolist():
+                seen += 1
+                if balanced:
+                    _greedy_balanced(memory, by_class, stored, i, int(Y[i]), p.capacity, g)
+                elif len(memory) < p.capacity:
+                    memory.append(i)
+                else:
+                    j = int(torch.randint(seen, (1,), generator=g))
+                    if j < p.capacity:
+                        memory[j] = i
+            monitor.step(model, memory)
         monitor.task_end(model)
     return monitor.finish(model, memory)
 
@@ -102,15 +99,18 @@ def er_balanced(stream: Stream, seed: int, monitor: Monitor) -> Result:
     return er(stream, seed, monitor, balanced=True)
 
 
+def _shuffled_batches(data: torch.Tensor, size: int, epochs: int, g: torch.Generator):
+    """``epochs`` passes over ``data`` (dataset indices), each in a seeded
+    shuffle drawn when the pass begins, in batches of ``size``."""
+    for _ in range(epochs):
+        yield from data[torch.randperm(len(data), generator=g)].split(size)
+
+
 def _shuffled_epochs(model, opt, stream: Stream, data: torch.Tensor, g: torch.Generator, monitor: Monitor) -> None:
-    """``epochs`` passes over ``data`` (dataset indices), each in a seeded shuffle, in batches of B."""
     p = stream.protocol
-    for _ in range(p.epochs):
-        order = data[torch.randperm(len(data), generator=g)]
-        for start in range(0, len(order), p.batch_size):
-            idx = order[start : start + p.batch_size]
-            _sgd_step(model, opt, stream.x_train[idx], stream.y_train[idx])
-            monitor.step(model)
+    for idx in _shuffled_batches(data, p.batch_size, p.epochs, g):
+        _sgd_step(model, opt, stream.x_train[idx], stream.y_train[idx])
+        monitor.step(model)
 
 
 def joint(stream: Stream, seed: int, monitor: Monitor) -> Result:

@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import hardmix
 
-from .baselines import iid_steps
+from .baselines import _setup, iid_steps
 from .metrics import Monitor, Result
-from .streams import Stream, make_model
+from .streams import Stream
 
 OFF = {"alpha": 0.0, "lam": 0.0, "gamma": 0.0, "class_quotas": False, "max_wrong": 0}
 
@@ -66,8 +65,7 @@ values its authors report across benchmarks)."""
 def run_hardmix(stream: Stream, seed: int, monitor: Monitor, *, policy: dict | None = None, ace: bool = False,
                 der: bool = False) -> Result:
     p = stream.protocol
-    model = make_model(stream, seed)
-    opt = torch.optim.Adam(model.parameters(), lr=p.lr)
+    model, opt = _setup(stream, seed)
     iid = p.kind == "iid"
     warmup = math.ceil(len(stream.tasks[0]) / p.batch_size) if iid else 0
     sampler = hardmix.ReplaySampler(len(stream.y_train), batch_size=p.batch_size, capacity=p.capacity,

@@ -33,7 +33,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -95,7 +95,6 @@ class Stream:
     tasks: list[torch.Tensor]  # per task: training indices (fresh data of the task)
     test_tasks: list[torch.Tensor]  # per task: test indices it is scored on
     num_classes: int = 10
-    meta: dict = field(default_factory=dict)
 
     @property
     def noisy(self) -> torch.Tensor:
@@ -212,7 +211,6 @@ def make_stream(name: str, seed: int, fmnist_dir: str = FMNIST_DIR) -> Stream:
     if p.model == "cnn":
         side = int(round(math.sqrt(xtr.shape[1])))
         xtr, xte = xtr.view(-1, 1, side, side), xte.view(-1, 1, side, side)
-    meta = {}
     if p.permuted:  # T copies of the data, one per task, each under its own pixel permutation
         T = 5
         perms = [torch.arange(xtr.shape[1])] + [torch.randperm(xtr.shape[1], generator=g) for _ in range(T - 1)]
@@ -229,8 +227,7 @@ def make_stream(name: str, seed: int, fmnist_dir: str = FMNIST_DIR) -> Stream:
         pairs = [[2 * t, 2 * t + 1] for t in range(5)]
         tasks = [torch.isin(y_true, torch.tensor(c)).nonzero().squeeze(1) for c in pairs]
         test_tasks = [torch.isin(yte, torch.tensor(c)).nonzero().squeeze(1) for c in pairs]
-        meta["task_classes"] = pairs
-    return Stream(p, xtr, ytr, y_true, xte, yte, tasks, test_tasks, C, meta)
+    return Stream(p, xtr, ytr, y_true, xte, yte, tasks, test_tasks, C)
 
 
 # --- models --------------------------------------------------------------------
