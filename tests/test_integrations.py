@@ -164,7 +164,7 @@ def test_accelerate_two_processes_and_resume(tmp_path):
 
 
 def test_accelerate_wrappers_that_shard_or_skip_are_refused():
-    accelerate = pytest.importorskip("accelerate")
+    pytest.importorskip("accelerate")
     from accelerate.data_loader import BatchSamplerShard, SkipBatchSampler
 
     s = hardmix.ReplaySampler(40, batch_size=8, capacity=12)
@@ -172,7 +172,6 @@ def test_accelerate_wrappers_that_shard_or_skip_are_refused():
         next(iter(BatchSamplerShard(s, num_processes=2, process_index=0)))
     with pytest.raises(RuntimeError, match="iterated by a SkipBatchSampler"):
         next(iter(SkipBatchSampler(s, skip_batches=3)))
-    assert accelerate.__version__
 
 
 def test_accelerate_load_state_changes_nothing_when_a_load_fails(tmp_path):

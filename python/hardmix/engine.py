@@ -33,7 +33,7 @@ import struct
 import torch
 
 from . import ops as _ops  # noqa: F401  (registers the fake kernels)
-from .config import SCORES, PolicyConfig
+from .config import COL_FACTOR, SCORES, PolicyConfig
 
 # Positions in the native counters vector (csrc/kernels/policy.h: Counter).
 _T, _T_REF, _NONFINITE, _ADMITTED, _EVICTED, _GRADUATED, _QUARANTINED, _WIN_COUNT, _WIN_HEAD, _FREE_TOP = range(10)
@@ -158,7 +158,7 @@ class Engine:
         self.counters[_FREE_TOP] = R
         # replay balance (config.BALANCE_COLUMNS): per heap class, then the totals row
         self.balance = torch.zeros(K + 1, 3, dtype=torch.float64)
-        self.balance[:K, 2] = 1.0
+        self.balance[:K, COL_FACTOR] = 1.0
         self.config_vector = _config_vector(config, shard)  # read on the host: stays on the CPU
         self._seed = _ops.as_int64(config.seed, "seed")
         self.device = torch.device("cpu")
@@ -253,8 +253,9 @@ class Engine:
             margins: [B] precomputed margins (instead of logits/targets).
             classes: [B] class of each example.
             priorities: [B] with score "given" (or computed by ``score_fn``).
-            replayed: [B] bool, the entries drawn from the reservoir (read by
-                ``balance_replay``); None: none.
+            replayed: [B] bool, the entries drawn from the reservoir: never
+                admission candidates, and not counted as fresh by
+                ``balance_replay``; None: none.
             rows: sharded table only (required there): the sum over the shards
                 of :meth:`dynamics` for this batch, float64 [B, 8] (not
                 changed: the op works on a copy).

@@ -44,8 +44,8 @@ def ace_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, replayed: tor
     if replayed.dtype != torch.bool:
         raise TypeError(f"ace_cross_entropy: replayed must be bool, got {replayed.dtype}")
     fresh = ~replayed
-    present = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-    present[targets[fresh]] = True
+    # (a count per class, not a boolean-mask index: no wait for the GPU)
+    present = torch.zeros(logits.shape[1], device=logits.device).index_add_(0, targets, fresh.float()) > 0
     # fresh rows: classes absent from the fresh rows get -inf (never all: each row's target is present)
     masked = logits.masked_fill(fresh[:, None] & ~present[None, :], float("-inf"))
     return F.cross_entropy(masked, targets, reduction="none")

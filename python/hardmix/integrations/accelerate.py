@@ -35,10 +35,11 @@ from pathlib import Path
 import torch
 
 from ..sampler import ReplaySampler
+from . import save_state_file, state_file
 
 
 def _file(directory, accelerator) -> Path:
-    return Path(directory) / f"hardmix_sampler_{accelerator.process_index}.pt"
+    return Path(state_file(directory, accelerator.process_index))
 
 
 def _check(sampler) -> None:
@@ -55,10 +56,7 @@ def save_state(accelerator, output_dir: str | os.PathLike, *, sampler: ReplaySam
         raise ValueError("save_state: output_dir must be given (the sampler's file goes there)")
     path = accelerator.save_state(output_dir, **kwargs) or output_dir
     os.makedirs(path, exist_ok=True)
-    target = _file(path, accelerator)
-    tmp = target.with_name(target.name + ".tmp")
-    torch.save(sampler.state_dict(), tmp)
-    os.replace(tmp, target)  # (a crash while saving leaves the previous file whole)
+    save_state_file(sampler, str(_file(path, accelerator)))
     return str(path)
 
 

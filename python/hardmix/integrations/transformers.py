@@ -36,9 +36,9 @@ import transformers
 from torch.utils.data import DataLoader, Dataset
 
 from ..sampler import ReplaySampler
+from . import save_state_file, state_file
 
 INDEX_KEY = "hardmix_index"
-STATE_FILE = "hardmix_sampler_{rank}.pt"
 
 
 class _Indexed(Dataset):
@@ -156,14 +156,12 @@ class ReplayTrainer(transformers.Trainer):
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
         if self.replay_sampler is not None:
-            target = os.path.join(output_dir, STATE_FILE.format(rank=self.args.process_index))
-            torch.save(self.replay_sampler.state_dict(), target + ".tmp")
-            os.replace(target + ".tmp", target)  # (a crash while saving leaves no half-written file)
+            save_state_file(self.replay_sampler, state_file(output_dir, self.args.process_index))
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
                              trial):
         if resume_from_checkpoint is not None:  # (checked before the Trainer's state changes)
-            source = os.path.join(resume_from_checkpoint, STATE_FILE.format(rank=self.args.process_index))
+            source = state_file(resume_from_checkpoint, self.args.process_index)
             if not os.path.isfile(source):
                 raise FileNotFoundError(f"ReplayTrainer: no sampler state at {source}: the checkpoint was not "
                                         f"saved by a ReplayTrainer")
