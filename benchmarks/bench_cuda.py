@@ -1,5 +1,5 @@
 """The engine with its state on a GPU, against the CPU engine and against the
-training step it must keep pace with (issue 4: "keeps state on that device").
+training step it must keep pace with.
 
     python benchmarks/bench_cuda.py --json out/bench-cuda.json
 
@@ -15,7 +15,7 @@ the script). Three groups, all in one process, medians:
 - ``train``: one training step (forward, backward, SGD) of two reference
   models on the GPU: an MLP (3072-1024-1024-10) and a ResNet-18 (CIFAR-sized
   inputs), batch B = 256, and ResNet-18 at B = 1024 (GPU-bound), fp32.
-- ``loop``: the DESIGN §1 loop over GPU-resident data, per step (total time
+- ``loop``: the quickstart loop over GPU-resident data, per step (total time
   of K steps / K, after warm-up), for each model: ``plain`` (random batches,
   no sampler); ReplaySampler (replay_lag 20) fed the GPU tensors with
   ``host`` (the default ``state_device="cpu"``: the state on the host, the

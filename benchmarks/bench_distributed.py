@@ -1,7 +1,7 @@
 """ReplaySampler.update() under torch.distributed (gloo, CPU processes on this
 machine) against world size, and the bytes it moves per step.
 
-    .venv/bin/python benchmarks/bench_distributed.py --json benchmarks/results/bench-distributed.json
+    .venv/bin/python benchmarks/bench_distributed.py --json out/bench-distributed.json
 
 Each rank runs the sampler loop (next batch, update) for --steps steps after
 --warm steps; the figure is the median over steps of the slowest rank's
@@ -10,7 +10,8 @@ Bytes per step and rank: one all_gather receives W blocks of (B_max + 1) x 5
 float64 (B_max = B here). With ``shard_table=True`` (rows "sharded") one
 all_reduce of [W * B + ceil(W / 8), 8] float64 follows (its payload is listed; a ring
 all-reduce moves about twice that per rank), and the engine state per rank is
-listed beside it.
+listed beside it. The anchor is the first row (world size 1, whole table: no
+collective); the table gives each row's ratio to it.
 """
 
 from __future__ import annotations

@@ -5,16 +5,13 @@
 
 cProfile of bench_cuda.bench_loop (60 steps, after its 30 warm-up steps) for
 the MLP and ResNet-18 at B = 256, variants "host" (the default) and "sync",
-then torch.profiler over ResNet-18 "host" (20 steps + 30 warm-up). The saved
-output, benchmarks/results/profile-cuda.txt, came from an H200, run with
-this session's sampler before the _fill fix (0e04067: its O(N) pass tops the
-cProfile tables) and bench_cuda.py before its indices were pinned (neither
-state committed); its "Self CUDA time total" over those 50 steps is what
-README's "GPU time near 2.9 ms per step" divides.
+then torch.profiler over ResNet-18 "host" (20 steps + 30 warm-up): where the
+host time of a step goes, and the GPU time ("Self CUDA time total") it keeps
+the device busy for. No anchor: a profile, not a benchmark; bench_cuda.py has
+the figures against the plain loop.
 """
-import cProfile, pstats, sys, time, io
+import cProfile, pstats, sys, io
 sys.path.insert(0, "benchmarks")
-import torch
 import bench_cuda as bc
 
 dev = "cuda"
@@ -34,7 +31,6 @@ for model, B in (("mlp", 256), ("resnet18", 256)):
         print("\n".join(l for l in s.getvalue().splitlines() if l.strip())[:6000])
 # torch profiler: CUDA runtime calls in the host variant
 from torch.profiler import profile, ProfilerActivity
-import hardmix
 for variant in ("host",):
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         bc.bench_loop("resnet18", variant, N, R, 256, C, dev, X, Y, 20, 1)

@@ -1,0 +1,95 @@
+"""A small CPU training loop, per step, with and without ReplaySampler.
+
+    .venv/bin/python -m pytest benchmarks/test_bench_loop.py --benchmark-json out/bench-loop.json
+    .venv/bin/python benchmarks/table.py out/bench-loop.json
+
+The model is an MLP, 64 inputs -> 256 (ReLU) -> 10, trained by SGD (lr 0.05)
+with cross-entropy on a synthetic ``TensorDataset`` of N = 20000 examples
+(standard normal inputs, labels from a fixed random linear map), batch
+B = 256, one intra-op thread, ``DataLoader(num_workers=0)``. One round = one
+training step: the next batch from a persistent loader iterator (epoch after
+epoch), forward, backward, optimizer step, and for hardmix the update. Each
+variant is warmed up by WARM steps, then timed in REPS interleaved reps
+(conftest.py) of ROUNDS rounds; table.py reports the median of the reps'
+medians and the median of their ratios to the plain loop's.
+
+Family "loop", one group. Anchor: ``plain``,
+``DataLoader(ds, batch_size=256, shuffle=True)``. Against it: ``hardmix``,
+``DataLoader(hardmix.WithIndex(ds), batch_sampler=ReplaySampler(N,
+batch_size=256, capacity=8192, replay_fraction=0.25, seed=0))`` and, after the
+optimizer step, ``sampler.update(idx, losses.detach(), logits=logits.detach(),
+targets=y)`` as in the README's quickstart (per-example losses averaged in both
+variants, the sampler's weights not applied).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import hardmix
+from hardmix.bench import batches_forever
+
+N, D, H, C = 20000, 64, 256, 10
+B = 256
+REPS = 10
+ROUNDS = 80  # per rep
+WARM = 60
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(N, D, generator=g)
+    Y = (X @ torch.randn(D, C, generator=g)).argmax(1)
+    return TensorDataset(X, Y)
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(D, H), torch.nn.ReLU(), torch.nn.Linear(H, C))
+
+
+def _prepare(variant, warm):
+    """The warmed-up training step of `variant` (one round of its benchmark)."""
+    ds = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    if variant == "plain":
+        loader = DataLoader(ds, batch_size=B, shuffle=True, generator=torch.Generator().manual_seed(0))
+        batches = batches_forever(loader)
+
+        def step():
+            x, y = next(batches)
+            logits = model(x)
+            losses = F.cross_entropy(logits, y, reduction="none")
+            losses.mean().backward()
+            opt.step()
+            opt.zero_grad()
+
+    else:
+        sampler = hardmix.ReplaySampler(N, batch_size=B, capacity=8192, replay_fraction=0.25, seed=0)
+        loader = DataLoader(hardmix.WithIndex(ds), batch_sampler=sampler)
+        batches = batches_forever(loader)
+
+        def step():
+            idx, x, y = next(batches)
+            logits = model(x)
+            losses = F.cross_entropy(logits, y, reduction="none")
+            losses.mean().backward()
+            opt.step()
+            opt.zero_grad()
+            sampler.update(idx, losses.detach(), logits=logits.detach(), targets=y)
+
+    for _ in range(warm):
+        step()
+    return step
+
+
+# order of the tests: rep 0 of both variants, then rep 1, ...
+@pytest.mark.parametrize("variant", ["plain", "hardmix"])
+@pytest.mark.parametrize("rep", range(REPS))
+def test_loop(benchmark, tag, smoke, prepared, variant, rep):
+    if variant not in prepared:
+        prepared[variant] = _prepare(variant, 2 if smoke else WARM)
+    tag("loop", f"MLP {D}-{H}-{C} N={N} B={B}", variant, "plain", rep=rep, N=N, B=B)
+    benchmark.pedantic(prepared[variant], rounds=ROUNDS, iterations=1)

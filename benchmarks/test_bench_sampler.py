@@ -1,0 +1,141 @@
+"""The sampler's cost on the training thread, per step, against a plain
+``torch.utils.data.BatchSampler``.
+
+    .venv/bin/python -m pytest benchmarks/test_bench_sampler.py --benchmark-json out/bench-sampler.json
+    .venv/bin/python benchmarks/table.py out/bench-sampler.json
+
+B = 256, capacity R = 8192, replay_fraction 0.25, replay_lag 0 (a loop
+without workers), CPU tensors, one intra-op thread. Each implementation is
+warmed up by WARM steps (the reservoir full and turning over), then timed in
+REPS interleaved reps (conftest.py) of ROUNDS rounds of one step each;
+table.py reports the median of the reps' medians and the median of their
+ratios to the anchor's.
+
+Family "sampler step", one group per N (10^5, 10^6). Anchor: ``BatchSampler``,
+``BatchSampler(RandomSampler(range(N)), 256, drop_last=False)``, one step =
+next batch + ``torch.tensor(batch)`` (what a DataLoader's sampler side does for
+a batch). The other rows, each divided by the anchor:
+
+- ``sampler``: ``ReplaySampler``, one step = next batch (fresh examples plus
+  the replay draw) + ``torch.tensor(batch)`` + ``weights(idx)`` +
+  ``update(idx, losses)`` (losses precomputed, B floats);
+- ``sampler+state_dict``: the same plus one ``state_dict()`` per step, as
+  torchdata's ``StatefulDataLoader`` calls it (the median leaves out the O(N)
+  copy of the engine that one call in ceil(N/B) makes; the mean has it);
+- ``state_dict``: one ``state_dict()`` call alone;
+- ``engine``: the bare ``hardmix.Engine`` on a similar stream: ``draw`` of m
+  replay members excluding the B - m fresh ones, then ``update`` of the B.
+
+Family "stats" (N = 10^6, B = 1024, one group per R = 8192, 65536): anchor
+``stats(full=False)`` (O(1)), against ``stats(full=True)`` (class histogram
+and mean age: passes over R).
+"""
+
+import itertools
+
+import pytest
+import torch
+from torch.utils.data import BatchSampler, RandomSampler
+
+import hardmix
+from hardmix.bench import batches_forever
+
+B, R = 256, 8192
+RHO = 0.25
+REPS = 5
+ROUNDS = 250  # per rep
+WARM = 60
+IMPLS = ["BatchSampler", "engine", "sampler", "sampler+state_dict", "state_dict"]
+
+
+def _sampler(N, batch_size=B, capacity=R):
+    return hardmix.ReplaySampler(N, batch_size=batch_size, capacity=capacity, replay_fraction=RHO, seed=0,
+                                 replay_lag=0)
+
+
+def _loss_pool(size, k=64):
+    g = torch.Generator().manual_seed(0)
+    return itertools.cycle([3 * torch.rand(size, generator=g) for _ in range(k)])
+
+
+def _warm(s, steps, batch_size=B):
+    it, pool = batches_forever(s), _loss_pool(batch_size)
+    for _ in range(steps):
+        idx = torch.tensor(next(it))
+        s.update(idx, next(pool)[: len(idx)])
+    return it, pool
+
+
+def _fmt_n(N):
+    return f"N=10^{len(str(N)) - 1}"
+
+
+def _prepare(impl, N, warm):
+    """The warmed-up step function of `impl` (one round of its benchmark)."""
+    if impl == "BatchSampler":
+        bs = BatchSampler(RandomSampler(range(N), generator=torch.Generator().manual_seed(0)), B, drop_last=False)
+        it = batches_forever(bs)  # a new permutation each pass, as a DataLoader's epochs make
+
+        def one():
+            return torch.tensor(next(it))
+
+        for _ in range(warm):
+            one()
+        return one
+    if impl == "engine":
+        m = hardmix.schedules.replay_count(RHO, B)
+        eng = hardmix.Engine(hardmix.PolicyConfig(num_examples=N, capacity=R, seed=0))
+        order = torch.randperm(N, generator=torch.Generator().manual_seed(1))
+        pool = _loss_pool(B)
+        pos = [0]
+
+        def one():
+            k = pos[0] % (N - B)
+            fresh = order[k : k + B - m]
+            replay = eng.draw(m, exclude=fresh)
+            b = torch.cat([fresh, replay])
+            eng.update(b, next(pool)[: len(b)])
+            pos[0] += B - m
+
+        for _ in range(warm):
+            one()
+        return one
+    s = _sampler(N)
+    it, pool = _warm(s, warm)
+    if impl == "state_dict":
+        s.state_dict()  # the copy of the engine, once
+        return s.state_dict
+    with_sd = impl == "sampler+state_dict"
+
+    def one():
+        idx = torch.tensor(next(it))
+        s.weights(idx)
+        s.update(idx, next(pool)[: len(idx)])
+        if with_sd:
+            s.state_dict()
+
+    return one
+
+
+# order of the tests: for each N, rep 0 of every impl, then rep 1, ...
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("rep", range(REPS))
+@pytest.mark.parametrize("N", [10**5, 10**6], ids=_fmt_n)
+def test_sampler_step(benchmark, tag, smoke, prepared, impl, rep, N):
+    key = ("sampler step", impl, N)
+    if key not in prepared:
+        for k in [k for k in prepared if k[0] == "sampler step" and k[2] != N]:
+            del prepared[k]  # the previous N's state: free its memory
+        prepared[key] = _prepare(impl, N, 2 if smoke else WARM)
+    tag("sampler step", f"B={B} R={R} {_fmt_n(N)}", impl, "BatchSampler", rep=rep, B=B, R=R, N=N)
+    benchmark.pedantic(prepared[key], rounds=2 * ROUNDS if impl == "state_dict" else ROUNDS, iterations=1)
+
+
+@pytest.mark.parametrize("R_", [8192, 65536])
+@pytest.mark.parametrize("full", [False, True], ids=["brief", "full"])
+def test_stats(benchmark, tag, smoke, R_, full):
+    N = 10**6
+    s = _sampler(N, batch_size=1024, capacity=R_)
+    _warm(s, 2 if smoke else 80, batch_size=1024)  # 80 batches of 1024 fill R = 65536
+    tag("stats", f"N=10^6 R={R_}", f"stats(full={full})", "stats(full=False)", R=R_, N=N)
+    benchmark.pedantic(lambda: s.stats(full=full), rounds=200, iterations=1)
