@@ -1,4 +1,4 @@
-"""The training loop of DESIGN §1 on a small synthetic task, interruptible and
+"""The quickstart training loop on a small synthetic task, interruptible and
 resumable, for the sampler tests (run in-process or as a script in a new process).
 
     python tests/sampler_loop.py OUT.pt [--workers N] [--loader stateful|plain]

@@ -267,7 +267,7 @@ def _run_uneven(rank, world, path, out):
 
 
 def test_sharded_ranks_with_different_prefetch_agree(tmp_path):
-    """Found by review: the owners' rows miss quarantines that another rank
+    """The owners' rows miss quarantines that another rank
     applied before the batch arrived; the ranks exchange their steps and carry
     them in (Engine.carry_since)."""
     r0, r1 = _spawn(_run_uneven, 2, tmp_path)

@@ -172,8 +172,8 @@ def test_sharded_bad_input_changes_nothing():
 
 
 def test_a_tree_of_the_wrong_size_is_refused():
-    """(Review: P = 2R passed the old check and made the sharded hash mask
-    reach past pos.)"""
+    """A tree sized for another capacity (P = 2R) is refused: the sharded
+    hash mask would reach past pos."""
     a, b = small_sharded()
     for e in (a, b):
         e.tree = torch.zeros(16, dtype=torch.float64)  # R = 3: P must be 4
@@ -226,7 +226,7 @@ def test_ranks_applying_at_different_times_agree():
     the owner applies later, while another rank applied them before the batch
     arrived: so every rank also carries in the quarantines of every step since
     the least step any rank had (Engine.carry_since; the sampler exchanges the
-    steps with the rows). Found by review; without carry_since this fails."""
+    steps with the rows). Without carry_since this fails."""
     g = torch.Generator().manual_seed(7)
     cfg = PolicyConfig(num_examples=200, capacity=24, seed=3, score="forgetting", alpha=1.0, lam=0.01,
                        gamma=1.0, max_wrong=2, quarantine_steps=15, class_quotas=True, num_classes=4,
@@ -262,8 +262,8 @@ def test_ranks_applying_at_different_times_agree():
 
 
 def test_a_single_rank_keeps_no_old_quarantines():
-    """(Review: with one rank the kept quarantines of Engine.carry_since were
-    never dropped; the engine state grew with every quarantine.)"""
+    """With one rank, Engine.carry_since keeps no quarantines: the engine
+    state does not grow with every quarantine."""
     import hardmix
 
     s = hardmix.ReplaySampler(200, batch_size=16, capacity=24, replay_lag=3, seed=1, num_classes=4,

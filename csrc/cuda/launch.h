@@ -2,8 +2,8 @@
 //
 // This header is the whole interface between the torch-facing op layer
 // (csrc/ops/cuda_ops.cpp, compiled by the host compiler with the stable ABI)
-// and the kernels (compiled by nvcc with no torch header, which keeps each
-// .cu file to a couple of seconds of compile time). It uses no CUDA types
+// and the kernels (compiled by nvcc with no torch header, which keeps the .cu
+// files quick to compile). It uses no CUDA types
 // either: streams travel as void* and errors as the integer value of
 // cudaError_t (0 = success; error_string() names it).
 //

@@ -13,9 +13,10 @@
 // same source serves SSE2, AVX2, AVX-512 and NEON). float32 rows are read in
 // place, as the two ranges either side of the target, each closed by one
 // overlapping block (a max is idempotent). float16/bfloat16 rows are widened
-// block by block into a stack buffer, where the target's lane is masked. A SIMD max does not propagate NaN, so the fast path
-// also sums x - x, which stays 0 on finite rows; a row with an infinity or a
-// NaN is recomputed one element at a time (row_margin_scalar).
+// block by block into a stack buffer, where the target's lane is masked. A
+// SIMD max does not propagate NaN, so the fast path also sums x - x, which
+// stays 0 on finite rows; a row with an infinity or a NaN is recomputed one
+// element at a time (row_margin_scalar).
 //
 // rows_margin_* (margin.cpp) are compiled once per instruction set (x86-64:
 // AVX-512F, AVX2, SSE2) and the best one the CPU supports is picked at run time.

@@ -1,4 +1,4 @@
-// The hardmix policy (DESIGN §2) on raw arrays: the native engine's core.
+// The hardmix policy on raw arrays: the native engine's core.
 // Torch-free; csrc/ops/policy.cpp views the engine's state tensors as a
 // PolicyView and calls update() / draw().
 //
@@ -35,16 +35,16 @@
 // heap per class without per-class storage); insert, delete-any and rescore
 // are O(log R) worst case there too.
 // Replay: a binary sum tree over the slots; each pick is a descent, O(log R).
-// (A fan-out-8 tree was tried: fewer cache lines per update, but its descent
-// is a serial chain of up to 8 dependent subtractions per level, and the draw
-// came out 40% slower here.)
+// (Binary rather than wider: a wider node saves cache lines per update, but
+// makes each level of the descent a serial chain of dependent subtractions.)
 //
 // Cost of update(): O(B log R) plus O(B * W) for the loss_rank score and O(K)
 // per cross-class eviction with class quotas; an O(R) rebase of replay weights
 // every REBASE_EXPONENT / (gamma * lam) steps (amortised); with balanced
 // replay O(K) per step and an O(R + K) reweighting every reweight_every
-// steps. No allocation beyond B-sized scratch. draw(): O(E + (m + X) log R) for E excluded
-// indices and X rejected picks (each member is rejected at most once).
+// steps. No allocation beyond B-sized scratch. draw(): O(E + (m + X) log R)
+// for E excluded indices and X rejected picks (each member is rejected at
+// most once).
 #pragma once
 
 #include <cstdint>
@@ -972,7 +972,7 @@ struct PolicyView {
     } else {
       victim = static_cast<int32_t>(root(0));
     }
-    // (without quotas the weakest key sits at the top of the binary heap: hot)
+    // (without quotas the weakest key sits at the top of the 4-ary heap: hot)
     const double vkey = cfg.quotas ? slot(victim)[kKey] : heap[0];
     if (e.key > vkey || (e.key == vkey && static_cast<double>(e.index) < slot(victim)[kIndex])) {
       replace(victim, e, t);

@@ -1,5 +1,5 @@
 // Counter-based random numbers: every draw is a pure function of
-// (seed, step, stream, index). DESIGN.md §2 "Random numbers".
+// (seed, step, stream, index).
 //
 // One header for the CPU ops, the CUDA kernels and (mirrored line by line) the
 // Python module hardmix/rng.py. No state, so a draw never depends on how many

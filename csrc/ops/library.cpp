@@ -73,8 +73,8 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
 
   // policy_update(state..., config, seed, indices, losses, margins?, classes?,
   //               priorities?, replayed?, rows?)
-  //   One step t of the policy (DESIGN §2; the exact rules are the docstring
-  //   of python/hardmix/reference.py, which this op must match bit for bit).
+  //   One step t of the policy (the exact rules are the docstring of
+  //   python/hardmix/reference.py, which this op matches bit for bit).
   //   State (mutated; made and owned by hardmix.engine.Engine, CPU,
   //   contiguous): table f64 [N, 8], pos i32 [N], slots f64 [R, 8],
   //   links i32 [R, 4], heap f64 [R, 2], free i32 [R], classes i64 [K, 2],

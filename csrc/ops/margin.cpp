@@ -17,9 +17,9 @@ namespace {
 using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
-// Elements (rows * C) per parallel chunk. Below this a row block finishes in
-// tens of microseconds, and waking a second thread on a loaded 2-core machine
-// can stall longer than the work itself.
+// Elements (rows * C) per parallel chunk. Below this, waking another thread
+// can take longer than the work itself, most of all on a loaded machine with
+// few cores.
 constexpr int64_t kGrainElements = 1 << 18;
 
 // Every target must lie in [0, C): checked before anything is written.

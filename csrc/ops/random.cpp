@@ -15,8 +15,8 @@ namespace {
 
 using torch::stable::Tensor;
 
-// Elements per parallel chunk: a Gumbel draw is ~20 ns, so below this the
-// thread pool costs more than it saves.
+// Elements per parallel chunk: below this the thread pool costs more than it
+// saves.
 constexpr int64_t kGrain = 1 << 15;
 
 template <bool kGumbel>

@@ -51,14 +51,14 @@ BALANCE_COLUMNS = (
 COL_FRESH, COL_SEEN_CLASS, COL_FACTOR = range(3)
 BALANCE_DECAY = 0.9  # the EMA's decay per step: it follows the fresh stream's classes over ~10 steps
 
-# Keys of weights are rebased when gamma * lam * (t - t_ref) exceeds this, so
-# exp() never overflows (DESIGN §2: "rebased now and then").
+# Replay weights are rebased when gamma * lam * (t - t_ref) exceeds this, so
+# exp() never overflows (hardmix.reference: "t_ref is rebased").
 REBASE_EXPONENT = 64.0
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Every knob of the policy (DESIGN §2).
+    """Every knob of the policy (its rules: :mod:`hardmix.reference`).
 
     Args:
         num_examples: N, the dataset size; indices are in [0, N).

@@ -1,4 +1,4 @@
-"""torch.distributed glue for ReplaySampler (DESIGN §4).
+"""torch.distributed glue for ReplaySampler.
 
 Under a process group every rank holds the same reservoir: ``update()``
 gathers each rank's validated batch (index, loss, margin, class, priority,

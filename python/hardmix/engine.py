@@ -1,26 +1,25 @@
 """The native engine: the policy's state tensors and one step through the ops.
 
-:class:`Engine` owns every state tensor of DESIGN §2 and runs a step of the
-policy with ``torch.ops.hardmix.policy_update`` / ``policy_draw``. It behaves
-exactly as :class:`hardmix.reference.ReferencePolicy` under the same
-:class:`~hardmix.config.PolicyConfig` (the tests compare them bit for bit).
+:class:`Engine` owns every state tensor of the policy and runs a step of it
+with ``torch.ops.hardmix.policy_update`` / ``policy_draw``. It behaves exactly
+as :class:`hardmix.reference.ReferencePolicy` (the specification) under the
+same :class:`~hardmix.config.PolicyConfig`; the tests compare them bit for bit.
 
 The per-step cost does not depend on N and grows as log R (see the contract of
 ``policy_update`` in csrc/ops/library.cpp). The state lives on the CPU, or on a
 CUDA device (``Engine(config, device="cuda")``: see :class:`Engine`).
 
-**Sharded table** (``Engine(config, shard=(rank, world))``, DESIGN §4): the
-N-sized state is split by index across ``world`` engines, one per rank, and
-the reservoir (R-sized state) is replicated. Shard ``rank`` holds the table
-rows of the indices i = rank (mod world) (row i // world) and looks members
-up in a hash over the slots instead of an array [N], so it holds about
-64 N / world + O(R) bytes. A step is then two halves with an exchange between:
-:meth:`Engine.dynamics` on every shard (each owner updates its rows and
-returns them for the batch), the sum of those rows over the shards (one
+**Sharded table** (``Engine(config, shard=(rank, world))``): the N-sized
+state is split by index across ``world`` engines, one per rank, and the
+reservoir (R-sized state) is replicated. Shard ``rank`` holds the table rows
+of the indices i = rank (mod world) (row i // world) and looks members up in
+a hash over the slots instead of an array [N], so it holds about
+64 N / world + O(R) bytes. A step is then two halves with an exchange
+between: :meth:`Engine.dynamics` on every shard (each owner updates its rows
+and returns them for the batch), the sum of those rows over the shards (one
 ``all_reduce``), and :meth:`Engine.update` with ``rows=`` on every shard. The
 engines then hold the reservoir, counters and draws of one whole-table engine
-fed the same batches, and each shard's table rows equal that engine's (tested
-in tests/test_sharded.py).
+fed the same batches, and each shard's table rows equal that engine's.
 """
 
 from __future__ import annotations
@@ -115,9 +114,9 @@ class Engine:
             under ``nonfinite="raise"``) make the device run that step as an
             update with no examples (the step count stays in line), and the
             next :meth:`draw` (or :meth:`check`) raises the error. Not with
-            ``shard`` (yet). Measured on an H200, a step there takes 13-20x
-            the host engine's (README, "GPU"): ReplaySampler keeps the state
-            on the host unless asked (``state_device``).
+            ``shard``. One device thread runs a step, slower than the host
+            engine, so ReplaySampler keeps the state on the host unless asked
+            (``state_device``).
     """
 
     def __init__(self, config: PolicyConfig, score_fn: Callable | None = None,
@@ -343,12 +342,12 @@ class Engine:
         """Sharded table: the first half of the step that will run as step ``t``
         (indices, losses, margins, classes, priorities as for :meth:`update`:
         what the dynamics read; the strikes against a label read the batch's
-        class tally). Updates the dynamics of the entries this shard owns and returns float64 [B, 8] with, for each, its
-        row after that (zeros elsewhere). Summed over the shards, it is the
-        ``rows`` of :meth:`update`. ``t`` may run ahead of :attr:`step` (the
-        replay lag): then the rows' ``quarantine_until`` can miss quarantines
-        of the steps in between, which the caller must carry over (the
-        sampler does)."""
+        class tally). Updates the dynamics of the entries this shard owns and
+        returns float64 [B, 8] with, for each, its row after that (zeros
+        elsewhere). Summed over the shards, it is the ``rows`` of
+        :meth:`update`. ``t`` may run ahead of :attr:`step` (the replay lag):
+        then the rows' ``quarantine_until`` can miss quarantines of the steps
+        in between, which the caller must carry over (the sampler does)."""
         if self.shard is None:
             raise ValueError("dynamics() is for a sharded table (Engine(..., shard=(rank, world)))")
         if isinstance(t, bool) or not isinstance(t, int) or t < 0:
@@ -439,6 +438,7 @@ class Engine:
     # --- inspection --------------------------------------------------------
 
     def state_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The state tensors, in the order of ``STATE_TENSORS`` (the ops' argument order)."""
         return tuple(getattr(self, name) for name in STATE_TENSORS)
 
     @property
@@ -449,6 +449,7 @@ class Engine:
 
     @property
     def size(self) -> int:
+        """The number of members in the reservoir."""
         with self.on_stream():
             return self.config.capacity - int(self.counters[_FREE_TOP])
 
@@ -495,6 +496,9 @@ class Engine:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` of an engine with the same config and
+        shard. Raises ValueError on a mismatch (config, shard, a tensor's
+        shape or dtype) before changing anything."""
         cfg = PolicyConfig(**state["config"])
         if cfg != self.config:
             raise ValueError(f"state_dict was saved with a different config: {cfg} != {self.config}")

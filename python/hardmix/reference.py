@@ -1,13 +1,14 @@
 """The hardmix policy in plain Python: the executable specification.
 
-This module is DESIGN.md §2 made exact. The native engine (csrc/kernels/
-policy.h, driven by :mod:`hardmix.engine`) must agree with it on every output:
-membership, keys, the dynamics table and the replay draws, bit for bit. It uses
-the standard library only (lists, dicts, ``heapq``, ``math``) and the random
-numbers of :mod:`hardmix.rng`, and is written to be read, not to be fast.
-Logarithms and exponentials are :mod:`hardmix.rng`'s own (``rng.log``,
-``rng.exp``, ``rng.log1p``: within 1 ulp of libm, written with + - * / only),
-which the engine computes identically on the CPU and on a GPU.
+This module defines the policy exactly. The native engine
+(csrc/kernels/policy.h, driven by :mod:`hardmix.engine`) agrees with it on
+every output: membership, keys, the dynamics table and the replay draws, bit
+for bit. It uses the standard library only (lists, dicts, ``heapq``,
+``math``) and the random numbers of :mod:`hardmix.rng`, and is written to be
+read, not to be fast. Logarithms and exponentials are :mod:`hardmix.rng`'s
+own (``rng.log``, ``rng.exp``, ``rng.log1p``: within 1 ulp of libm, written
+with + - * / only), which the engine computes identically on the CPU and on
+a GPU.
 
 One step
 ========
@@ -118,17 +119,17 @@ skipped. It reads draw r's uniform ``u = uniform(seed, t, STREAM_REPLAY, r)``
 (t: the current step counter, i.e. the number of updates so far; r counts
 every pick, including rejected ones: a pick is made with replacement and
 rejected when excluded or already drawn, and a rejected member's weight is 0
-for the rest of the draw), and walks a sum tree over the R slots: the same tree, summed in the same order, as the
-native engine, so the two pick the same members. The draw changes no state.
+for the rest of the draw), and walks a sum tree over the R slots: the same
+tree, summed in the same order, as the native engine, so the two pick the
+same members. The draw changes no state.
 
 ``t_ref`` is rebased to the current step at the start of an update when
 ``gamma * lam * (t - t_ref) > REBASE_EXPONENT`` (all weights recomputed), so
 exp() never overflows.
 
-Where the two implementations may legitimately differ: nowhere. Every float
-is computed with the same formula in the same order, float32 inputs are widened
-exactly, logarithms and exponentials come from the same C library, and the sum
-tree is identical; the tests compare with ``==``.
+The engine computes every float with the same formula in the same order
+(float32 inputs widened exactly, the same logarithms, exponentials and sum
+tree), so the tests compare the two with ``==``.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ class SumTree:
 
 
 class ReferencePolicy:
-    """The policy of DESIGN §2, one step at a time (see the module docstring)."""
+    """The policy, one step at a time (see the module docstring)."""
 
     def __init__(self, config: PolicyConfig):
         self.config = config

@@ -1,10 +1,10 @@
-"""ReplaySampler: the drop-in batch sampler of DESIGN §1.
+"""ReplaySampler: a DataLoader batch sampler that mixes replay into every batch.
 
 A :class:`ReplaySampler` is a ``torch.utils.data.BatchSampler``: pass it to a
 DataLoader as ``batch_sampler=``. Every batch it yields is *fresh* data, the
-next of a stream of seeded passes over the data, plus *replay*: members of the reservoir that
-:class:`hardmix.Engine` keeps from the losses the training loop reports with
-:meth:`ReplaySampler.update`::
+next of a stream of seeded passes over the data, plus *replay*: members of the
+reservoir that :class:`hardmix.Engine` keeps from the losses the training loop
+reports with :meth:`ReplaySampler.update`::
 
     sampler = hardmix.ReplaySampler(len(train_set), batch_size=256, capacity=8192,
                                     replay_fraction=0.25, warmup_steps=500, seed=0)
@@ -21,35 +21,32 @@ next of a stream of seeded passes over the data, plus *replay*: members of the r
 **Batches are numbered** g = 0, 1, 2, ... over the whole run (the global step;
 schedules read it). Batch g has ``m = replay_count(rho(g), B)`` replayed and
 ``B - m`` fresh examples (or B fresh and m replayed on top, with
-``replay_mode="append"``). Every epoch has the same number of batches
-(``epoch_length``), known from the arguments and the fresh data alone, so
-``len()`` is right before the first batch and before and after a restore: an
-LR schedule or a trainer may read it once. An epoch's plan (how many fresh
-examples each batch takes, from which pass) is fixed when it starts.
+``replay_mode="append"``). Unless ``epoch_length="pass"``, every epoch has
+the same number of batches, known from the arguments and the fresh data
+alone, so ``len()`` is right before the first batch and across a restore. An
+epoch's plan (how many fresh examples each batch takes, from which pass) is
+fixed when it starts.
 
-**The replay lag.** A DataLoader with workers asks for batches ahead of
-training (``num_workers * prefetch_factor`` of them), before the losses of the
-batches in flight exist. So the replay of batch g is drawn from the reservoir
-exactly as it was after the updates of batches 0 .. g - L - 1, with
-L = ``replay_lag``. Updates arriving earlier are queued and applied in order.
-The batches are then a pure function of the seed, L and the reported losses,
-never of timing. L must be at least the number of batches fetched before the
-loop reports the losses of the oldest: ``num_workers * prefetch_factor``,
-plus whatever the loop itself fetches ahead (Accelerate's prepared loader:
-1; the transformers Trainer: its gradient-accumulation steps). By default (``replay_lag=None``) L is measured once:
-the batches yielded before the first ``update()``, minus one (0 for a plain
-loop without workers, 2 * num_workers for a DataLoader's defaults): the
-smallest lag the loader allows, since every batch of lag is a batch of
-admissions the replay cannot see yet. Pass an int to fix L (the same batches
-for any worker count). If batch g is requested before the update of batch
-g - L - 1 has arrived, the sampler raises. Batches must come back in order
+**The replay lag.** A DataLoader with workers asks for batches before the
+losses of the batches in flight exist. So the replay of batch g is drawn from
+the reservoir exactly as it was after the updates of batches 0 .. g - L - 1,
+L = ``replay_lag``; updates that arrive earlier are queued and applied in
+order. The batches are then a pure function of the seed, L and the reported
+losses, never of timing. L must be at least the number of batches fetched
+before the loop reports the losses of the oldest:
+``num_workers * prefetch_factor``, plus whatever the loop itself fetches
+ahead (Accelerate's prepared loader: 1; the transformers Trainer: its
+gradient-accumulation steps). With ``replay_lag=None`` (default) L is
+measured once, as the batches yielded before the first ``update()`` minus one
+(0 for a plain loop without workers, 2 * num_workers with a DataLoader's
+defaults): the smallest lag the loader allows. Pass an int to fix L (the same
+batches for any worker count). Requesting batch g before the update of batch
+g - L - 1 has arrived raises RuntimeError. Batches must come back in order
 (the DataLoader's default ``in_order=True``).
-:meth:`reservoir` and :meth:`stats` show the reservoir the next draw uses.
 
-**update() contract.** Call ``update`` once per batch, in the order the
-batches were yielded, with that batch's indices (in the order yielded). It
-validates everything before it changes anything; a failed call leaves the
-sampler exactly as it was.
+**Updates.** Call :meth:`ReplaySampler.update` once per batch, in the order
+the batches were yielded, with that batch's indices (in the order yielded).
+A call that raises leaves the sampler exactly as it was.
 
 **Breaking out of an epoch.** Batches yielded but never updated (a loop that
 breaks while workers have batches in flight) are yielded again, unchanged, by
@@ -57,18 +54,10 @@ the next ``iter()`` of the same epoch. When a new epoch starts instead, they
 are dropped: their global numbers stay used and each counts as an update with
 no examples (the one case where the worker count changes what follows).
 
-**Checkpoints.** :meth:`state_dict` is O(B * replay_lag) per call (it is called
-for every batch by ``torchdata``'s ``StatefulDataLoader``), plus a copy of the
-engine state (O(N)) once every ``ceil(N / B)`` calls; nothing is kept while it
-is never called. It holds the engine state at some recent step and the list
-of updates since; that list is *live*: it keeps receiving the updates of the
-batches yielded before the call, until it is serialised (``torch.save``) or
-deep-copied. That is what makes a ``StatefulDataLoader`` checkpoint exact: the
-loader takes its snapshot when it *dispatches* a batch, before training on
-it, and the updates that the loop makes before saving still reach it.
-:meth:`load_state_dict` restores the state as of the snapshot: every batch
-yielded by then whose update had arrived when the state was saved is applied,
-and the others are yielded again. Save after ``update()``.
+**Checkpoints.** :meth:`ReplaySampler.state_dict` and
+:meth:`ReplaySampler.load_state_dict` resume a run, mid-epoch too, with the
+batches of an uninterrupted one, also under ``torchdata``'s
+``StatefulDataLoader``.
 """
 
 from __future__ import annotations
@@ -90,13 +79,12 @@ from .schedules import LinearRamp, Schedule, as_schedule, replay_count
 
 STATE_VERSION = 3
 
-# The sampler's policy: a random reservoir per class (alpha = lam = 0),
-# class-balanced memory and replay (class quotas and balance_replay, on
-# whenever the class count is known: num_classes, or the logits' width at the
-# first update), uniform replay within a class (gamma 0), and examples that
-# are wrong twice while their class is being learned, and never right then,
-# kept out (max_wrong 2) for good. README ("Does it help?") has the
-# evaluation these defaults were chosen by.
+# The sampler's policy defaults (with class balance: see ReplaySampler's
+# ``**policy``): a random reservoir per class (alpha = lam = 0), uniform replay
+# within a class (gamma 0), and examples that are wrong twice while their
+# class is being learned, and never right then, kept out for good (max_wrong
+# 2, an endless quarantine). ``python -m hardmix eval`` compares them with the
+# baselines (and, with ``--methods``, with one mechanism changed at a time).
 SAMPLER_DEFAULTS = {"alpha": 0.0, "lam": 0.0, "gamma": 0.0, "max_wrong": 2, "quarantine_steps": 2**31 - 1}
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -165,17 +153,17 @@ class ReplaySampler(BatchSampler):
             (else in order).
         replay_mode: ``"mix"`` (batches of B = fresh + replay) or ``"append"``
             (B fresh plus ``replay_count(rho, B)`` replayed on top).
-        epoch_length: batches per epoch. ``"auto"`` (default): the same in
-            every epoch, one pass over the fresh data at the schedule's
-            peak replay fraction: ceil(n / f) batches of f = B -
-            replay_count(peak, B) fresh examples (B with ``"append"``;
-            floor with ``drop_last``), n the fresh examples of a rank. An
-            int: that many. Fresh data then flows as a stream of seeded
-            passes across epoch boundaries: where a batch holds more fresh
-            examples than f (warm-up, a ramp), a pass ends before its epoch
-            and the next one begins in it; a batch never spans two passes
-            (the last of a pass may be short). ``"pass"``: one pass per
-            epoch, whose batch count follows the schedule.
+        epoch_length: batches per epoch: ``"auto"`` (default), one pass
+            over the fresh data at the schedule's peak, ceil(n / f) in every
+            epoch for f = B - replay_count(peak, B) fresh examples per batch
+            (B with ``"append"``; floor with ``drop_last``) and n the fresh
+            examples of a rank; an int: that many; ``"pass"``: one pass per
+            epoch, its batch count following the schedule. Except with
+            ``"pass"``, fresh data flows as a stream of seeded passes across
+            epoch boundaries: where batches hold more fresh examples than f
+            (warm-up, a ramp) a pass ends within an epoch and the next
+            begins there; a batch never spans two passes (the last of a
+            pass may be short).
         replay_lag: L, the replay of batch g comes from the reservoir after
             the updates of batches < g - L; None (default): measured at the
             first ``update()`` (see the module docstring).
@@ -198,21 +186,19 @@ class ReplaySampler(BatchSampler):
             of it on every rank: about 64 N / num_replicas bytes per rank
             plus the replicated reservoir (O(R)). ``update()`` then makes a
             second collective (an ``all_reduce`` of [W * B + ceil(W / 8), 8]
-            float64: the
-            owners' rows of the batch's examples); batches, reservoir and
-            draws are exactly those of an unsharded run. Each rank's
-            ``state_dict`` holds its own shard.
-        state_device: where the policy's state lives. ``"cpu"`` (default):
-            on the host, also when ``update()`` gets GPU tensors: then
-            update() starts their copy to pinned host memory and returns
-            (it never waits for the GPU), and the update is applied when
-            the replay lag needs it (the copy long done). ``"cuda"`` (or
-            ``"cuda:N"``): on the GPU of the first update with CUDA tensors;
-            one GPU thread runs each step, which is an order of magnitude
-            slower than the host (README: "GPU"): a training step shorter
-            than that waits for it. For valid input the results are the
-            same bit for bit (with ``"cuda"``, a target outside the logits'
-            columns is a NaN margin, skipped, where the host raises).
+            float64: the owners' rows of the batch's examples); batches,
+            reservoir and draws are exactly those of an unsharded run. Each
+            rank's ``state_dict`` holds its own shard.
+        state_device: where the policy's state lives: ``"cpu"`` (default),
+            also when ``update()`` gets GPU tensors (it copies them to pinned
+            host memory without waiting for the GPU, and applies the update
+            when the replay lag needs it); or ``"cuda"`` / ``"cuda:N"``: the
+            GPU of the first update with CUDA tensors, where one GPU thread
+            runs each step, slower than the host (see the performance page
+            of the docs): a shorter training step waits for it. For valid
+            input the results are the same bit for bit (with ``"cuda"``, a
+            target outside the logits' columns is a NaN margin, skipped,
+            where the host raises).
         **policy: the policy's knobs, as :class:`hardmix.PolicyConfig` takes
             them (``score``, ``alpha``, ``lam``, ``gamma``, ``graduation``,
             ``max_wrong``, ``class_quotas``, ``num_classes``,
@@ -223,6 +209,8 @@ class ReplaySampler(BatchSampler):
             the logits' width at the first ``update()`` (an update without
             logits then leaves them off); ``reweight_every`` defaults to
             max(1, R // (4 B)) (O(B) amortised per step).
+
+    Raises ValueError or TypeError naming a bad argument.
     """
 
     def __init__(
@@ -484,10 +472,12 @@ class ReplaySampler(BatchSampler):
         """Start epoch ``epoch``.
 
         The epoch in progress keeps going when ``epoch`` is its number and
-        ``set_fresh`` was not called since, so the loop of DESIGN §1 resumes
-        mid-epoch after ``load_state_dict``; if that epoch is finished, the
-        next iteration yields nothing. Iterating a finished epoch without
-        ``set_epoch`` starts the next one (for loops that never call it).
+        ``set_fresh`` was not called since, so a loop that calls
+        ``set_epoch(epoch)`` at the top of each epoch resumes mid-epoch after
+        ``load_state_dict``; if that epoch is finished, the next iteration
+        yields nothing. Iterating a finished epoch without ``set_epoch``
+        starts the next one (for loops that never call it). Raises
+        ValueError unless ``epoch`` is an int >= 0.
         """
         if not _is_int(epoch) or epoch < 0:
             raise ValueError(f"ReplaySampler.set_epoch: epoch must be an int >= 0, got {epoch!r}")
@@ -498,8 +488,13 @@ class ReplaySampler(BatchSampler):
         self._requested = epoch
 
     def set_fresh(self, indices) -> None:
-        """Restrict fresh data to these dataset indices from the next epoch on
-        (a stream of tasks); the reservoir keeps what it holds."""
+        """Restrict fresh data to these dataset indices (a stream of tasks),
+        from the next ``set_epoch()`` call or epoch start on; the epoch in
+        progress and the reservoir keep what they hold.
+
+        ``indices``: a non-empty 1-D integer tensor (or sequence) of distinct
+        indices in [0, N), else ValueError.
+        """
         idx = torch.as_tensor(indices) if not isinstance(indices, torch.Tensor) else indices
         if idx.dtype not in _INT_DTYPES or idx.dim() != 1:
             raise ValueError(f"set_fresh: indices must be a 1-D integer tensor, got {idx.dtype} of shape "
@@ -736,19 +731,17 @@ class ReplaySampler(BatchSampler):
     # --- feedback ----------------------------------------------------------
 
     def _apply(self, upto: int, wait: bool = True) -> None:
-        """Apply queued updates until the engine has seen ``upto`` of them.
-        An update whose inputs are still being copied from a GPU (see
-        _to_host) waits for its copy, or with ``wait=False`` stays queued.
+        """Apply queued updates until the engine has seen ``upto`` of them,
+        waiting for GPU inputs still being copied (_to_host), or with
+        ``wait=False`` stopping at the first such update.
 
-        Updates whose values were never checked (``deferred``: inputs on a
-        GPU) are checked here, on the host, when the state is there: a bad
-        one runs as an update with no examples and its error is reported by
-        the next batch (_make_batch). The checkpoint logs share each entry:
-        once applied it holds its host tensors, marked checked, or is the
-        empty update it ran as, with its error numbered in the order found;
-        so a restore never checks it again, and reports its error only if
-        the state_dict() call had not seen it (state_dict: ``errors``, the
-        ones found and not reported by then, and ``found``, their count)."""
+        Deferred updates (GPU inputs, values unchecked) are checked here when
+        the state is on the host: a bad one runs as an update with no
+        examples and the next batch raises its error (_make_batch). The
+        checkpoint logs share each entry, which is left with its host
+        tensors, marked checked, or as the empty update it ran as, its error
+        numbered in the order found: a restore never checks it again, and
+        raises its error only if the state_dict() call had not seen it."""
         eng = self.engine
         while self._pending and eng.step < upto:
             e = self._pending[0]
@@ -763,8 +756,8 @@ class ReplaySampler(BatchSampler):
             checks = bool(e.get("deferred")) and eng.device.type == "cpu"
             error = self._value_error(e.get("C"), e["losses"], e["margins"], e["classes"],
                                       e["priorities"]) if checks else None
-            # (an update with no examples as the config is now: one queued before the first update
-            # may predate the class count)
+            # (an update with no examples is made for the current config: one queued before the
+            # first update may predate the class count)
             args = self._empty_entry() if error or e["indices"].numel() == 0 else e
             with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
                 self._prev_totals = eng.counters[2:7].clone()
@@ -883,7 +876,7 @@ class ReplaySampler(BatchSampler):
             raise ValueError(f"{name}: indices must be a 1-D tensor [B], got shape {list(indices.shape)}")
         return indices.long()
 
-    @torch.compiler.disable  # (host-side: one graph break per call under torch.compile)
+    @torch.compiler.disable
     def weights(self, indices: torch.Tensor) -> torch.Tensor:
         """Importance weights for the batch about to be updated (float32 [B], on
         the device of ``indices``); does not change the sampler.
@@ -898,14 +891,12 @@ class ReplaySampler(BatchSampler):
         member i: rho_i = 1 - exp(-w_i * tau), with w_i the member's replay
         weight and tau the expected time of the (m+1)-th arrival of the
         draw's exponential clocks given its order (sum of 1 / remaining
-        weight): a Poisson approximation of the inclusion probability of
-        successive sampling, not exact. Examples that fill a replay the reservoir was too small
-        for get 0. q_i = f / n assumes shuffled fresh data (``shuffle=True``).
-
-        Over many batches the weighted batch mean of a fixed per-example
-        value lands within 2% of its mean over the data (tested: 0.198 for
-        0.202 at alpha 50 and 1; unweighted 0.52); the rest is the Poisson
-        approximation.
+        weight). This is a Poisson approximation of the inclusion
+        probability of successive sampling, so the estimate is close to
+        unbiased, not exactly. Examples that fill a replay the reservoir was
+        too small for get 0. q_i = f / n assumes shuffled fresh data
+        (``shuffle=True``). Raises ValueError if ``indices`` is not the
+        batch about to be updated.
         """
         idx = self._as_index_tensor("weights", indices)
         rec = self._expected("weights", idx)
@@ -916,7 +907,7 @@ class ReplaySampler(BatchSampler):
             rec["weights"] = w.pin_memory() if self._pin and indices.device.type == "cpu" else w
         return to_device(rec["weights"], indices.device)
 
-    @torch.compiler.disable  # (host-side: one graph break per call under torch.compile)
+    @torch.compiler.disable
     def replayed(self, indices: torch.Tensor) -> torch.Tensor:
         """Which rows of the batch about to be updated were drawn from the
         reservoir: bool [B] on the device of ``indices`` (the fresh part and
@@ -927,7 +918,7 @@ class ReplaySampler(BatchSampler):
         rec = self._expected("replayed", idx)
         return to_device(self._replayed_mask(rec), indices.device)
 
-    @torch.compiler.disable  # (host-side: one graph break per call under torch.compile)
+    @torch.compiler.disable
     def stored_logits(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits each replayed row had when it was admitted to the
         reservoir (``store_logits=True``), for the batch about to be updated:
@@ -953,7 +944,9 @@ class ReplaySampler(BatchSampler):
     @torch.compiler.disable
     def update(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor | None = None,
                targets: torch.Tensor | None = None, *, priorities: torch.Tensor | None = None) -> None:
-        """Report the losses of the oldest batch not yet updated.
+        """Report the losses of the oldest batch not yet updated: call it once
+        per batch, in the order the batches were yielded (with several ranks,
+        on every rank: it is a collective).
 
         Args:
             indices: [B] the batch's dataset indices, exactly as yielded.
@@ -962,19 +955,20 @@ class ReplaySampler(BatchSampler):
             targets: [B] int targets; without logits they give classes only.
             priorities: [B] with ``score="given"`` (unless ``score_fn`` is set).
 
-        Tensors may live on the CPU or a GPU (all on one device; indices may
-        stay on the CPU, as the loader gives them, and should: indices on a
-        GPU are compared with the batch on the host, which waits). With GPU
-        tensors update() only starts work and returns, without waiting for
-        the GPU: their copy to the host (``state_device="cpu"``, the
-        default) or the step on the GPU (``state_device="cuda"``). Then the
-        checks of values, which would wait for the GPU (NaN/inf under
-        ``nonfinite="raise"``, target and class ranges, negative
-        priorities), are made when the update is applied: a bad update runs
-        as one with no examples and its ValueError comes with the next
-        batch. Safe under ``torch.no_grad``; skipped by ``torch.compile``
-        (it runs eagerly). Raises ValueError / TypeError naming the argument
-        and value, before any state changes.
+        Tensors may be on the CPU or a GPU, all on one device; ``indices``
+        may (and should) stay on the CPU as the loader gives them, since
+        indices on a GPU are compared with the batch on the host, which
+        waits. With GPU tensors update() starts work and returns without
+        waiting for the GPU: their copy to the host (``state_device="cpu"``)
+        or the step on the GPU (``state_device="cuda"``). The value checks
+        that would wait (NaN/inf under ``nonfinite="raise"``, target and
+        class ranges, negative priorities) are then made when the update is
+        applied: a bad update runs as one with no examples and its
+        ValueError comes with the next batch.
+
+        Raises ValueError / TypeError naming the argument and value, before
+        any state changes. Safe under ``torch.no_grad``; ``torch.compile``
+        does not trace it (it runs eagerly).
         """
         if self.num_replicas == 1:
             entry = self._validate(indices, losses, logits, targets, priorities)
@@ -1064,9 +1058,11 @@ class ReplaySampler(BatchSampler):
         if config != self.config:
             self.config = config
             self.engine = self._rebuilt(self.engine, config)
-            if self._log is not None:  # (the copy was of the engine replaced: the next state_dict copies
-                self._open_logs.append((self._log, self._log_start, self._log_until))  # anew; states out keep
-            self._base, self._log = None, None  # their log)
+            # The copied engine is replaced: the next state_dict() copies anew, and states
+            # already handed out keep their log.
+            if self._log is not None:
+                self._open_logs.append((self._log, self._log_start, self._log_until))
+            self._base, self._log = None, None
         self._classes = C
         if self.store_logits:
             R = self.config.capacity
@@ -1169,8 +1165,7 @@ class ReplaySampler(BatchSampler):
 
     def _validate(self, indices, losses, logits, targets, priorities) -> dict:
         idx = self._as_index_tensor("update", indices)
-        # (indices may stay on the host, as the loader gives them: they are only
-        # compared with the batch yielded, which is on the host)
+        # (indices may stay on the host: they are only compared with the batch yielded)
         devices = {name: t.device for name, t in
                    (("losses", losses), ("logits", logits), ("targets", targets),
                     ("priorities", priorities)) if isinstance(t, torch.Tensor)}
@@ -1190,10 +1185,8 @@ class ReplaySampler(BatchSampler):
                              + ", ".join(f"{k} on {v}" for k, v in devices.items()))
         rec = self._expected("update", idx)
         B = idx.numel()
-        # Inputs on a GPU stay there (one process): checking their values would
-        # wait for the device. The device checks them (state on the GPU: see
-        # Engine(device=)) or the host does when the update is applied (_apply);
-        # either way the error comes with the next batch.
+        # Inputs on a GPU stay there (one process): their values are checked
+        # when the update is applied, by the device or the host (_defers, _apply).
         deferred = self._defers(devices)
         host_checks = not deferred
 
@@ -1287,12 +1280,11 @@ class ReplaySampler(BatchSampler):
         the last applied update, and their ``total_*``; ``replay_fraction``
         (rho for the next batch); ``nonfinite`` (entries skipped so far);
         ``step`` (next batch); ``updates_applied`` and ``updates_pending``
-        (the replay lag at work): O(1), about 10 µs. It first applies the
+        (the replay lag at work): O(1). With ``full`` (default) also
+        ``class_histogram`` (members per class, int64 tensor) and
+        ``mean_age`` (steps since admission): O(R). It first applies the
         queued updates the next batch would apply (with GPU inputs it may
-        wait for their copies to the host). With ``full`` (default)
-        also ``class_histogram`` (members per class, int64 tensor) and
-        ``mean_age`` (steps since admission): a few vectorised passes over
-        the R slots (about 0.1 ms at R = 8192, 0.6 ms at R = 65536 here).
+        wait for their copies to the host).
         """
         self._apply(self._due())  # (inputs copied from a GPU: the copies are done)
         eng = self.engine
@@ -1325,15 +1317,26 @@ class ReplaySampler(BatchSampler):
                "epoch_length": self.epoch_length,
                "replay_lag": self._lag_arg, "store_logits": self.store_logits,
                "num_replicas": self.num_replicas, "rank": self.rank}
-        if self.shard_table:  # (absent otherwise: states saved before the option load as they were)
+        if self.shard_table:  # (absent otherwise, so a state saved without the key is an unsharded one)
             sig["shard_table"] = True
         return sig
 
     def state_dict(self) -> dict:
-        """A versioned checkpoint (torch.save-able, loads with weights_only=True).
+        """A versioned checkpoint (torch.save-able, loads with ``weights_only=True``).
 
-        Cheap per call (see the module docstring: the update log is live until
-        serialised; ``copy.deepcopy`` freezes it)."""
+        It holds the engine state at some recent step and the list of updates
+        since. That list is *live*: it keeps receiving the updates of the
+        batches yielded before the call until the state is serialised
+        (``torch.save``) or deep-copied (``copy.deepcopy``). So a
+        ``torchdata`` ``StatefulDataLoader`` checkpoint is exact: the loader
+        takes its snapshot when it dispatches a batch, before training on it,
+        and the updates the loop makes before saving still reach it. Save
+        after ``update()``.
+
+        Cost: O(B * replay_lag) per call (``StatefulDataLoader`` calls it for
+        every batch), plus a copy of the engine state (O(N)) once every
+        ``ceil(N / B)`` calls; nothing is kept while it is never called.
+        """
         # Batches to be yielded again count as yielded and not updated: a
         # rewind never moves the saved position back.
         again = len(self._again)
@@ -1389,8 +1392,15 @@ class ReplaySampler(BatchSampler):
             return self._prev_totals.to("cpu", copy=True)
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict` (same constructor arguments). Checks
-        everything first; on error nothing changes."""
+        """Restore a :meth:`state_dict` saved by a sampler with the same
+        constructor arguments, as of that call: every batch yielded by then
+        whose update had arrived when the state was saved is applied, and
+        the others are yielded again.
+
+        Raises ValueError for a state of an unsupported version, saved with
+        other arguments, or inconsistent. Everything is checked first: on
+        error nothing changes.
+        """
         if not isinstance(state, dict) or "version" not in state:
             raise ValueError("load_state_dict: not a ReplaySampler state_dict (no 'version')")
         if state["version"] not in (2, STATE_VERSION):

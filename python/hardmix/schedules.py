@@ -3,7 +3,7 @@
 A schedule is a pure function of the step t (the number of batches yielded so
 far), so it needs no state in checkpoints and gives the same batches however
 the loop is interrupted. Every schedule stays in [0, rho_max] with
-rho_max < 1: fresh data always keeps part of every batch (DESIGN §2).
+rho_max < 1: fresh data always keeps part of every batch.
 
     >>> from hardmix.schedules import LinearRamp, Anneal
     >>> s = Anneal(LinearRamp(0.25, warmup_steps=500, ramp_steps=1000), total_steps=10_000, anneal_steps=2_000)

@@ -90,7 +90,8 @@ class ReplayTrainer(transformers.Trainer):
             ``num_replicas`` and ``rank`` come from the Trainer.
         per_example_loss: ``(outputs, inputs) -> losses [B]`` (default:
             :func:`classification_losses`).
-        Everything else as ``transformers.Trainer``.
+
+    Every other argument is ``transformers.Trainer``'s.
     """
 
     def __init__(self, *args, replay: dict[str, Any], per_example_loss: Callable | None = None, **kwargs):
