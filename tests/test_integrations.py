@@ -2,7 +2,7 @@
 Accelerate and the transformers Trainer (resume in a new process mid-epoch
 and at an epoch's end, with 0 and 2 workers; two processes on gloo for
 Lightning and the Trainer; settings that would give wrong batches refused;
-the README's snippets run as written)."""
+the snippets of docs/integrations.md run as written)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import hardmix
+from doc_blocks import named
 
 pytestmark = pytest.mark.integration
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -265,12 +266,11 @@ def test_hf_trainer_refuses_what_it_cannot_honour(tmp_path):
         classification_losses({"logits": torch.zeros(2, 3, 4)}, {"labels": torch.zeros(2, 3, dtype=torch.long)})
 
 
-# --- the README's snippets ----------------------------------------------------
+# --- the snippets of docs/integrations.md --------------------------------------
 
 
 def _readme_block(marker: str) -> str:
-    text = open(os.path.join(HERE, "..", "README.md")).read()
-    return text[text.index(f"<!-- {marker} -->"):].split("```python\n", 1)[1].split("```", 1)[0]
+    return named("docs/integrations.md", marker)
 
 
 def _toy():
@@ -285,7 +285,7 @@ def test_readme_lightning_snippet_runs_as_written(tmp_path, monkeypatch):
     code = _readme_block("lightning").replace("num_workers=2", "num_workers=0")
     train_set, net = _toy()
     env = {"train_set": train_set, "net": net, "epochs": 2}
-    exec(compile(code, "README.md lightning", "exec"), env)
+    exec(compile(code, "docs/integrations.md lightning", "exec"), env)
     s = env["replay"].sampler
     assert s.epoch == 1 and s.step == 2 * len(s) == 2 * 38  # 1200 fresh, 32 per batch
     ckpt = next(tmp_path.rglob("*.ckpt"))  # Lightning's own checkpoint carries the sampler
@@ -299,13 +299,13 @@ def test_readme_accelerate_snippet_runs_as_written(tmp_path, monkeypatch):
     train_set, net = _toy()
     env = {"train_set": train_set, "model": net, "opt": torch.optim.SGD(net.parameters(), lr=0.1), "epochs": 2,
            "resume_dir": None}
-    exec(compile(code, "README.md accelerate", "exec"), env)
+    exec(compile(code, "docs/integrations.md accelerate", "exec"), env)
     first = env["sampler"]
     assert first.epoch == 1 and first.step == 2 * 38
     train_set, net = _toy()
     env = {"train_set": train_set, "model": net, "opt": torch.optim.SGD(net.parameters(), lr=0.1), "epochs": 2,
            "resume_dir": "checkpoints/epoch0"}
-    exec(compile(code, "README.md accelerate", "exec"), env)  # resumes after epoch 0: runs epoch 1 only
+    exec(compile(code, "docs/integrations.md accelerate", "exec"), env)  # resumes after epoch 0: runs epoch 1 only
     assert env["sampler"].step == first.step and env["start"] == 1
 
 
@@ -331,11 +331,11 @@ def test_readme_transformers_snippet_runs_as_written(tmp_path, monkeypatch):
             return {"logits": self.lin(x)}
 
     env = {"train_set": Items(), "model": Net(), "epochs": 2}
-    exec(compile(code, "README.md transformers", "exec"), env)
+    exec(compile(code, "docs/integrations.md transformers", "exec"), env)
     s = env["trainer"].replay_sampler
     assert s.epoch == 1 and s.step == 2 * 38
     assert sorted(os.listdir(tmp_path / "out" / "checkpoint-38"))[0] == "hardmix_sampler_0.pt"
     resumed = code.replace("trainer.train()", "trainer.train(resume_from_checkpoint=True)")
     env = {"train_set": Items(), "model": Net(), "epochs": 3}
-    exec(compile(resumed, "README.md transformers", "exec"), env)  # from checkpoint-76: epoch 2 only
+    exec(compile(resumed, "docs/integrations.md transformers", "exec"), env)  # from checkpoint-76: epoch 2 only
     assert env["trainer"].replay_sampler.step == 3 * 38

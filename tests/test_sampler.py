@@ -1,5 +1,5 @@
 """ReplaySampler: the DataLoader protocol, epochs and len(), the replay lag,
-determinism across worker counts, weights, stats, and the loop of DESIGN §1."""
+determinism across worker counts, weights, stats, and the quickstart loop."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import hardmix
 from hardmix import schedules
 from hardmix.schedules import replay_count
 
+from doc_blocks import named
 import sampler_loop
 
 
@@ -567,16 +568,11 @@ def test_set_fresh_streams_tasks_and_the_reservoir_keeps_old_ones():
     assert set(cls.tolist()) == {0, 1, 2, 3}  # earlier task's classes are still held
 
 
-# --- the loop of DESIGN §1 -----------------------------------------------------
+# --- the quickstart loop ------------------------------------------------------
 
 
 def _readme_quickstart() -> str:
-    import pathlib
-
-    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
-    start = text.index("<!-- quickstart -->")
-    block = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
-    return block
+    return named("README.md", "quickstart")
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -662,7 +658,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @pytest.mark.parametrize("state_device", ["cpu", "cuda"])
 @pytest.mark.parametrize("lag", [0, 4])
 def test_update_on_the_gpu_never_waits_for_it(state_device, lag):
-    """DESIGN §4: with GPU inputs update() starts work and returns
+    """With GPU inputs update() starts work and returns
     (torch.cuda.set_sync_debug_mode('error') raises on any wait): the copy
     of B numbers to the host (state on the CPU), or the step on the engine's
     stream (state on the GPU); the batch that needs an update waits for it."""

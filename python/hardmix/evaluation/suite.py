@@ -166,10 +166,22 @@ def evaluate(argv: list[str]) -> int:
     ap.add_argument("--fmnist-dir", default=FMNIST_DIR)
     ap.add_argument("--json", help="write every run's record here (a list)")
     ap.add_argument("--from", dest="source", metavar="JSON", help="print the tables of saved records; run nothing")
+    ap.add_argument("--table", choices=("all", "final"), default="all",
+                    help="with --from: every table, or the final-accuracy one only")
+    ap.add_argument("--plot", metavar="PNG", help="with --from: also draw the paired differences (matplotlib)")
     a = ap.parse_args(argv)
     if a.source:
         with open(a.source) as f:
-            print(report(json.load(f)))
+            records = json.load(f)
+        if "--methods" in argv or any(x.startswith("--methods=") for x in argv):
+            keep = set(a.methods.split(",")) | set(BASELINE.values())
+            records = [r for r in records if r["method"] in keep]
+        print(report(records) if a.table == "all" else deltas(records))
+        if a.plot:
+            from .plot import plot
+
+            plot(records, a.plot)
+            print(f"wrote {a.plot}")
         return 0
     torch.set_num_threads(1)
     protocols = list(QUICK) if a.quick else [p for p in a.protocols.split(",") if p]
