@@ -6,7 +6,7 @@ machine) against world size, and the bytes it moves per step.
 Each rank runs the sampler loop (next batch, update) for --steps steps after
 --warm steps; the figure is the median over steps of the slowest rank's
 update() time (the collective makes every rank wait for the slowest).
-Bytes per step and rank: one all_gather receives W blocks of (B_max + 1) x 5
+Bytes per step and rank: one all_gather receives W blocks of (B_max + 1) x 6
 float64 (B_max = B here). With ``shard_table=True`` (rows "sharded") one
 all_reduce of [W * B + ceil(W / 8), 8] float64 follows (its payload is listed; a ring
 all-reduce moves about twice that per rank), and the engine state per rank is
@@ -79,7 +79,7 @@ def main() -> None:
     for shard in [x == "1" for x in a.shard.split(",")]:
         for w in [int(x) for x in a.worlds.split(",")]:
             med, state = measure(w, a.N, a.B, a.R, a.warm, a.steps, shard)
-            bytes_recv = 0 if w == 1 else w * (a.B + 1) * 5 * 8
+            bytes_recv = 0 if w == 1 else w * (a.B + 1) * 6 * 8
             rows.append({"world": w, "sharded": shard, "median_update_us": med * 1e6, "global_batch": w * a.B,
                          "bytes_received_per_rank_per_step": bytes_recv,
                          "all_reduce_payload_bytes": (w * a.B + -(-w // 8)) * 64 if shard and w > 1 else 0,

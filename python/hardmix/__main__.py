@@ -4,7 +4,8 @@
                                replay, hardmix (table + PNG; see --help)
     python -m hardmix eval     hardmix against the baselines on continual and
                                i.i.d. protocols, over seeds (see --help)
-    python -m hardmix ops      run every native op and show what it returns
+    python -m hardmix ops      run the random-number and margin ops and show
+                               what they return
     python -m hardmix info     what this build is and which kernels are loaded
     python -m hardmix bench    time one policy step: native, reference, torch
                                (--quick, --json PATH; see --help)
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="class-incremental digits with and without hardmix (see: demo --help)")
     sub.add_parser("eval", help="the evaluation suite (see: eval --help)")
-    ops = sub.add_parser("ops", help="run every native op and print what it returns")
+    ops = sub.add_parser("ops", help="run the random-number and margin ops and print what they return")
     ops.add_argument("--seed", type=int, default=0)
     ops.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     sub.add_parser("info", help="describe this build")
