@@ -642,3 +642,68 @@ def test_each_call_breaks_a_compiled_graph_once():
     explained = torch._dynamo.explain(step)(b, loss(b))
     assert explained.graph_break_count == 3, [str(r.reason)[:200] for r in explained.break_reasons]
     assert s.step == 4 and s._received == 4
+
+
+@pytest.mark.parametrize("target", [10**12, 2**20, -7])
+def test_targets_without_a_class_count_are_range_checked(target):
+    """Without logits and num_classes, targets index per-class tables too
+    (stats() holds a histogram): outside [0, CLASS_LIMIT) they are refused."""
+    s, it, b = started(num_classes=0, class_quotas=False, balance_replay=False)
+    s2 = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0)
+    b2 = torch.tensor(next(iter(s2)))
+    for sampler, batch in ((s, b), (s2, b2)):
+        before = freeze(sampler)
+        with pytest.raises(ValueError, match=rf"targets\[0\] = {target} is out of range \[0, 1048576\).*num_classes"):
+            sampler.update(batch, loss(batch), targets=torch.full((8,), target))
+        assert freeze(sampler) == before
+    s2.update(b2, loss(b2), targets=torch.full((8,), 2**20 - 1))  # the largest class allowed
+    assert s2.stats()["class_histogram"].numel() <= 2**20
+
+
+def test_a_second_iterator_ends_the_first_with_an_error():
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0)
+    first = iter(s)
+    b = torch.tensor(next(first))
+    s.update(b, loss(b))
+    second = iter(s)
+    with pytest.raises(RuntimeError, match="superseded by a newer iter"):
+        next(first)
+    assert len(next(second)) == 8  # the newer one goes on
+
+
+def test_calls_from_another_thread_are_refused():
+    import threading
+
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_lag=0)
+    it = iter(s)
+    b = torch.tensor(next(it))
+    before = freeze(s)
+    errors = []
+
+    def other():
+        for call in (lambda: s.update(b, loss(b)), lambda: s.weights(b), lambda: s.replayed(b),
+                     s.batch_to_update):
+            try:
+                call()
+            except RuntimeError as e:
+                errors.append(str(e))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert len(errors) == 4 and all("from another thread than the one iterating" in e for e in errors), errors
+    assert freeze(s) == before
+    s.update(b, loss(b))  # the training thread goes on
+    next(it)
+
+
+def test_a_loader_with_in_order_false_is_refused():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    ds = hardmix.WithIndex(TensorDataset(torch.arange(40.0)))
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12)
+    with pytest.raises(RuntimeError, match="in_order=False.*pair losses with the wrong examples"):
+        next(iter(DataLoader(ds, batch_sampler=s, num_workers=1, in_order=False)))
+    # without workers batches cannot come out of order: accepted
+    idx, _ = next(iter(DataLoader(ds, batch_sampler=s, num_workers=0, in_order=False)))
+    assert torch.equal(idx, s.batch_to_update())

@@ -76,6 +76,7 @@ namespace policy {
 constexpr uint64_t kStreamAdmit = 1;
 constexpr uint64_t kStreamReplay = 2;
 constexpr double kRebaseExponent = 64.0;
+constexpr double kMaxWeightExponent = 600.0;  // replay weights <= e^600: the tree's total stays finite
 constexpr double kBalanceDecay = 0.9;
 constexpr int64_t kPrefetch = 32;  // entries ahead whose table row is prefetched
 
@@ -576,8 +577,9 @@ struct PolicyView {
   HM_FN double weight(int32_t j) const {
     if (cfg.gamma == 0) return 1.0;
     const double* s = slot(j);
-    return rng::exp_det(cfg.gamma * (s[kLogp] + cfg.lam * static_cast<double>(
-                                                          static_cast<int64_t>(s[kStep]) - counters[kTRef])));
+    const double x = cfg.gamma * (s[kLogp] + cfg.lam * static_cast<double>(
+                                                 static_cast<int64_t>(s[kStep]) - counters[kTRef]));
+    return rng::exp_det(x < kMaxWeightExponent ? x : kMaxWeightExponent);
   }
 
   // The leaf of member j in the sum tree: its weight times its class's factor.

@@ -54,6 +54,10 @@ BALANCE_DECAY = 0.9  # the EMA's decay per step: it follows the fresh stream's c
 # Replay weights are rebased when gamma * lam * (t - t_ref) exceeds this, so
 # exp() never overflows (hardmix.reference: "t_ref is rebased").
 REBASE_EXPONENT = 64.0
+# Replay weights are exp(min(gamma * (log p + lam * age), this)): at most
+# e^600 (~4e260), so R of them times a class factor never overflow the sum
+# tree's total (a priority of 1e308 at gamma = 2 would be inf).
+MAX_WEIGHT_EXPONENT = 600.0
 
 
 @dataclass(frozen=True)

@@ -110,8 +110,9 @@ member's slot, or the most recently freed slot (a stack, initially 0, 1, 2, ...)
 Replay draw
 ===========
 ``draw(m, exclude)`` draws up to m members without replacement, with
-probability proportional to ``w = exp(gamma * (log p + lam * (s - t_ref)))``
-(``w = 1`` when gamma = 0), i.e. to (decayed priority) ** gamma, times the
+probability proportional to ``w = exp(min(gamma * (log p + lam * (s - t_ref)),
+MAX_WEIGHT_EXPONENT))`` (``w = 1`` when gamma = 0; the cap keeps every weight
+and the tree's total finite: priorities beyond it weigh alike), i.e. to (decayed priority) ** gamma, times the
 factor of the member's class (1 without ``balance_replay``): successive
 sampling, the distribution of the Gumbel-top-m of ``gamma * (log p + lam * s)
 + G'``. Members whose index is in ``exclude`` (the next batch's fresh part) are
@@ -150,6 +151,7 @@ from .config import (
     COL_SEEN,
     COL_WRONG,
     BALANCE_DECAY,
+    MAX_WEIGHT_EXPONENT,
     REBASE_EXPONENT,
     STREAM_ADMIT,
     STREAM_REPLAY,
@@ -258,7 +260,8 @@ class ReferencePolicy:
         c = self.config
         if c.gamma == 0:
             return 1.0
-        return rng.exp(c.gamma * (m.logp + c.lam * (m.s - self.t_ref)))
+        x = c.gamma * (m.logp + c.lam * (m.s - self.t_ref))
+        return rng.exp(x if x < MAX_WEIGHT_EXPONENT else MAX_WEIGHT_EXPONENT)
 
     def leaf(self, m: Member) -> float:
         """The member's replay weight: weight times its class's factor."""

@@ -65,6 +65,7 @@ from __future__ import annotations
 import collections
 import math
 import sys
+import threading
 import warnings
 from typing import Callable
 
@@ -86,6 +87,10 @@ STATE_VERSION = 3
 # 2, an endless quarantine). ``python -m hardmix eval`` compares them with the
 # baselines (and, with ``--methods``, with one mechanism changed at a time).
 SAMPLER_DEFAULTS = {"alpha": 0.0, "lam": 0.0, "gamma": 0.0, "max_wrong": 2, "quarantine_steps": 2**31 - 1}
+
+CLASS_LIMIT = 1 << 20
+"""Targets must lie in [0, CLASS_LIMIT) when neither logits nor num_classes
+give the class count."""
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -337,6 +342,8 @@ class ReplaySampler(BatchSampler):
         self._found = self._found_base = 0  # such errors found so far; as of the state restored
         self._pin = False  # update() got GPU tensors: weights() returns pinned host memory
         self._generation = 0
+        self._thread: int | None = None  # the thread that last called iter(): the training loop's
+        self._refusal: str | None = None  # what the loader that called iter() gets instead of batches
         self._iter_received = 0  # updates received when the current iteration began
         self._last_updated: torch.Tensor | None = None
         self._prev_totals = torch.zeros(5, dtype=torch.int64)  # the engine's totals before the last update
@@ -537,7 +544,7 @@ class ReplaySampler(BatchSampler):
     # --- batches -----------------------------------------------------------
 
     def __iter__(self):
-        self._check_context(sys._getframe(1))
+        refusal = self._check_context(sys._getframe(1))
         # Batches yielded but never updated (a loop that broke with batches in
         # flight) come again, unchanged, before any new one.
         if self._outstanding:
@@ -552,17 +559,28 @@ class ReplaySampler(BatchSampler):
             self._start_epoch(self._epoch + 1)  # if this raises, nothing has changed
         self._generation += 1
         self._iter_received = self._received
+        self._thread, self._refusal = threading.get_ident(), refusal
         return self._batches(self._generation)
 
-    def _check_context(self, frame) -> None:
+    def _check_context(self, frame) -> str | None:
         """Refuses what would silently give wrong batches: a wrapper that
         shards or skips this sampler's batches (found by the caller's class
         name, so no framework is imported), or a process group of several
-        ranks when the sampler was built for one."""
-        for _ in range(4):
+        ranks when the sampler was built for one. Returns the refusal of a
+        DataLoader with ``in_order=False`` and workers, which its first batch
+        raises (the loader is half-built when it calls iter())."""
+        refusal = None
+        for _ in range(5):
             if frame is None:
                 break
             kind = type(frame.f_locals.get("self")).__name__
+            loader = frame.f_locals.get("loader")
+            if (isinstance(loader, torch.utils.data.DataLoader) and getattr(loader, "in_order", True) is False
+                    and loader.num_workers > 0):
+                refusal = ("ReplaySampler: the DataLoader has in_order=False, so its workers may return "
+                                 "batches in another order than the sampler yielded them, and update() (or "
+                                 "batch_to_update()) would pair losses with the wrong examples. Use "
+                                 "in_order=True (the default)")
             if kind == "BatchSamplerShard":
                 raise RuntimeError(
                     "ReplaySampler: wrapped in a BatchSamplerShard (accelerate's prepare() with several "
@@ -586,9 +604,28 @@ class ReplaySampler(BatchSampler):
                     f"batches. Build the sampler after init_process_group (Lightning: "
                     f"hardmix.integrations.lightning.ReplayCallback with a function that builds it), or pass "
                     f"num_replicas and rank")
+        return refusal
+
+    def _check_thread(self, what: str) -> None:
+        """One thread drives a sampler: the one that iterates it. Its state
+        (the update queue, the engine) has no locks, so a call from another
+        thread is refused rather than left to race."""
+        if self._thread is not None and threading.get_ident() != self._thread:
+            raise RuntimeError(
+                f"ReplaySampler: {what} from another thread than the one iterating the sampler (thread "
+                f"{threading.get_ident()}, not {self._thread}). A sampler is not thread-safe: iterate it and "
+                f"call update(), weights(), replayed(), stored_logits() and batch_to_update() from one thread, "
+                f"the training loop's")
 
     def _batches(self, generation: int):
-        while generation == self._generation and (self._again or self._batch < len(self._plan_fresh)):
+        while self._again or self._batch < len(self._plan_fresh):
+            if generation != self._generation:
+                raise RuntimeError(
+                    "ReplaySampler: this iterator was superseded by a newer iter() of the same sampler (or by "
+                    "load_state_dict): a sampler has one active iterator, since its batches and updates form "
+                    "one sequence. Iterate one DataLoader over it at a time")
+            if self._refusal:
+                raise RuntimeError(self._refusal)
             yield self._next_batch()
 
     def _next_batch(self) -> list[int]:
@@ -803,6 +840,9 @@ class ReplaySampler(BatchSampler):
             ranges = [(C, f"[0, {C}) (logits has {C} classes)")] if C is not None else []
             if cfg.num_classes > 0:
                 ranges.append((cfg.num_classes, f"[0, num_classes={cfg.num_classes})"))
+            if not ranges:  # (classes index per-class tables: stats() holds a histogram of them)
+                ranges.append((CLASS_LIMIT, f"[0, {CLASS_LIMIT}) (the limit without logits or num_classes: "
+                                            f"pass num_classes for more classes)"))
             for hi, text in ranges:
                 bad = ((classes < 0) | (classes >= hi)).nonzero()
                 if bad.numel():
@@ -825,6 +865,7 @@ class ReplaySampler(BatchSampler):
     def _expected(self, name: str, indices: torch.Tensor) -> dict:
         """The record of the batch these indices must belong to, or a clear error
         (the checks after the fast path only explain the mismatch)."""
+        self._check_thread(f"{name}()")
         host = indices.cpu()
         if self._outstanding and torch.equal(host, self._outstanding[0]["indices"]):
             return self._outstanding[0]  # the usual case; the diagnostics below explain the others
@@ -862,6 +903,7 @@ class ReplaySampler(BatchSampler):
         :class:`~hardmix.WithIndex`: with a DataLoader that returns batches in
         order (the default, ``in_order=True``) it is the batch the loop holds.
         Raises if no batch is waiting."""
+        self._check_thread("batch_to_update()")
         if not self._outstanding:
             raise ValueError("batch_to_update: no batch is waiting for an update")
         return self._outstanding[0]["indices"].clone()
@@ -966,9 +1008,13 @@ class ReplaySampler(BatchSampler):
         applied: a bad update runs as one with no examples and its
         ValueError comes with the next batch.
 
+        Targets must lie in [0, C) for C logit columns, in [0, num_classes)
+        when it is set, and in [0, :data:`CLASS_LIMIT`) otherwise.
+
         Raises ValueError / TypeError naming the argument and value, before
-        any state changes. Safe under ``torch.no_grad``; ``torch.compile``
-        does not trace it (it runs eagerly).
+        any state changes; RuntimeError from another thread than the one
+        iterating the sampler. Safe under ``torch.no_grad``;
+        ``torch.compile`` does not trace it (it runs eagerly).
         """
         if self.num_replicas == 1:
             entry = self._validate(indices, losses, logits, targets, priorities)
