@@ -707,3 +707,73 @@ def test_a_loader_with_in_order_false_is_refused():
     # without workers batches cannot come out of order: accepted
     idx, _ = next(iter(DataLoader(ds, batch_sampler=s, num_workers=0, in_order=False)))
     assert torch.equal(idx, s.batch_to_update())
+
+
+def _mutated(good: dict, path: str, value):
+    """A deep copy of ``good`` with the field at ``path`` (dots; ``[i]`` for
+    list items) set to ``value``, or removed when value is ``...``."""
+    import re
+
+    state = copy.deepcopy(good)
+    keys = [int(k[1:-1]) if k.startswith("[") else k for k in re.findall(r"\[\d+\]|[^.\[\]]+", path)]
+    d = state
+    for k in keys[:-1]:
+        d = d[k]
+    if value is ...:
+        del d[keys[-1]]
+    else:
+        d[keys[-1]] = value
+    return state
+
+
+SAMPLER_STATE_CASES = [
+    # (path, value, message pattern): each is refused by name, nothing changes
+    ("updates_start", ..., r"state field \(the state\) lacks 'updates_start'"),
+    ("position.yielded", ..., r"state field position lacks 'yielded'"),
+    ("position.epoch", -1, r"position.epoch = -1 is out of range"),
+    ("position.epoch", 10**19, r"position.epoch = 10000000000000000000 is out of range"),
+    ("position.batch", "3", r"position.batch must be an int, got str"),
+    ("position.cursor", [0, "x"], r"position.cursor\[1\] must be an int"),
+    ("prev_totals", torch.zeros(4, dtype=torch.int64), r"prev_totals must have shape \[5\]"),
+    ("prev_totals", torch.full((5,), -1), r"prev_totals holds a negative total"),
+    ("replay_lag", -2, r"replay_lag = -2 is out of range"),
+    ("classes", 10**12, r"classes = 1000000000000 is out of range"),
+    ("updates[0].losses", torch.zeros(8, dtype=torch.int64), r"updates\[0\].losses must have dtype"),
+    ("updates[0].indices", torch.tensor([0, 1, 2, 3, 4, 5, 6, 40]), r"updates\[0\].indices\[7\] = 40 is out of range"),
+    ("batches[0].indices", torch.tensor([0, 1, 2, 3, 4, 5, 6, 6]), r"batches\[0\].indices holds an index twice"),
+    ("updates[0].classes", torch.full((8,), 7), r"updates\[0\].classes\[0\] = 7 is out of range \[0, 3\)"),
+    ("updates[0].margins", torch.zeros(7), r"updates\[0\].margins must have shape \[8\]"),
+    ("updates[0]", "junk", r"updates\[0\] must be a dict, got str"),
+    ("batches[0].indices", torch.arange(8, dtype=torch.int32), r"batches\[0\].indices must have dtype torch.int64"),
+    ("batches[0].fresh", 9, r"batches\[0\].fresh = 9 is out of range \[0, 9\)|fresh \+ replay \+ fill"),
+    ("batches[0].w", torch.full((8,), float("nan")), r"batches\[0\] holds replay weights that are negative or not"),
+    ("batches[0].g", -5, r"batches\[0\].g = -5 is out of range"),
+    ("fresh", torch.tensor([0, 99]), r"fresh\[1\] = 99 is out of range \[0, 40\)"),
+    ("engine", None, r"engine must be a dict, got NoneType"),
+]
+
+
+@pytest.mark.parametrize("path, value, pattern", SAMPLER_STATE_CASES, ids=[c[0] + ":" + repr(c[1])[:20]
+                                                                         for c in SAMPLER_STATE_CASES])
+def test_a_corrupted_sampler_state_is_refused_by_name(path, value, pattern):
+    """Fields the sampler reads itself (the engine's are tests/test_engine_state.py's)."""
+    s = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_fraction=0.25, replay_lag=2, seed=3,
+                              num_classes=3)
+    it = iter(s)
+    for _ in range(3):
+        b = torch.tensor(next(it))
+        s.update(b, loss(b), logits=torch.randn(len(b), 3), targets=b % 3)
+    s.state_dict()  # the log starts here: the next updates are logged
+    for _ in range(2):
+        b = torch.tensor(next(it))
+        s.update(b, loss(b), logits=torch.randn(len(b), 3), targets=b % 3)
+    next(it)
+    good = copy.deepcopy(s.state_dict())
+    assert good["updates"] and good["batches"]
+    t = hardmix.ReplaySampler(40, batch_size=8, capacity=12, replay_fraction=0.25, replay_lag=2, seed=3,
+                              num_classes=3)
+    before = freeze(t)
+    with pytest.raises(ValueError, match=pattern):
+        t.load_state_dict(_mutated(good, path, value))
+    assert freeze(t) == before
+    t.load_state_dict(good)  # the genuine state still loads

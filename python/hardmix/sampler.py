@@ -74,6 +74,7 @@ from torch.utils.data import BatchSampler, Sampler
 
 from . import distributed as _dist
 from . import ops as _ops
+from .checkpoint import check_state
 from .config import STREAM_EPOCH, STREAM_FILL, PolicyConfig
 from .engine import Engine, to_device
 from .schedules import LinearRamp, Schedule, as_schedule, replay_count
@@ -1449,6 +1450,8 @@ class ReplaySampler(BatchSampler):
         """
         if not isinstance(state, dict) or "version" not in state:
             raise ValueError("load_state_dict: not a ReplaySampler state_dict (no 'version')")
+        if not isinstance(state.get("signature"), dict) or not isinstance(state.get("position"), dict):
+            raise ValueError("load_state_dict: state fields signature and position must be dicts")
         if state["version"] not in (2, STATE_VERSION):
             raise ValueError(f"load_state_dict: state version {state['version']!r} is not supported "
                              f"(this hardmix reads versions 2 and {STATE_VERSION})")
@@ -1463,6 +1466,8 @@ class ReplaySampler(BatchSampler):
                 p, q = theirs.get("policy") or {}, mine["policy"]
                 diff = [f"{k}: saved {p.get(k)!r}, now {q[k]!r}" for k in q if p.get(k) != q[k]] + diff[1:]
             raise ValueError("load_state_dict: the state was saved with other arguments: " + "; ".join(diff))
+        check_state({**state, "position": pos}, num_examples=self.num_examples, capacity=self.config.capacity,
+                    class_limit=max(self.config.num_classes, CLASS_LIMIT))
         yielded = int(pos["yielded"])
         start = int(state["updates_start"])
         classes, lag = state["classes"], state["replay_lag"]
