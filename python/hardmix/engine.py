@@ -33,6 +33,8 @@ import torch
 
 from . import ops as _ops  # noqa: F401  (registers the fake kernels)
 from .config import COL_FACTOR, SCORES, PolicyConfig
+from .state_check import TENSORS as STATE_TENSORS  # the state tensors' names, in the ops' argument order
+from .state_check import check_state
 
 # Positions in the native counters vector (csrc/kernels/policy.h: Counter).
 _T, _T_REF, _NONFINITE, _ADMITTED, _EVICTED, _GRADUATED, _QUARANTINED, _WIN_COUNT, _WIN_HEAD, _FREE_TOP = range(10)
@@ -42,9 +44,6 @@ _N_CONFIG = 20
 
 _NO_INDICES = torch.empty(0, dtype=torch.int64)
 _NO_CONTEXT = contextlib.nullcontext()  # (reusable: on_stream() of a CPU engine, every batch)
-
-STATE_TENSORS = ("table", "pos", "slots", "links", "heap", "free", "classes", "tree", "window", "counters",
-                 "balance")
 
 
 def _config_vector(c: PolicyConfig, shard: tuple[int, int] | None = None) -> torch.Tensor:
@@ -497,21 +496,15 @@ class Engine:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict` of an engine with the same config and
-        shard. Raises ValueError on a mismatch (config, shard, a tensor's
-        shape or dtype) before changing anything."""
-        cfg = PolicyConfig(**state["config"])
-        if cfg != self.config:
-            raise ValueError(f"state_dict was saved with a different config: {cfg} != {self.config}")
-        shard = state.get("shard")
-        if shard != self.shard:
-            raise ValueError(f"state_dict holds table shard {shard!r}, this engine shard {self.shard!r}")
-        for k in STATE_TENSORS:
-            mine, theirs = getattr(self, k), state[k]
-            if theirs.shape != mine.shape or theirs.dtype != mine.dtype:
-                raise ValueError(f"state_dict[{k!r}] has shape/dtype {list(theirs.shape)}/{theirs.dtype}, "
-                                 f"want {list(mine.shape)}/{mine.dtype}")
+        shard. The whole state is validated first (:mod:`hardmix.state_check`:
+        keys, types, shapes, dtypes and every invariant the native policy
+        relies on; O(N + R log R)), so a state that loads cannot crash or hang
+        the ops. Raises ValueError naming the field ("engine state: ...") on
+        a missing key, a wrong type, a mismatch (config, shard, a tensor's
+        shape or dtype) or a corrupt value, before changing anything."""
+        made = check_state(state, self.config, self.shard, self.device)
         with self.on_stream():
             for k in STATE_TENSORS:
                 getattr(self, k).copy_(state[k])
-        self._made = [(int(s), who.clone(), until.clone()) for s, who, until in state.get("made", [])]
+        self._made = made
         self._t = int(state["counters"][_T])
