@@ -733,6 +733,7 @@ SAMPLER_STATE_CASES = [
     ("position.epoch", -1, r"position.epoch = -1 is out of range"),
     ("position.epoch", 10**19, r"position.epoch = 10000000000000000000 is out of range"),
     ("position.batch", "3", r"position.batch must be an int, got str"),
+    ("position.yielded", 10**12, r"inconsistent position.*reach up to"),
     ("position.cursor", [0, "x"], r"position.cursor\[1\] must be an int"),
     ("prev_totals", torch.zeros(4, dtype=torch.int64), r"prev_totals must have shape \[5\]"),
     ("prev_totals", torch.full((5,), -1), r"prev_totals holds a negative total"),

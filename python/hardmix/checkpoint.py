@@ -112,6 +112,12 @@ def check_state(state: dict, *, num_examples: int, capacity: int, class_limit: i
         c.int_(state["found"], "found")
     if not isinstance(state["engine"], dict):
         c.fail("engine", f"must be a dict, got {type(state['engine']).__name__}")
+    eng = state["engine"]
+    if "logits" in eng:  # store_logits: each member's logits at admission, as wide as the logits were
+        lg = c.tensor(eng["logits"], "engine.logits", (torch.float32,), capacity, dim=2)
+        c.tensor(eng.get("logit_owner"), "engine.logit_owner", (torch.int64,), capacity)
+        if classes is not None and lg.shape[1] != max(classes, 1):
+            c.fail("classes", f"= {classes} does not match the stored logits' width {lg.shape[1]}")
     limit = classes if classes else class_limit
     updates = state["updates"]
     if updates is not None and not isinstance(updates, (list, tuple)):
@@ -173,3 +179,11 @@ def check_state(state: dict, *, num_examples: int, capacity: int, class_limit: i
         if "stored" in r:
             c.tensor(r["stored"], f + ".stored", (torch.float32,), parts[1], dim=2)
             c.tensor(r.get("stored_ok"), f + ".stored_ok", (torch.bool,), parts[1])
+    # (the batches between the updates and the position must all be there: this bounds every loop over them)
+    held = start + len(updates or []) + len(batches)
+    if not pos["epoch_start"] + pos["batch"] == pos["yielded"] <= held:
+        c.fail("position", f"is an inconsistent position: epoch_start {pos['epoch_start']} + batch "
+                           f"{pos['batch']} must equal yielded {pos['yielded']}, which the logged updates and "
+                           f"batches reach up to {held}")
+    if pos["batch"] > len(plan[0]):
+        c.fail("position.batch", f"= {pos['batch']} is beyond the {len(plan[0])} batches of the epoch's plan")
