@@ -359,8 +359,8 @@ def fuzz(cases: int, seed: int = 0, chunk: int = 500, case_timeout: float = 20.0
     counts: collections.Counter = collections.Counter()
     failures = []
     env = {**os.environ, **(env or {})}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "python"), os.path.join(ROOT, "tests"),
-                                         env.get("PYTHONPATH", "")])
+    # (the tests' helpers; hardmix itself as this process imports it: installed, or PYTHONPATH)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "tests"), env.get("PYTHONPATH", "")])
     k = 0
     while k < cases:
         stop = min(cases, k + chunk)
