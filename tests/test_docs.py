@@ -53,7 +53,7 @@ def _setup() -> dict:
             "F": F, "epochs": 2, "__name__": "__doc__"}
 
 
-def test_every_page_has_blocks_and_every_mark_is_known():
+def test_every_named_block_has_its_test_and_every_block_a_known_language():
     marks = {(_rel(b.page), b.mark) for b in _all() if b.mark and b.mark not in SPECIAL}
     assert marks == set(NAMED), "a block marked by name needs its test in NAMED (and the reverse)"
     for path, test in NAMED.values():

@@ -1381,8 +1381,9 @@ class ReplaySampler(BatchSampler):
         after ``update()``.
 
         Cost: O(B * replay_lag) per call (``StatefulDataLoader`` calls it for
-        every batch), plus a copy of the engine state (O(N)) once every
-        ``ceil(N / B)`` calls; nothing is kept while it is never called.
+        every batch), plus a copy of the engine state (O(N)) at most once
+        every ``ceil(N / B)`` updates (a call after fewer updates since the
+        last copy reuses it); nothing is kept while it is never called.
         """
         # Batches to be yielded again count as yielded and not updated: a
         # rewind never moves the saved position back.
