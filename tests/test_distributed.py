@@ -40,7 +40,10 @@ def _done() -> None:
     """Leave together, then destroy the group: every rank has written its
     results. (destroy_process_group alone was seen to hang one rank of three
     once; without it, gloo's worker threads can abort the process at exit,
-    "terminate called without an active exception": pytorch/pytorch#179291.)"""
+    "terminate called without an active exception": pytorch/pytorch#179291.)
+    A DDP model must be gone first: a gloo group it outlives is destroyed with
+    it, holding the GIL, and ~ProcessGroupGloo joins a worker thread that may
+    be waiting for the GIL to free a finished collective's tensors: a deadlock."""
     dist.barrier()
     dist.destroy_process_group()
 
@@ -191,6 +194,7 @@ def _run_ddp(rank, world, path, out):
     params = torch.cat([p.detach().flatten() for p in model.parameters()])
     torch.save({"steps": steps, "last": last, "params": params, "digest": _digest(s.engine),
                 "size": s.stats()["size"]}, f"{out}.{rank}")
+    del model  # before the group: see _done
     _done()
 
 
