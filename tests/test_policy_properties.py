@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from hardmix.config import COL_QUARANTINE, COL_WRONG, PolicyConfig
+from hardmix.config import PolicyConfig
 from hardmix.engine import Engine
+from hardmix.layout import COL_QUARANTINE, COL_WRONG
 
 # chi-square critical values at alpha = 0.001, by degrees of freedom
 CHI2_CRIT = {3: 16.27, 5: 20.52, 11: 31.26, 39: 72.05}

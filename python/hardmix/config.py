@@ -19,36 +19,6 @@ STREAM_FILL = 4  # ReplaySampler: fresh examples filling a short replay (step = 
 # Built-in scores, and their codes in the native config vector.
 SCORES = ("loss", "margin", "loss_rank", "forgetting", "given")
 
-# Columns of the per-example dynamics table [N, 8] (float64).
-TABLE_COLUMNS = (
-    "last_loss",  # the last finite loss seen
-    "ema_loss",  # EMA of the loss: first value as is, then beta * ema + (1 - beta) * loss
-    "times_seen",  # valid updates of this example
-    "last_seen",  # the step of the last valid update, -1 if never
-    "last_correct",  # 1 / 0 from the last margin seen (margin > 0), -1 if never known
-    "forgetting",  # correct -> incorrect transitions (Toneva et al. 2019)
-    "wrong",  # sightings wrong while its class was learned, none right; -1 once right then (reference: dynamics)
-    "quarantine_until",  # not admitted while step < this
-)
-(
-    COL_LAST_LOSS,
-    COL_EMA,
-    COL_SEEN,
-    COL_LAST_SEEN,
-    COL_CORRECT,
-    COL_FORGET,
-    COL_WRONG,
-    COL_QUARANTINE,
-) = range(8)
-
-# Columns of the per-class replay-balance state [K + 1, 3] (float64): rows
-# 0..K-1 per class, row K (BALANCE_TOTAL) the batch-wide figures.
-BALANCE_COLUMNS = (
-    "fresh",  # class rows: EMA of the step's fresh (not replayed) entries of the class; total row: of all entries
-    "seen",  # class rows: 1 once the class appeared in a valid entry; total row: how many classes did
-    "factor",  # class rows: replay weight of each member of the class, from the last reweighting
-)
-COL_FRESH, COL_SEEN_CLASS, COL_FACTOR = range(3)
 BALANCE_DECAY = 0.9  # the EMA's decay per step: it follows the fresh stream's classes over ~10 steps
 
 # Replay weights are rebased when gamma * lam * (t - t_ref) exceeds this, so

@@ -32,41 +32,53 @@ import struct
 import torch
 
 from . import ops as _ops  # noqa: F401  (registers the fake kernels)
-from .config import COL_FACTOR, SCORES, PolicyConfig
+from .config import SCORES, PolicyConfig
+from .layout import (
+    BALANCE_COLUMNS,
+    CONFIG_FIELDS,
+    COL_CORRECT,
+    COL_FACTOR,
+    COL_LAST_SEEN,
+    COL_QUARANTINE,
+    CTR_ADMITTED,
+    CTR_ERR_CODE,
+    CTR_ERR_VALUE,
+    CTR_EVICTED,
+    CTR_FREE_TOP,
+    CTR_GRADUATED,
+    CTR_NONFINITE,
+    CTR_QUARANTINED,
+    CTR_T,
+    LINK_FIELDS,
+    N_CONFIG,
+    N_COUNTERS,
+    SLOT_FIELDS,
+    SLOT_INDEX,
+    TABLE_COLUMNS,
+)
 from .state_check import TENSORS as STATE_TENSORS  # the state tensors' names, in the ops' argument order
 from .state_check import check_state
 
-# Positions in the native counters vector (csrc/kernels/policy.h: Counter).
-_T, _T_REF, _NONFINITE, _ADMITTED, _EVICTED, _GRADUATED, _QUARANTINED, _WIN_COUNT, _WIN_HEAD, _FREE_TOP = range(10)
-_ERROR = 10  # CUDA: error code, position, value of a skipped step (csrc/cuda/policy.cu)
-_N_COUNTERS = 16
-_N_CONFIG = 20
 
+_INT_FIELDS = ("index", "step", "class", "admitted")  # members(): slot fields returned as int64
 _NO_INDICES = torch.empty(0, dtype=torch.int64)
 _NO_CONTEXT = contextlib.nullcontext()  # (reusable: on_stream() of a CPU engine, every batch)
 
 
 def _config_vector(c: PolicyConfig, shard: tuple[int, int] | None = None) -> torch.Tensor:
-    """The float64 config vector in the order of csrc/kernels/policy.h: ConfigField."""
-    v = [
-        c.alpha,
-        c.lam,
-        c.gamma,
-        c.ema_beta,
-        c.graduation,
-        c.max_wrong,
-        c.quarantine_steps,
-        c.max_new_per_step,
-        SCORES.index(c.score),
-        c.forget_boost,
-        1.0 if c.class_quotas else 0.0,
-        c.num_classes,
-        1.0 if c.nonfinite == "raise" else 0.0,
-    ]
+    """The float64 config vector (:data:`hardmix.layout.CONFIG_FIELDS`)."""
     rank, world = shard if shard is not None else (0, 0)
-    v += [world, rank, c.num_examples]  # kShardWorld, kShardRank, kNumExamples
-    v += [1.0 if c.balance_replay else 0.0, c.reweight_every]  # kBalanceReplay, kReweightEvery
-    return torch.tensor(v + [0.0] * (_N_CONFIG - len(v)), dtype=torch.float64)
+    fields = dict(
+        c.as_dict(),
+        score=SCORES.index(c.score),
+        class_quotas=1.0 if c.class_quotas else 0.0,
+        raise_nonfinite=1.0 if c.nonfinite == "raise" else 0.0,
+        shard_world=world,
+        shard_rank=rank,
+        balance_replay=1.0 if c.balance_replay else 0.0,
+    )
+    v = [float(fields[name]) for name in CONFIG_FIELDS]
+    return torch.tensor(v + [0.0] * (N_CONFIG - len(v)), dtype=torch.float64)
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -137,31 +149,31 @@ class Engine:
         K = config.num_classes if config.class_quotas else 1
         P = 1 << max(0, (R - 1).bit_length())
         rows = N if shard is None else (N - shard[0] + shard[1] - 1) // shard[1]
-        table = torch.zeros(rows, 8, dtype=torch.float64)
-        table[:, 3] = -1.0  # last_seen
-        table[:, 4] = -1.0  # last_correct
+        table = torch.zeros(rows, len(TABLE_COLUMNS), dtype=torch.float64)
+        table[:, COL_LAST_SEEN] = -1.0
+        table[:, COL_CORRECT] = -1.0
         self.table = table
         # dataset index -> slot: an array [N], or sharded a hash over the slots [2P]
         self.pos = torch.full((N if shard is None else 2 * P,), -1, dtype=torch.int32)
-        self.slots = torch.zeros(R, 8, dtype=torch.float64)
-        self.slots[:, 0] = -1.0
-        self.links = torch.full((R, 4), -1, dtype=torch.int32)
+        self.slots = torch.zeros(R, len(SLOT_FIELDS), dtype=torch.float64)
+        self.slots[:, SLOT_INDEX] = -1.0
+        self.links = torch.full((R, len(LINK_FIELDS)), -1, dtype=torch.int32)
         self.heap = torch.zeros(R, 2, dtype=torch.float64)
         self.free = torch.arange(R - 1, -1, -1, dtype=torch.int32)
         self.classes = torch.zeros(K, 2, dtype=torch.int64)
         self.classes[:, 0] = -1
         self.tree = torch.zeros(2 * P, dtype=torch.float64)
         self.window = torch.zeros(config.rank_window, dtype=torch.float64)
-        self.counters = torch.zeros(_N_COUNTERS, dtype=torch.int64)
-        self.counters[_FREE_TOP] = R
+        self.counters = torch.zeros(N_COUNTERS, dtype=torch.int64)
+        self.counters[CTR_FREE_TOP] = R
         # replay balance (config.BALANCE_COLUMNS): per heap class, then the totals row
-        self.balance = torch.zeros(K + 1, 3, dtype=torch.float64)
+        self.balance = torch.zeros(K + 1, len(BALANCE_COLUMNS), dtype=torch.float64)
         self.balance[:K, COL_FACTOR] = 1.0
         self.config_vector = _config_vector(config, shard)  # read on the host: stays on the CPU
         self._seed = _ops.as_int64(config.seed, "seed")
         self.device = torch.device("cpu")
         self._stream = None
-        self._t = 0  # = counters[_T]: every update is one step
+        self._t = 0  # = counters[CTR_T]: every update is one step
         # Sharded: (step, indices, quarantine_until) of the quarantines of recent steps (carry_since).
         self._made: list = []
         if device is not None:
@@ -210,10 +222,10 @@ class Engine:
         if self.device.type == "cpu":
             return
         with self.on_stream():
-            code, at, value = self.counters[_ERROR : _ERROR + 3].tolist()
+            code, at, value = self.counters[CTR_ERR_CODE : CTR_ERR_VALUE + 1].tolist()
         if code:
             with self.on_stream():
-                self.counters[_ERROR : _ERROR + 3] = 0
+                self.counters[CTR_ERR_CODE : CTR_ERR_VALUE + 1] = 0
             what = {1: "indices[{at}] = {v} is out of range [0, N)",
                     2: "classes[{at}] = {v} is out of range [0, num_classes)",
                     3: "priorities[{at}] = {f} is negative",
@@ -279,12 +291,12 @@ class Engine:
             torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, None)
             self._t += 1
             return None
-        ok = isinstance(rows, torch.Tensor) and rows.dim() == 2 and rows.shape[1] == 8
+        ok = isinstance(rows, torch.Tensor) and rows.dim() == 2 and rows.shape[1] == len(TABLE_COLUMNS)
         work = rows.clone(memory_format=torch.contiguous_format) if ok else rows  # the caller's stay as given
         torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, work)
         self._t += 1
-        made = work[:, 7] != rows[:, 7]  # only the step's working copies change, one per index
-        out = (args[0][made], work[made, 7])
+        made = work[:, COL_QUARANTINE] != rows[:, COL_QUARANTINE]  # only the step's working copies change
+        out = (args[0][made], work[made, COL_QUARANTINE])
         if out[0].numel():
             self._made.append((self.step - 1, *out))
         return out
@@ -352,7 +364,7 @@ class Engine:
         if isinstance(t, bool) or not isinstance(t, int) or t < 0:
             raise ValueError(f"t must be an int >= 0, got {t!r}")
         idx, loss, marg, cls, prio, _ = self._inputs(indices, losses, None, None, margins, classes, priorities)
-        rows = torch.zeros(idx.numel(), 8, dtype=torch.float64)
+        rows = torch.zeros(idx.numel(), len(TABLE_COLUMNS), dtype=torch.float64)
         torch.ops.hardmix.policy_dynamics(self.table, self.config_vector, t, idx, loss, marg, cls, prio, rows)
         return rows
 
@@ -450,7 +462,7 @@ class Engine:
     def size(self) -> int:
         """The number of members in the reservoir."""
         with self.on_stream():
-            return self.config.capacity - int(self.counters[_FREE_TOP])
+            return self.config.capacity - int(self.counters[CTR_FREE_TOP])
 
     def totals(self) -> dict[str, int]:
         """Counts since the start: nonfinite entries, admitted, evicted,
@@ -458,11 +470,11 @@ class Engine:
         with self.on_stream():
             c = self.counters.tolist()
         return dict(
-            nonfinite=int(c[_NONFINITE]),
-            admitted=int(c[_ADMITTED]),
-            evicted=int(c[_EVICTED]),
-            graduated=int(c[_GRADUATED]),
-            quarantined=int(c[_QUARANTINED]),
+            nonfinite=int(c[CTR_NONFINITE]),
+            admitted=int(c[CTR_ADMITTED]),
+            evicted=int(c[CTR_EVICTED]),
+            graduated=int(c[CTR_GRADUATED]),
+            quarantined=int(c[CTR_QUARANTINED]),
         )
 
     def members(self) -> dict[str, torch.Tensor]:
@@ -471,19 +483,13 @@ class Engine:
         tensors)."""
         with self.on_stream():
             slots = self.slots.cpu()
-        occupied = slots[:, 0] >= 0
+        occupied = slots[:, SLOT_INDEX] >= 0
         s = slots[occupied]
-        return dict(
-            slot=occupied.nonzero().squeeze(1),
-            index=s[:, 0].long(),
-            key=s[:, 1],
-            logp=s[:, 2],
-            step=s[:, 3].long(),
-            cls=s[:, 4].long(),
-            admitted=s[:, 5].long(),
-            best_loss=s[:, 6],
-            ticket=s[:, 7],
-        )
+        out = {"slot": occupied.nonzero().squeeze(1)}
+        for k, name in enumerate(SLOT_FIELDS):
+            col = s[:, k]
+            out["cls" if name == "class" else name] = col.long() if name in _INT_FIELDS else col
+        return out
 
     def state_dict(self) -> dict:
         """Every state tensor (cloned) and the config, for checkpoints."""
@@ -507,4 +513,4 @@ class Engine:
             for k in STATE_TENSORS:
                 getattr(self, k).copy_(state[k])
         self._made = made
-        self._t = int(state["counters"][_T])
+        self._t = int(state["counters"][CTR_T])

@@ -30,7 +30,7 @@ batch). Without margins no class is being learned.
 *Pass 1: dynamics and scores*, for each valid entry in order (so a dataset
 index that appears twice is updated twice, the second time seeing the first):
 
-- dynamics table row of the index (columns in :data:`hardmix.config.TABLE_COLUMNS`):
+- dynamics table row of the index (columns in :data:`hardmix.layout.TABLE_COLUMNS`):
   ``ema = loss`` on the first sighting, else ``ema_beta * ema + (1 - ema_beta) * loss``;
   ``last_loss = loss``; ``times_seen += 1``; ``last_seen = t``; with margins,
   ``correct = margin > 0``, a forgetting event is counted when the example was
@@ -142,6 +142,14 @@ from dataclasses import dataclass
 
 from . import rng
 from .config import (
+    BALANCE_DECAY,
+    MAX_WEIGHT_EXPONENT,
+    REBASE_EXPONENT,
+    STREAM_ADMIT,
+    STREAM_REPLAY,
+    PolicyConfig,
+)
+from .layout import (
     COL_CORRECT,
     COL_EMA,
     COL_FORGET,
@@ -150,12 +158,6 @@ from .config import (
     COL_QUARANTINE,
     COL_SEEN,
     COL_WRONG,
-    BALANCE_DECAY,
-    MAX_WEIGHT_EXPONENT,
-    REBASE_EXPONENT,
-    STREAM_ADMIT,
-    STREAM_REPLAY,
-    PolicyConfig,
 )
 
 NEW_ROW = (0.0, 0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0)

@@ -77,6 +77,7 @@ from . import ops as _ops
 from .checkpoint import check_state
 from .config import STREAM_EPOCH, STREAM_FILL, PolicyConfig
 from .engine import Engine, to_device
+from .layout import CTR_TOTALS, SLOT_ADMITTED, SLOT_CLASS, SLOT_INDEX
 from .schedules import LinearRamp, Schedule, as_schedule, replay_count
 
 STATE_VERSION = 3
@@ -732,7 +733,7 @@ class ReplaySampler(BatchSampler):
             mask = self._fresh_mask
             facts["in_fresh"] = mask[indices]
             with eng.on_stream():
-                index = eng.slots[:, 0].cpu()
+                index = eng.slots[:, SLOT_INDEX].cpu()
             facts["outside"] = int((~mask[index[index >= 0].long()]).sum())
         return facts
 
@@ -798,7 +799,7 @@ class ReplaySampler(BatchSampler):
             # first update may predate the class count)
             args = self._empty_entry() if error or e["indices"].numel() == 0 else e
             with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
-                self._prev_totals = eng.counters[2:7].clone()
+                self._prev_totals = eng.counters[CTR_TOTALS].clone()
             made = eng.update(args["indices"], args["losses"], margins=args["margins"], classes=args["classes"],
                               priorities=args["priorities"], replayed=args.get("replayed"), rows=e.get("rows"),
                               ready=self._ready.get(id(e)))
@@ -1336,7 +1337,7 @@ class ReplaySampler(BatchSampler):
         self._apply(self._due())  # (inputs copied from a GPU: the copies are done)
         eng = self.engine
         with eng.on_stream():
-            c = eng.counters[2:7].tolist()
+            c = eng.counters[CTR_TOTALS].tolist()
             prev = self._prev_totals.tolist()
         size = eng.size
         out = {"size": size, "step": self._yielded, "updates_applied": eng.step,
@@ -1348,11 +1349,11 @@ class ReplaySampler(BatchSampler):
         if full:
             step = eng.step
             with eng.on_stream():
-                occ = (eng.slots[:, 0] >= 0).double()
+                occ = (eng.slots[:, SLOT_INDEX] >= 0).double()
                 # Free slots keep stale columns: weigh them 0 (passes over R, no copies of rows).
-                out["class_histogram"] = torch.bincount(eng.slots[:, 4].long().clamp_(min=0), weights=occ,
+                out["class_histogram"] = torch.bincount(eng.slots[:, SLOT_CLASS].long().clamp_(min=0), weights=occ,
                                                         minlength=max(self.config.num_classes, 1)).long().cpu()
-                out["mean_age"] = step - float(torch.dot(eng.slots[:, 5], occ)) / size if size else 0.0
+                out["mean_age"] = step - float(torch.dot(eng.slots[:, SLOT_ADMITTED], occ)) / size if size else 0.0
         return out
 
     # --- checkpoints -------------------------------------------------------

@@ -21,12 +21,29 @@ import math
 
 import torch
 
-from .config import (
+from .config import MAX_WEIGHT_EXPONENT, REBASE_EXPONENT, PolicyConfig
+from .layout import (
     BALANCE_COLUMNS,
-    MAX_WEIGHT_EXPONENT,
-    REBASE_EXPONENT,
+    COL_LAST_SEEN,
+    COUNTERS,
+    CTR_ADMITTED,
+    CTR_ERR_AT,
+    CTR_ERR_CODE,
+    CTR_ERR_VALUE,
+    CTR_EVICTED,
+    CTR_FREE_TOP,
+    CTR_GRADUATED,
+    CTR_NONFINITE,
+    CTR_QUARANTINED,
+    CTR_T,
+    CTR_T_REF,
+    CTR_WIN_COUNT,
+    CTR_WIN_HEAD,
+    ERROR_CODES,
+    LINK_FIELDS,
+    N_COUNTERS,
+    SLOT_FIELDS,
     TABLE_COLUMNS,
-    PolicyConfig,
 )
 
 STEP_LIMIT = 1 << 39
@@ -44,17 +61,6 @@ factor, summed over R < 2^31 slots, finite (e^600 * 2^64 * 2^31 < 1e300), so
 the sum tree never holds inf (a descent through inf - inf could end on a leaf
 beyond R)."""
 
-# Positions in the native counters vector (policy.h: Counter).
-_T, _T_REF, _NONFINITE, _ADMITTED, _EVICTED, _GRADUATED, _QUARANTINED, _WIN_COUNT, _WIN_HEAD, _FREE_TOP = range(10)
-_ERR_CODE, _ERR_AT, _ERR_VALUE = 10, 11, 12
-_ERR_CODES = 5  # policy.h: ErrorCode (1 .. 5; CUDA only, pending until Engine.check())
-_N_COUNTERS = 16
-_COUNTER_NAMES = ("step t", "t_ref", "nonfinite total", "admitted total", "evicted total", "graduated total",
-                  "quarantined total", "window count", "window head", "free stack top", "error code",
-                  "error position", "error value", "unused", "unused", "unused")
-
-SLOT_FIELDS = ("index", "key", "logp", "step", "class", "admitted", "best_loss", "ticket")
-LINK_FIELDS = ("left", "right", "parent", "npl")
 _NPL_MAX = 32  # a leftist heap of n < 2^31 nodes has null-path lengths <= log2(n + 1) < 32
 _EXACT = float(2**53)
 _TABLE_CHUNK = 1 << 17  # rows of the table checked at a time (8 MiB: in cache, and ops large enough for threads)
@@ -73,7 +79,7 @@ def expected_tensors(config: PolicyConfig, shard: tuple[int, int] | None) -> dic
     return dict(
         table=((rows, 8), f64), pos=((N if shard is None else 2 * P,), i32), slots=((R, 8), f64),
         links=((R, 4), i32), heap=((R, 2), f64), free=((R,), i32), classes=((K, 2), i64),
-        tree=((2 * P,), f64), window=((config.rank_window,), f64), counters=((_N_COUNTERS,), i64),
+        tree=((2 * P,), f64), window=((config.rank_window,), f64), counters=((N_COUNTERS,), i64),
         balance=((K + 1, 3), f64),
     )
 
@@ -270,51 +276,52 @@ class _Check:
         self.c = c
 
         def bad(k: int, what: str):
-            _fail(f"{_COUNTER_NAMES[k]} counters[{k}] = {c[k]} {what}")
+            name = COUNTERS[k] if k < len(COUNTERS) else "unused"
+            _fail(f"{name} counters[{k}] = {c[k]} {what}")
 
-        t, t_ref = c[_T], c[_T_REF]
+        t, t_ref = c[CTR_T], c[CTR_T_REF]
         if not 0 <= t < STEP_LIMIT:
-            bad(_T, f"is out of range [0, 2^{STEP_LIMIT.bit_length() - 1})")
+            bad(CTR_T, f"is out of range [0, 2^{STEP_LIMIT.bit_length() - 1})")
         if not 0 <= t_ref <= t:
-            bad(_T_REF, f"is out of range [0, t={t}]")
+            bad(CTR_T_REF, f"is out of range [0, t={t}]")
         rebasing = cfg.gamma > 0 and cfg.lam > 0
         if not rebasing and t_ref != 0:
-            bad(_T_REF, f"must be 0: replay weights are never rebased with gamma={cfg.gamma}, lam={cfg.lam}")
+            bad(CTR_T_REF, f"must be 0: replay weights are never rebased with gamma={cfg.gamma}, lam={cfg.lam}")
         if rebasing and t >= 1 and cfg.gamma * cfg.lam * float(t - 1 - t_ref) > REBASE_EXPONENT:
-            bad(_T_REF, f"is older than the rebase at step t - 1 = {t - 1} allows "
+            bad(CTR_T_REF, f"is older than the rebase at step t - 1 = {t - 1} allows "
                         f"(gamma * lam * (t - 1 - t_ref) > {REBASE_EXPONENT})")
-        for k in (_NONFINITE, _ADMITTED, _EVICTED, _GRADUATED, _QUARANTINED):
+        for k in (CTR_NONFINITE, CTR_ADMITTED, CTR_EVICTED, CTR_GRADUATED, CTR_QUARANTINED):
             if not 0 <= c[k] < TOTAL_LIMIT:
                 bad(k, "is out of range [0, 2^62)")
-        if not 0 <= c[_WIN_COUNT] <= self.W:
-            bad(_WIN_COUNT, f"is out of range [0, W={self.W}]")
-        if not 0 <= c[_WIN_HEAD] < self.W:
-            bad(_WIN_HEAD, f"is out of range [0, W={self.W})")
-        if c[_WIN_COUNT] < self.W and c[_WIN_HEAD] != c[_WIN_COUNT]:
-            bad(_WIN_HEAD, f"must equal the window count {c[_WIN_COUNT]} until the window is full")
-        if not 0 <= c[_FREE_TOP] <= self.R:
-            bad(_FREE_TOP, f"is out of range [0, R={self.R}]")
-        if not 0 <= c[_ERR_CODE] <= _ERR_CODES:
-            bad(_ERR_CODE, f"is not an error code in [0, {_ERR_CODES}]")
-        if c[_ERR_CODE] == 0:
-            for k in (_ERR_AT, _ERR_VALUE):
+        if not 0 <= c[CTR_WIN_COUNT] <= self.W:
+            bad(CTR_WIN_COUNT, f"is out of range [0, W={self.W}]")
+        if not 0 <= c[CTR_WIN_HEAD] < self.W:
+            bad(CTR_WIN_HEAD, f"is out of range [0, W={self.W})")
+        if c[CTR_WIN_COUNT] < self.W and c[CTR_WIN_HEAD] != c[CTR_WIN_COUNT]:
+            bad(CTR_WIN_HEAD, f"must equal the window count {c[CTR_WIN_COUNT]} until the window is full")
+        if not 0 <= c[CTR_FREE_TOP] <= self.R:
+            bad(CTR_FREE_TOP, f"is out of range [0, R={self.R}]")
+        if not 0 <= c[CTR_ERR_CODE] <= len(ERROR_CODES):
+            bad(CTR_ERR_CODE, f"is not an error code in [0, {len(ERROR_CODES)}]")
+        if c[CTR_ERR_CODE] == 0:
+            for k in (CTR_ERR_AT, CTR_ERR_VALUE):
                 if c[k] != 0:
                     bad(k, "must be 0 with no error pending (error code 0)")
-        elif not 0 <= c[_ERR_AT] < TOTAL_LIMIT:
-            bad(_ERR_AT, "is not a position >= 0")
-        for k in range(_ERR_VALUE + 1, _N_COUNTERS):
+        elif not 0 <= c[CTR_ERR_AT] < TOTAL_LIMIT:
+            bad(CTR_ERR_AT, "is not a position >= 0")
+        for k in range(CTR_ERR_VALUE + 1, N_COUNTERS):
             if c[k] != 0:
                 bad(k, "must be 0")
-        total = c[_ADMITTED] - c[_EVICTED] - c[_GRADUATED] - c[_QUARANTINED]
-        if total != self.R - c[_FREE_TOP]:
-            _fail(f"totals admitted - evicted - graduated - quarantined = {c[_ADMITTED]} - {c[_EVICTED]} - "
-                  f"{c[_GRADUATED]} - {c[_QUARANTINED]} = {total} != the members R - free stack top counters[9] "
-                  f"= {self.R} - {c[_FREE_TOP]}")
+        total = c[CTR_ADMITTED] - c[CTR_EVICTED] - c[CTR_GRADUATED] - c[CTR_QUARANTINED]
+        if total != self.R - c[CTR_FREE_TOP]:
+            _fail(f"totals admitted - evicted - graduated - quarantined = {c[CTR_ADMITTED]} - {c[CTR_EVICTED]} - "
+                  f"{c[CTR_GRADUATED]} - {c[CTR_QUARANTINED]} = {total} != the members R - free stack top counters[9] "
+                  f"= {self.R} - {c[CTR_FREE_TOP]}")
         self.t, self.t_ref = t, t_ref
 
     def window(self) -> None:
         w = self.x["window"]
-        n = self.c[_WIN_COUNT]
+        n = self.c[CTR_WIN_COUNT]
         ok = torch.isfinite(w)
         if n < self.W:
             ok = torch.where(torch.arange(self.W) < n, ok, w == 0)
@@ -369,7 +376,7 @@ class _Check:
     # -- free stack ------------------------------------------------------------------------
 
     def free_stack(self) -> None:
-        R, top = self.R, self.c[_FREE_TOP]
+        R, top = self.R, self.c[CTR_FREE_TOP]
         free = self.x["free"].long()
         _rules([((free >= 0) & (free < R),
                  lambda k: f"free[{k}] = {int(free[k])} is out of range [0, R={R})"
@@ -650,7 +657,7 @@ class _Check:
             self.table_rows(table[start: start + _TABLE_CHUNK], start)
         if self.shard is None:  # a member was (re)scored at its last sighting
             m = self.member
-            at = table[self.idx.clamp(min=0), 3]
+            at = table[self.idx.clamp(min=0), COL_LAST_SEEN]
             _rules([((at == self.step) | ~m,
                      lambda j: f"slots[{j}, 'step'] = {_i(self.step[j])} but its index {int(self.idx[j])} was last "
                                f"seen at step {_i(at[j])} (table[{int(self.idx[j])}, 'last_seen'])")])
