@@ -49,6 +49,7 @@ from .layout import (
     CTR_NONFINITE,
     CTR_QUARANTINED,
     CTR_T,
+    CTR_TOTALS,
     LINK_FIELDS,
     N_CONFIG,
     N_COUNTERS,
@@ -382,6 +383,26 @@ class Engine:
             out = self.pos[to_device(indices, self.device)].long()
         torch.cuda.current_stream(self.device).wait_stream(self._stream)  # for the caller's stream
         return out
+
+    # --- reads (on the engine's device, in its stream: callers hold on_stream()) ---
+
+    def slot_field(self, name: str) -> torch.Tensor:
+        """Field ``name`` (:data:`hardmix.layout.SLOT_FIELDS`) of every slot, a
+        view [R]. Empty slots have index -1 and stale other fields."""
+        return self.slots[:, SLOT_FIELDS.index(name)]
+
+    def leaf_weights(self, slots: torch.Tensor) -> torch.Tensor:
+        """The replay weight of each slot in ``slots`` (0 where it is -1)."""
+        return self.tree[self.tree.numel() // 2 + slots.clamp(min=0)] * (slots >= 0)
+
+    def replay_total(self) -> torch.Tensor:
+        """The sum of all replay weights (a 0-d tensor)."""
+        return self.tree[1]
+
+    def total_counts(self) -> torch.Tensor:
+        """The counters of :meth:`totals` (nonfinite, admitted, evicted,
+        graduated, quarantined), a copy."""
+        return self.counters[CTR_TOTALS].clone()
 
     def _inputs(self, indices, losses, logits, targets, margins, classes, priorities, replayed=None) -> tuple:
         """The op's batch arguments from update()'s, checked (see update)."""

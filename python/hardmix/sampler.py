@@ -77,7 +77,6 @@ from . import ops as _ops
 from .checkpoint import check_state
 from .config import STREAM_EPOCH, STREAM_FILL, PolicyConfig
 from .engine import Engine, to_device
-from .layout import CTR_TOTALS, SLOT_ADMITTED, SLOT_CLASS, SLOT_INDEX
 from .schedules import LinearRamp, Schedule, as_schedule, replay_count
 
 STATE_VERSION = 3
@@ -709,8 +708,7 @@ class ReplaySampler(BatchSampler):
         eng = self.engine
         with eng.on_stream():
             slots = eng.slots_of(indices)
-            w = eng.tree[eng.tree.numel() // 2 + slots.clamp(min=0)] * (slots >= 0)
-            return w.cpu()
+            return eng.leaf_weights(slots).cpu()
 
     def _draw_facts(self, indices: torch.Tensor, fresh_all: torch.Tensor, drawn: torch.Tensor) -> dict:
         """What the batch's importance weights need from the reservoir it was
@@ -723,7 +721,7 @@ class ReplaySampler(BatchSampler):
         w = self._leaf_weights(indices)
         fresh_w = w[: fresh_all.numel()] if W == 1 else self._leaf_weights(torch.unique(fresh_all))  # padding repeats
         with eng.on_stream():
-            total = float(eng.tree[1])
+            total = float(eng.replay_total())
         facts = {"w": w, "eligible": total - float(fresh_w.sum()),
                  "drawn_w": self._leaf_weights(drawn) if W > 1 else w[fresh_all.numel() : fresh_all.numel()
                                                                       + drawn.numel()],
@@ -733,7 +731,7 @@ class ReplaySampler(BatchSampler):
             mask = self._fresh_mask
             facts["in_fresh"] = mask[indices]
             with eng.on_stream():
-                index = eng.slots[:, SLOT_INDEX].cpu()
+                index = eng.slot_field("index").cpu()
             facts["outside"] = int((~mask[index[index >= 0].long()]).sum())
         return facts
 
@@ -799,7 +797,7 @@ class ReplaySampler(BatchSampler):
             # first update may predate the class count)
             args = self._empty_entry() if error or e["indices"].numel() == 0 else e
             with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
-                self._prev_totals = eng.counters[CTR_TOTALS].clone()
+                self._prev_totals = eng.total_counts()
             made = eng.update(args["indices"], args["losses"], margins=args["margins"], classes=args["classes"],
                               priorities=args["priorities"], replayed=args.get("replayed"), rows=e.get("rows"),
                               ready=self._ready.get(id(e)))
@@ -830,7 +828,7 @@ class ReplaySampler(BatchSampler):
         """Keeps the logits of the members admitted by step ``step``."""
         slots = self.engine.slots_of(indices)
         new = slots >= 0
-        new &= self.engine.slots[slots.clamp(min=0), 5] == step  # admitted by this step
+        new &= self.engine.slot_field("admitted")[slots.clamp(min=0)] == step  # admitted by this step
         where = slots[new]
         self._logits[where] = logits[new].to(self._logits.dtype)
         self._logit_owner[where] = indices[new]
@@ -1337,7 +1335,7 @@ class ReplaySampler(BatchSampler):
         self._apply(self._due())  # (inputs copied from a GPU: the copies are done)
         eng = self.engine
         with eng.on_stream():
-            c = eng.counters[CTR_TOTALS].tolist()
+            c = eng.total_counts().tolist()
             prev = self._prev_totals.tolist()
         size = eng.size
         out = {"size": size, "step": self._yielded, "updates_applied": eng.step,
@@ -1349,11 +1347,11 @@ class ReplaySampler(BatchSampler):
         if full:
             step = eng.step
             with eng.on_stream():
-                occ = (eng.slots[:, SLOT_INDEX] >= 0).double()
+                occ = (eng.slot_field("index") >= 0).double()
                 # Free slots keep stale columns: weigh them 0 (passes over R, no copies of rows).
-                out["class_histogram"] = torch.bincount(eng.slots[:, SLOT_CLASS].long().clamp_(min=0), weights=occ,
+                out["class_histogram"] = torch.bincount(eng.slot_field("class").long().clamp_(min=0), weights=occ,
                                                         minlength=max(self.config.num_classes, 1)).long().cpu()
-                out["mean_age"] = step - float(torch.dot(eng.slots[:, SLOT_ADMITTED], occ)) / size if size else 0.0
+                out["mean_age"] = step - float(torch.dot(eng.slot_field("admitted"), occ)) / size if size else 0.0
         return out
 
     # --- checkpoints -------------------------------------------------------
