@@ -5,10 +5,11 @@
 # requires it). There, with no compiler on PATH: `python -m hardmix info` and
 # the README's quickstart; then the CPU tests (PATH as usual: torch.compile's
 # inductor compiles its own C++).
+# The venv: $BARE_VENV (default .venv-bare), made afresh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_REQ="$1"
-BARE=.venv-bare
+BARE="${BARE_VENV:-.venv-bare}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 rm -rf "$BARE"
 python3 -m venv --without-pip "$BARE"
@@ -44,4 +45,4 @@ PY="$BARE/bin/python"
 PATH="$NOBUILD" "$PY" -c 'import hardmix; assert "site-packages" in hardmix.__file__, hardmix.__file__'
 PATH="$NOBUILD" "$PY" -m hardmix info
 PATH="$NOBUILD" "$PY" -m pytest -q -p no:cacheprovider tests/test_sampler.py -k readme_quickstart
-"$PY" -m pytest -q -p no:cacheprovider tests -m "not eval and not integration and not docs and not fuzz"
+"$PY" -m pytest -q -p no:cacheprovider -n 2 tests -m "not eval and not integration and not docs and not fuzz"

@@ -13,6 +13,9 @@
 #                     here, without the training frameworks, if missing)
 #   SANITIZE_CONFIGS  policies the driver runs (default 300)
 #   SANITIZE_STEPS    updates and draws per policy (default 1000)
+#   SANITIZE_TESTS    all (default): the op tests below; quick: those of the
+#                     ops' errors, the agreement with the reference and the
+#                     corrupted states
 # Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,6 +53,11 @@ export PYTHONPATH="$ROOT/$SITE"
 # back when the process aborts. Left out: the watchdog's test (it sends itself
 # SIGSEGV on purpose, which ASan reports) and the genuine states' (its time
 # goes to the Python state checker, not to native code).
+if [ "${SANITIZE_TESTS:-all}" = quick ]; then
+  exec "$PY" -m pytest -q -s -p no:cacheprovider \
+    tests/test_engine_errors.py tests/test_policy_agreement.py tests/test_engine_state.py \
+    -k "not watchdog and not genuine_states" "$@"
+fi
 exec "$PY" -m pytest -q -s -p no:cacheprovider \
   tests/test_engine_errors.py tests/test_policy_agreement.py tests/test_policy_properties.py \
   tests/test_sharded.py tests/test_engine_state.py -k "not watchdog and not genuine_states" "$@"
