@@ -10,6 +10,23 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+# The state's layouts (hardmix.layout), importable from here too.
+from .layout import (  # noqa: F401
+    BALANCE_COLUMNS,
+    COL_CORRECT,
+    COL_EMA,
+    COL_FACTOR,
+    COL_FORGET,
+    COL_FRESH,
+    COL_LAST_LOSS,
+    COL_LAST_SEEN,
+    COL_QUARANTINE,
+    COL_SEEN,
+    COL_SEEN_CLASS,
+    COL_WRONG,
+    TABLE_COLUMNS,
+)
+
 # Random-number streams (the `stream` counter of hardmix.rng / the fill ops).
 STREAM_ADMIT = 1  # Gumbel noise of admission keys, by dataset index
 STREAM_REPLAY = 2  # uniforms of the replay draw, by draw number

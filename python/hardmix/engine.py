@@ -167,7 +167,7 @@ class Engine:
         self.window = torch.zeros(config.rank_window, dtype=torch.float64)
         self.counters = torch.zeros(N_COUNTERS, dtype=torch.int64)
         self.counters[CTR_FREE_TOP] = R
-        # replay balance (config.BALANCE_COLUMNS): per heap class, then the totals row
+        # replay balance (layout.BALANCE_COLUMNS): per heap class, then the totals row
         self.balance = torch.zeros(K + 1, len(BALANCE_COLUMNS), dtype=torch.float64)
         self.balance[:K, COL_FACTOR] = 1.0
         self.config_vector = _config_vector(config, shard)  # read on the host: stays on the CPU
