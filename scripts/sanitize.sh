@@ -53,11 +53,10 @@ export PYTHONPATH="$ROOT/$SITE"
 # back when the process aborts. Left out: the watchdog's test (it sends itself
 # SIGSEGV on purpose, which ASan reports) and the genuine states' (its time
 # goes to the Python state checker, not to native code).
-if [ "${SANITIZE_TESTS:-all}" = quick ]; then
-  exec "$PY" -m pytest -q -s -p no:cacheprovider \
-    tests/test_engine_errors.py tests/test_policy_agreement.py tests/test_engine_state.py \
-    -k "not watchdog and not genuine_states" "$@"
-fi
-exec "$PY" -m pytest -q -s -p no:cacheprovider \
-  tests/test_engine_errors.py tests/test_policy_agreement.py tests/test_policy_properties.py \
-  tests/test_sharded.py tests/test_engine_state.py -k "not watchdog and not genuine_states" "$@"
+TESTS=(tests/test_engine_errors.py tests/test_policy_agreement.py tests/test_engine_state.py)
+case "${SANITIZE_TESTS:-all}" in
+  all) TESTS+=(tests/test_policy_properties.py tests/test_sharded.py) ;;
+  quick) ;;
+  *) echo "[sanitize] SANITIZE_TESTS must be all or quick, got '$SANITIZE_TESTS'" >&2; exit 2 ;;
+esac
+exec "$PY" -m pytest -q -s -p no:cacheprovider "${TESTS[@]}" -k "not watchdog and not genuine_states" "$@"
