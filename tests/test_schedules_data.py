@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from hardmix.data import WithIndex, collate_with_index
 from hardmix.schedules import Anneal, Constant, Cosine, FromCallable, LinearRamp, as_schedule, replay_count
@@ -86,6 +86,28 @@ def test_with_index_in_a_dataloader(workers):
     assert [b[0].tolist() for b in got] == [[3, 1, 4], [15, 9]]
     for idx, x, y in got:
         assert torch.equal(x[:, 0], idx.float() * 2) and torch.equal(y, idx % 3)
+
+
+class Batched(Squares):
+    """Fetches a batch at once (as Subset and many dataset libraries do)."""
+
+    def __getitems__(self, indices):
+        return [{"x": torch.tensor([float(i)]), "y": i * i, "batched": True} for i in indices]
+
+
+@pytest.mark.parametrize("make", [lambda: Subset(TensorDataset(torch.arange(20.0) * 2), list(range(19, -1, -1))),
+                                  Batched])
+def test_with_index_over_a_dataset_that_fetches_batches(make):
+    """The DataLoader fetches a batch with __getitems__ where the dataset has
+    one: WithIndex's puts the indices first, as __getitem__ does."""
+    ds = make()
+    loader = DataLoader(WithIndex(ds), batch_sampler=[[3, 1, 4], [15, 9]])
+    for want, (idx, item) in zip([[3, 1, 4], [15, 9]], loader):
+        assert idx.tolist() == want
+        if isinstance(ds, Subset):
+            assert torch.equal(item, (19 - idx).float() * 2)
+        else:
+            assert item["y"].tolist() == [i * i for i in want] and bool(item["batched"].all())
 
 
 def test_with_index_non_tuple_items_and_custom_collate():

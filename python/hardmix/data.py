@@ -41,6 +41,13 @@ class WithIndex(Dataset):
             return (index, *item)
         return (index, item)
 
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """The items of a batch, as ``__getitem__`` gives them (the DataLoader's
+        batched fetch; the wrapped dataset's own ``__getitems__`` when it has one)."""
+        fetch = getattr(self.dataset, "__getitems__", None)
+        items = fetch(indices) if fetch is not None else [self.dataset[i] for i in indices]
+        return [(i, *item) if isinstance(item, tuple) else (i, item) for i, item in zip(indices, items)]
+
     def __getattr__(self, name: str) -> Any:  # e.g. .classes, .targets of the wrapped dataset
         if name == "dataset":
             raise AttributeError(name)
