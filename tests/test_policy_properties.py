@@ -100,6 +100,33 @@ def test_draw_skips_excluded_and_never_repeats():
         tick(e)
 
 
+@pytest.mark.parametrize("gamma,balance", [(1.0, False), (3.0, True)])
+def test_draw_facts_are_the_members_weights(gamma, balance):
+    """draw(facts=True) draws what draw() does, and reports each excluded and
+    drawn index's replay weight (its sum-tree leaf; 0 for a non-member, and
+    past the members drawn) and the total less the distinct excluded weight."""
+    n, R = 400, 64
+    cfg = PolicyConfig(num_examples=n, capacity=R, seed=3, gamma=gamma, num_classes=4 if balance else 0,
+                       class_quotas=balance, balance_replay=balance)
+    e = Engine(cfg)
+    g = torch.Generator().manual_seed(3)
+    for step in range(60):
+        idx = torch.randperm(n, generator=g)[:32]
+        e.update(idx, 3 * torch.rand(32, generator=g), classes=idx % 4 if balance else None)
+        exclude = torch.randint(0, n, (24,), generator=g)  # (repeats too)
+        m = [0, 5, 40, R][step % 4]
+        plain = e.draw(m, exclude)
+        got, facts = e.draw(m, exclude, facts=True)
+        assert torch.equal(got, plain) and facts.shape == (24 + m + 1,)
+        with e.on_stream():
+            leaf = e.leaf_weights(e.slots_of(torch.cat([exclude, got])))
+            total = float(e.replay_total())
+        k = got.numel()
+        assert torch.equal(facts[: 24 + k], leaf) and not facts[24 + k : 24 + m].any()
+        distinct = e.leaf_weights(e.slots_of(torch.unique(exclude))).sum()
+        assert math.isclose(float(facts[24 + m]), total - float(distinct), rel_tol=1e-12, abs_tol=1e-12 * total)
+
+
 def test_unrescored_member_never_rises():
     """Each example seen once (nothing is rescored), no graduation/quarantine:
     a member's key never changes and the number of stronger members never falls."""

@@ -43,9 +43,10 @@ int launch_margin(const void* logits, int logits_type, int64_t B, int64_t C,
 // are device memory; v and in are copied into the launch. One thread runs a
 // step or a draw; value errors are left in v.counters (see policy.cu).
 int launch_policy_update(const policy::PolicyView& v, const policy::Batch& in, void* stream);
-// out[0, m) = the drawn indices (-1 padded), out[m] = how many.
+// out[0, m) = the drawn indices (-1 padded), out[m] = how many; facts
+// (device memory [E + m + 1], or null) as PolicyView::draw writes them.
 int launch_policy_draw(const policy::PolicyView& v, int64_t m, const int64_t* exclude, int64_t E,
-                       int64_t* out, void* stream);
+                       int64_t* out, double* facts, void* stream);
 
 }  // namespace cuda
 }  // namespace hardmix

@@ -72,16 +72,20 @@ __global__ void update_kernel(pk::PolicyView v, pk::Batch in) {
   }
 }
 
-__global__ void draw_kernel(pk::PolicyView v, int64_t m, const int64_t* exclude, int64_t E, int64_t* out) {
+__global__ void draw_kernel(pk::PolicyView v, int64_t m, const int64_t* exclude, int64_t E, int64_t* out,
+                            double* facts) {
   for (int64_t k = 0; k < E; ++k) {
     if (exclude[k] < 0 || exclude[k] >= v.N) {
       fail(v.counters, pk::kErrExclude, k, exclude[k]);
       for (int64_t r = 0; r < m; ++r) out[r] = -1;
       out[m] = 0;
+      if (facts != nullptr) {
+        for (int64_t k2 = 0; k2 <= E + m; ++k2) facts[k2] = 0.0;
+      }
       return;
     }
   }
-  const int64_t n = v.draw(m, exclude, E, out);
+  const int64_t n = v.draw(m, exclude, E, out, facts);
   for (int64_t r = n; r < m; ++r) out[r] = -1;
   out[m] = n;
 }
@@ -102,9 +106,9 @@ int launch_policy_update(const policy::PolicyView& v, const policy::Batch& in, v
 }
 
 int launch_policy_draw(const policy::PolicyView& v, int64_t m, const int64_t* exclude, int64_t E,
-                       int64_t* out, void* stream) {
+                       int64_t* out, double* facts, void* stream) {
   clear_stale_error();
-  draw_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(v, m, exclude, E, out);
+  draw_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(v, m, exclude, E, out, facts);
   return status();
 }
 

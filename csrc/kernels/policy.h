@@ -1015,7 +1015,11 @@ struct PolicyView {
   // among the others (successive sampling), and in the usual case (m small
   // against the reservoir) the tree is only read. Zeroed leaves are restored
   // to their saved values before return.
-  HM_FN int64_t draw(int64_t m, const int64_t* exclude, int64_t E, int64_t* out) {
+  // facts (optional, [E + m + 1]): what the batch's importance weights need
+  // (hardmix.sampler): facts[k] the weight of exclude[k] (0: not a member),
+  // facts[E + r] that of the r-th drawn member (0 past n), and facts[E + m]
+  // the eligible weight (the total less the distinct excluded members').
+  HM_FN int64_t draw(int64_t m, const int64_t* exclude, int64_t E, int64_t* out, double* facts = nullptr) {
     // Excluded and drawn dataset indices, in a small open-addressing set.
     const int64_t cap = draw_set_cap(E, m);
     int64_t* set = static_cast<int64_t*>(scratch);
@@ -1030,7 +1034,18 @@ struct PolicyView {
       while (set[h] >= 0 && set[h] != i) h = (h + 1) & mask;
       return h;
     };
-    for (int64_t k = 0; k < E; ++k) set[slot_of(exclude[k])] = exclude[k];
+    double excluded = 0.0;
+    for (int64_t k = 0; k < E; ++k) {
+      const int64_t h = slot_of(exclude[k]);
+      double w = 0.0;
+      if (facts != nullptr) {
+        const int32_t j = pos_get(exclude[k]);
+        w = j >= 0 ? tree[P + j] : 0.0;
+        facts[k] = w;
+      }
+      if (set[h] != exclude[k]) excluded += w;  // (an index given twice counts once)
+      set[h] = exclude[k];
+    }
     const uint64_t key =
         rng::stream_key(cfg.seed, static_cast<uint64_t>(counters[kT]), kStreamReplay);
     auto pick_x = [&](uint64_t r, double total) {
@@ -1059,9 +1074,14 @@ struct PolicyView {
         continue;
       }
       set[h] = index;
+      if (facts != nullptr) facts[E + n] = tree[P + j];
       out[n++] = index;
     }
     for (int64_t k = n_zeroed - 1; k >= 0; --k) tree_set(zeroed[k], saved[k]);
+    if (facts != nullptr) {
+      for (int64_t r = n; r < m; ++r) facts[E + r] = 0.0;
+      facts[E + m] = total0 - excluded;
+    }
     return n;
   }
 };

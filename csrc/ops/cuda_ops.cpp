@@ -152,7 +152,7 @@ void policy_update_cuda(Tensor table, Tensor pos, Tensor slots, Tensor links, Te
 }
 
 void policy_draw_cuda(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor config,
-                      int64_t seed, Tensor exclude, Tensor out) {
+                      int64_t seed, Tensor exclude, Tensor out, std::optional<Tensor> facts) {
   const char* op = "hardmix::policy_draw";
   on_cuda(op, "tree", tree);
   const OnDevice dev{tree.get_device_index()};
@@ -162,10 +162,15 @@ void policy_draw_cuda(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Te
   device_input(op, dev, "out", out, ScalarType::Long, -1);
   HM_CHECK(out.numel() >= 1, op, ": out must have m + 1 >= 1 entries, got ", out.numel());
   const int64_t m = out.numel() - 1, E = exclude.numel();
+  double* f = nullptr;
+  if (facts) {
+    device_input(op, dev, "facts", *facts, ScalarType::Double, E + m + 1);
+    f = facts->mutable_data_ptr<double>();
+  }
   Tensor scratch = device_scratch(pk::draw_scratch_bytes(E, m), tree);
   v.scratch = scratch.mutable_data_ptr();
   check_launch(op, cuda::launch_policy_draw(v, m, exclude.const_data_ptr<int64_t>(), E,
-                                            out.mutable_data_ptr<int64_t>(), current_stream(tree)));
+                                            out.mutable_data_ptr<int64_t>(), f, current_stream(tree)));
 }
 
 }  // namespace

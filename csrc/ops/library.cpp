@@ -71,6 +71,22 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   threads only when B * C is large enough to pay for it.
   m.def("margin(Tensor logits, Tensor targets) -> Tensor");
 
+  // replay_weights(w, drawn_w, in_fresh?, eligible, m_all, keep, n, f_all,
+  //                scale, out)
+  //   The importance weights of a batch (hardmix.ReplaySampler.weights), on
+  //   the host: tau from the draw's order (the drawn members' weights
+  //   drawn_w f64 [D], in draw order, starting from the eligible weight;
+  //   0 if m_all = 0, inf if D < m_all), then for b < keep
+  //   out[b] = scale / (q_b + (n - q_b) * rho_b) with rho_b = 1 -
+  //   exp(-w[b] tau) (1 if w[b] > 0 when tau is inf) and q_b = f_all (times
+  //   in_fresh[b] when given), and out[b] = 0 for b >= keep; a NaN or +inf
+  //   weight becomes 0. w f64 [B], in_fresh bool [B], out f32 [B] (the only
+  //   write), all CPU and contiguous; 0 <= keep <= B. Deterministic.
+  //   Cost: O(B + D). CPU only (its inputs are the sampler's host records).
+  m.def(
+      "replay_weights(Tensor w, Tensor drawn_w, Tensor? in_fresh, float eligible, int m_all, int keep, "
+      "float n, float f_all, float scale, Tensor(a!) out) -> ()");
+
   // policy_update(state..., config, seed, indices, losses, margins?, classes?,
   //               priorities?, replayed?, rows?)
   //   One step t of the policy (the exact rules are the docstring of
@@ -141,7 +157,7 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
       "policy_find(Tensor pos, Tensor slots, Tensor config, Tensor indices, "
       "Tensor(a!) out) -> ()");
 
-  // policy_draw(tree, slots, pos, counters, config, seed, exclude, out)
+  // policy_draw(tree, slots, pos, counters, config, seed, exclude, out, facts?)
   //   The replay draw for the next batch: with out of m + 1 entries,
   //   out[0, n) = dataset indices of up to m members drawn without
   //   replacement with probability proportional to (decayed priority)^gamma,
@@ -158,7 +174,12 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   and out on one device, config on the CPU): one device thread; an
   //   exclude index outside [0, N) leaves error code 5 in counters[10..12]
   //   and out = all -1, n = 0 (hardmix.Engine.draw raises it).
+  //   facts (optional, f64 [E + m + 1], contiguous, on out's device; written
+  //   in full): what importance weights need, in O(E + m) more: the weight
+  //   of each exclude entry (0: not a member), of each drawn member (0 past
+  //   n), and the eligible weight (the total less the distinct excluded
+  //   members').
   m.def(
       "policy_draw(Tensor(a!) tree, Tensor slots, Tensor pos, Tensor counters, "
-      "Tensor config, int seed, Tensor exclude, Tensor(b!) out) -> ()");
+      "Tensor config, int seed, Tensor exclude, Tensor(b!) out, Tensor(c!)? facts=None) -> ()");
 }

@@ -206,7 +206,7 @@ void policy_find(Tensor pos, Tensor slots, Tensor config, Tensor indices, Tensor
 }
 
 void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor config,
-                 int64_t seed, Tensor exclude, Tensor out) {
+                 int64_t seed, Tensor exclude, Tensor out, std::optional<Tensor> facts) {
   pk::PolicyView v = policy_ops::draw_view(kDraw, checks::on_cpu, tree, slots, pos, counters, config, seed);
   checks::on_cpu(kDraw, "exclude", exclude);
   checks::dim(kDraw, "exclude [E]", exclude, 1);
@@ -222,8 +222,17 @@ void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor 
   HM_CHECK(out.numel() >= 1, kDraw, ": out must have m + 1 >= 1 entries, got ", out.numel());
   const int64_t m = out.numel() - 1;
   int64_t* o = out.mutable_data_ptr<int64_t>();
+  double* f = nullptr;
+  if (facts) {
+    checks::on_cpu(kDraw, "facts", *facts);
+    checks::dtype(kDraw, "facts", *facts, ScalarType::Double);
+    checks::contiguous(kDraw, "facts", *facts);
+    HM_CHECK(facts->dim() == 1 && facts->size(0) == E + m + 1, kDraw, ": facts must have shape [E + m + 1 = ",
+             E + m + 1, "], got ", detail::shape_str(*facts));
+    f = facts->mutable_data_ptr<double>();
+  }
   v.scratch = host_scratch(pk::draw_scratch_bytes(E, m));
-  const int64_t n = v.draw(m, e, E, o);
+  const int64_t n = v.draw(m, e, E, o, f);
   for (int64_t k = n; k < m; ++k) o[k] = -1;
   o[m] = n;
 }

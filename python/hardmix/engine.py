@@ -444,9 +444,15 @@ class Engine:
         kinds = (torch.int64, torch.float64, torch.float64, torch.int64, torch.float64, torch.bool)
         return tuple(None if a is None else to_device(a.to(k), dev).contiguous() for a, k in zip(args, kinds))
 
-    def draw(self, m: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    def draw(self, m: int, exclude: torch.Tensor | None = None, *, facts: bool = False):
         """Up to m members drawn for replay (int64 dataset indices, in draw order),
-        skipping those in ``exclude`` (the next batch's fresh part)."""
+        skipping those in ``exclude`` (the next batch's fresh part).
+
+        With ``facts=True``, returns (members, facts): facts float64 [E + m + 1]
+        on the host, as ``policy_draw`` writes them: the replay weight of each
+        excluded index (0: not a member), of each drawn member (0 past the
+        members drawn) and the eligible weight (the total less the distinct
+        excluded members')."""
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise ValueError(f"m must be an int >= 0, got {m!r}")
         exclude = _NO_INDICES if exclude is None else _tensor("exclude", exclude, None, (torch.int64, torch.int32),
@@ -456,16 +462,19 @@ class Engine:
             exclude.record_stream(self._stream)
         with self.on_stream():
             out = torch.empty(m + 1, dtype=torch.int64, device=self.device)
+            got = torch.empty(exclude.numel() + m + 1, dtype=torch.float64, device=self.device) if facts else None
             torch.ops.hardmix.policy_draw(
                 self.tree, self.slots, self.pos, self.counters, self.config_vector, self._seed,
-                to_device(exclude, self.device), out
+                to_device(exclude, self.device), out, got
             )
             if self.device.type != "cpu":
                 # The one wait, for the engine's stream only (its steps waited for
                 # inputs of batches the replay lag put well in the past).
                 out = out.cpu()
+                got = None if got is None else got.cpu()
                 self.check()
-        return out[: int(out[m])]
+        members = out[: int(out[m])]
+        return (members, got) if facts else members
 
     # --- inspection --------------------------------------------------------
 

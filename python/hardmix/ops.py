@@ -141,9 +141,11 @@ def _fake_policy_update(
 
 
 @torch.library.register_fake("hardmix::policy_draw")
-def _fake_policy_draw(tree, slots, pos, counters, config, seed, exclude, out) -> None:
+def _fake_policy_draw(tree, slots, pos, counters, config, seed, exclude, out, facts=None) -> None:
     torch._check(out.dtype == torch.int64, lambda: f"out must be int64, got {out.dtype}")
     torch._check(out.numel() >= 1, lambda: "out must have m + 1 >= 1 entries")
+    if facts is not None:
+        torch._check(facts.numel() == exclude.numel() + out.numel(), lambda: "facts must have E + m + 1 entries")
 
 
 @torch.library.register_fake("hardmix::policy_dynamics")
@@ -156,7 +158,13 @@ def _fake_policy_find(pos, slots, config, indices, out) -> None:
     torch._check(out.shape == indices.shape, lambda: "out must have one entry per index")
 
 
-OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw", "policy_dynamics", "policy_find")
+@torch.library.register_fake("hardmix::replay_weights")
+def _fake_replay_weights(w, drawn_w, in_fresh, eligible, m_all, keep, n, f_all, scale, out) -> None:
+    torch._check(out.shape == w.shape, lambda: "out must have one entry per weight")
+
+
+OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw", "policy_dynamics", "policy_find",
+       "replay_weights")
 """Every op of the library, by name in ``torch.ops.hardmix``."""
 
 CUDA_OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw")

@@ -156,6 +156,30 @@ void check(const State& s, int64_t ci, int64_t step) {
   if (!std::isfinite(v.tree[1])) fail("the replay total is not finite", ci, step);
 }
 
+// draw()'s facts: each excluded and drawn index's leaf (0 for a non-member,
+// and past the n drawn), then the total less the distinct excluded leaves
+// (summed in the order given, as the draw does).
+void check_facts(const State& s, const std::vector<int64_t>& exclude, const std::vector<int64_t>& out, int64_t n,
+                 int64_t m, const std::vector<double>& facts, int64_t ci, int64_t step) {
+  const pk::PolicyView& v = s.v;
+  const int64_t E = static_cast<int64_t>(exclude.size());
+  auto leaf = [&](int64_t i) {
+    const int32_t j = v.pos_get(i);
+    return j >= 0 ? v.tree[v.P + j] : 0.0;
+  };
+  double excluded = 0.0;
+  for (int64_t k = 0; k < E; ++k) {
+    if (facts[k] != leaf(exclude[k])) fail("draw facts: an excluded index's weight is wrong", ci, step);
+    bool seen = false;
+    for (int64_t q = 0; q < k; ++q) seen = seen || exclude[q] == exclude[k];
+    if (!seen) excluded += facts[k];
+  }
+  for (int64_t k = 0; k < m; ++k) {
+    if (facts[E + k] != (k < n ? leaf(out[k]) : 0.0)) fail("draw facts: a drawn member's weight is wrong", ci, step);
+  }
+  if (facts[E + m] != v.tree[1] - excluded) fail("draw facts: the eligible weight is wrong", ci, step);
+}
+
 // The state every shard replicates (slots, heaps, tree, counters, ...).
 bool same_replicated(const State& a, const State& b) {
   return a.slots == b.slots && a.links == b.links && a.heap == b.heap && a.free == b.free &&
@@ -208,6 +232,7 @@ void run_config(int64_t ci, int64_t steps, uint64_t seed) {
   for (State& s : shards) s.v.cfg.seed = run_seed;  // one seed: replicated draws and keys
 
   std::vector<int64_t> idx, cls, exclude, out;
+  std::vector<double> facts;
   std::vector<double> loss, margin, prio, rows;
   std::vector<uint8_t> rep;
   std::vector<int64_t> scratch;
@@ -265,8 +290,11 @@ void run_config(int64_t ci, int64_t steps, uint64_t seed) {
     for (State& s : shards) {
       out.assign(m + 1, -1);
       s.v.scratch = scratch.data();
-      const int64_t n = s.v.draw(m, exclude.data(), E, out.data());
+      const bool with_facts = (step & 1) != 0;  // (every other draw: facts must not change it)
+      facts.assign(E + m + 1, -1.0);
+      const int64_t n = s.v.draw(m, exclude.data(), E, out.data(), with_facts ? facts.data() : nullptr);
       if (n < 0 || n > m) fail("draw returned a bad count", ci, step);
+      if (with_facts) check_facts(s, exclude, out, n, m, facts, ci, step);
       for (int64_t k = 0; k < n; ++k) {
         if (out[k] < 0 || out[k] >= N || s.v.pos_get(out[k]) < 0) fail("draw returned a non-member", ci, step);
         for (int64_t e = 0; e < E; ++e) {
