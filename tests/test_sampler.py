@@ -378,6 +378,85 @@ def test_same_batches_whatever_the_worker_count(workers):
     assert other != b0
 
 
+def _trace(background: bool, lag, workers: int = 0, resume_at: int | None = None) -> dict:
+    """Three epochs of a loop with weights, logits and a rewind (a loop that
+    breaks with batches in flight), optionally restored from a state_dict
+    into a new sampler at batch ``resume_at``: every batch, weight vector
+    and stats, and the final reservoir."""
+    data = hardmix.WithIndex(TensorDataset(torch.arange(240.0)))
+
+    def make():
+        return hardmix.ReplaySampler(240, batch_size=12, capacity=30, replay_fraction=0.5, warmup_steps=3, seed=4,
+                                     replay_lag=lag, lam=0.05, gamma=1.0, max_wrong=3, background=background)
+
+    s, out, k = make(), {"batches": [], "weights": [], "stats": []}, 0
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        for rewind in (True, False):
+            for idx, x in DataLoader(data, batch_sampler=s, num_workers=workers):
+                logits = torch.stack([x.sin(), x.cos(), (x * 0.1).tanh()], 1) * (1 + k % 5)
+                y = (idx * 7 + k) % 3
+                losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+                out["batches"].append(idx.tolist())
+                out["weights"].append(s.weights(idx))
+                s.update(idx, losses, logits=logits, targets=y)
+                out["stats"].append({k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in s.stats().items()})
+                k += 1
+                if k == resume_at:
+                    state = s.state_dict()
+                    s = make()
+                    s.load_state_dict(state)
+                    break
+                if rewind and k % 7 == 0:
+                    break
+    out["members"] = s.reservoir()
+    return out
+
+
+@pytest.mark.parametrize("lag,workers,resume_at", [(0, 0, None), (1, 0, None), (3, 0, 10), (None, 2, 17)])
+def test_background_work_gives_the_same_run(lag, workers, resume_at):
+    """background=True (the engine's work on a worker thread between the
+    sampler's calls) and background=False give the same batches, weights,
+    stats and reservoir, bit for bit, with rewinds, DataLoader workers and a
+    restore."""
+    inline, piped = _trace(False, lag, workers, resume_at), _trace(True, lag, workers, resume_at)
+    assert inline["batches"] == piped["batches"] and len(inline["batches"]) > 40
+    assert all(torch.equal(a, b) for a, b in zip(inline["weights"], piped["weights"]))
+    assert inline["stats"] == piped["stats"]
+    assert all(torch.equal(inline["members"][k], piped["members"][k]) for k in inline["members"])
+    assert any(float(w.max()) != 1.0 for w in piped["weights"])  # (replay weights were in play)
+
+
+def test_copies_go_on_alike_and_background_threads_end_with_their_samplers():
+    """pickle and deepcopy take the state as the next call sees it (after the
+    background work), copies go on alike, and no worker thread outlives its
+    sampler."""
+    import gc
+    import pickle
+    import threading
+
+    def workers():
+        return [t for t in threading.enumerate() if t.name == "hardmix-worker"]
+
+    before = len(workers())
+
+    def run():
+        s = hardmix.ReplaySampler(100, batch_size=10, capacity=20, replay_fraction=0.3, replay_lag=2, seed=1)
+        it = iter(s)
+        for _ in range(5):
+            feed(s, next(it))  # (the work after each call runs in the background)
+        assert len(workers()) > before
+        copies = [s, copy.deepcopy(s), pickle.loads(pickle.dumps(s))]
+        return [run_epochs(c, 2) for c in copies]
+
+    first, *others = run()
+    assert all(o == first for o in others) and len(first[0][1]) > 5
+    gc.collect()
+    for t in workers()[before:]:
+        t.join(timeout=10)
+    assert len(workers()) <= before
+
+
 def test_breaking_out_with_batches_in_flight_yields_them_again():
     """A loop that breaks while workers hold prefetched batches sees, on the
     next iter() of the epoch, exactly what num_workers=0 would have yielded."""

@@ -30,9 +30,11 @@ def plain(v):
 
 
 def freeze(s: hardmix.ReplaySampler):
-    """Every piece of the sampler's state as plain, comparable values."""
-    out = {k: plain(v) for k, v in vars(s).items() if k != "engine"}
-    out["engine"] = {k: plain(getattr(s.engine, k)) for k in STATE_TENSORS}
+    """Every piece of the sampler's state as plain, comparable values, once
+    its background work is done (``engine`` waits for it)."""
+    engine = s.engine
+    out = {k: plain(v) for k, v in vars(s).items() if k not in ("_engine", "_worker")}
+    out["engine"] = {k: plain(getattr(engine, k)) for k in STATE_TENSORS}
     return out
 
 

@@ -67,6 +67,7 @@ import math
 import sys
 import threading
 import warnings
+import weakref
 from typing import Callable
 
 import torch
@@ -78,6 +79,7 @@ from .checkpoint import check_state
 from .config import STREAM_EPOCH, STREAM_FILL, PolicyConfig
 from .engine import Engine, to_device
 from .schedules import LinearRamp, Schedule, as_schedule, replay_count
+from .worker import Worker
 
 STATE_VERSION = 3
 
@@ -92,6 +94,8 @@ SAMPLER_DEFAULTS = {"alpha": 0.0, "lam": 0.0, "gamma": 0.0, "max_wrong": 2, "qua
 CLASS_LIMIT = 1 << 20
 """Targets must lie in [0, CLASS_LIMIT) when neither logits nor num_classes
 give the class count."""
+
+_MASKS: dict = {}  # (B, fresh, replay) -> the shared replayed mask of update entries (never written)
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -205,6 +209,12 @@ class ReplaySampler(BatchSampler):
             input the results are the same bit for bit (with ``"cuda"``, a
             target outside the logits' columns is a NaN margin, skipped,
             where the host raises).
+        background: after ``update()``, apply the update and draw the batch
+            that comes ``replay_lag`` batches later on a background thread,
+            while the training loop goes on (the next sampler call waits for
+            it). The batches, weights and reservoir are the same bit for bit
+            either way. In one process with the state on the CPU and host
+            inputs; elsewhere the work runs in ``update()`` and the next batch.
         **policy: the policy's knobs, as :class:`hardmix.PolicyConfig` takes
             them (``score``, ``alpha``, ``lam``, ``gamma``, ``graduation``,
             ``max_wrong``, ``class_quotas``, ``num_classes``,
@@ -241,6 +251,7 @@ class ReplaySampler(BatchSampler):
         process_group=None,
         shard_table: bool = False,
         state_device: str | torch.device = "cpu",
+        background: bool = True,
         **policy,
     ):
         # No super().__init__: BatchSampler's only wraps a sampler we do not have.
@@ -263,6 +274,7 @@ class ReplaySampler(BatchSampler):
              replay_lag)
         need(isinstance(store_logits, bool), "store_logits", "a bool", store_logits)
         need(isinstance(shard_table, bool), "shard_table", "a bool", shard_table)
+        need(isinstance(background, bool), "background", "a bool", background)
         try:
             state_dev = torch.device(state_device)
         except (RuntimeError, TypeError):
@@ -309,7 +321,11 @@ class ReplaySampler(BatchSampler):
         if state_dev.type == "cuda" and (shard_table or self.num_replicas > 1):
             raise ValueError(f"ReplaySampler: state_device={state_device!r} needs one process without "
                              f"shard_table (the distributed exchange goes through the host)")
-        self.engine = Engine(self.config, score_fn=score_fn, shard=shard)
+        self._engine = Engine(self.config, score_fn=score_fn, shard=shard)
+        # The engine's work after update(), on a background thread (see _advance).
+        self.background = background
+        self._worker = Worker()
+        self._prepared: tuple | None = None  # (position, record): the next batch, drawn by the worker
         self.state_device = state_dev
         self.schedule = schedule
         self.num_examples = num_examples
@@ -358,6 +374,16 @@ class ReplaySampler(BatchSampler):
         self._requested: int | None = None  # the last set_epoch(), applied again after load_state_dict
         self._cursor_end: tuple[int, int] | None = None  # where the epoch in progress leaves the fresh stream
         self._start_epoch(0)
+
+    def __getstate__(self) -> dict:
+        self._worker.wait()  # (pickle, deepcopy: the state as the next call would see it)
+        return self.__dict__
+
+    @property
+    def engine(self) -> Engine:
+        """The policy's engine (:class:`hardmix.Engine`), its background work done."""
+        self._worker.wait()
+        return self._engine
 
     # --- epochs ------------------------------------------------------------
 
@@ -434,6 +460,7 @@ class ReplaySampler(BatchSampler):
                 "pools": {p: g[:, self.rank].contiguous() for p, g in grids.items()}, "n": per * W}
 
     def _set_plan(self, plan: dict) -> None:
+        self._prepared = None
         self._plan_fresh, self._plan_replay, self._plan_where = plan["fresh"], plan["replay"], plan["where"]
         self._fresh_mask, self._pools, self._pass_size = plan["mask"], plan["pools"], plan["n"]
         self._cursor, self._cursor_end = plan["cursor"], plan["end"]
@@ -487,6 +514,7 @@ class ReplaySampler(BatchSampler):
         starts the next one (for loops that never call it). Raises
         ValueError unless ``epoch`` is an int >= 0.
         """
+        self._worker.wait()
         if not _is_int(epoch) or epoch < 0:
             raise ValueError(f"ReplaySampler.set_epoch: epoch must be an int >= 0, got {epoch!r}")
         if epoch != self._epoch or self._next_fresh is not None:
@@ -503,6 +531,7 @@ class ReplaySampler(BatchSampler):
         ``indices``: a non-empty 1-D integer tensor (or sequence) of distinct
         indices in [0, N), else ValueError.
         """
+        self._worker.wait()
         idx = torch.as_tensor(indices) if not isinstance(indices, torch.Tensor) else indices
         if idx.dtype not in _INT_DTYPES or idx.dim() != 1:
             raise ValueError(f"set_fresh: indices must be a 1-D integer tensor, got {idx.dtype} of shape "
@@ -545,6 +574,7 @@ class ReplaySampler(BatchSampler):
     # --- batches -----------------------------------------------------------
 
     def __iter__(self):
+        self._worker.wait()
         refusal = self._check_context(sys._getframe(1))
         # Batches yielded but never updated (a loop that broke with batches in
         # flight) come again, unchanged, before any new one.
@@ -630,13 +660,19 @@ class ReplaySampler(BatchSampler):
             yield self._next_batch()
 
     def _next_batch(self) -> list[int]:
+        self._worker.wait()
         if self._again:
             rec = self._again.popleft()
         else:
-            rec = self._make_batch()
+            prepared, self._prepared = self._prepared, None
+            if prepared is not None and prepared[0] == self._position():
+                rec = prepared[1]
+            else:
+                rec = self._make_batch()
         self._outstanding.append(rec)
         self._yielded += 1
         self._batch += 1
+        self._kick()  # (with a lag, the next batch's work can run while this one trains)
         return rec["indices"].tolist()
 
     def _make_batch(self) -> dict:
@@ -658,23 +694,26 @@ class ReplaySampler(BatchSampler):
                 f"num_workers * prefetch_factor, plus any batches the training loop fetches ahead.{skip}"
             )
         self._apply(need)
-        self.engine.check()  # (GPU: an error the device found in an applied update; no extra wait)
+        self._engine.check()  # (GPU: an error the device found in an applied update; no extra wait)
         if self._errors:  # (the host found them applying updates whose inputs were on a GPU)
             errors, self._errors = self._errors, []
             more = f" (and {len(errors) - 1} more such updates)" if len(errors) > 1 else ""
             raise ValueError(f"update: {errors[0]['error']}{more}")
-        if self.engine.step != need:  # pragma: no cover - an invariant, not user input
-            raise RuntimeError(f"ReplaySampler: internal error: engine at update {self.engine.step}, need {need}")
+        if self._engine.step != need:  # pragma: no cover - an invariant, not user input
+            raise RuntimeError(f"ReplaySampler: internal error: engine at update {self._engine.step}, need {need}")
         W, r = self.num_replicas, self.rank
         fresh_all = self._order_grid[off : off + f].reshape(-1) if W > 1 else fresh
-        drawn = self.engine.draw(m * W, exclude=fresh_all) if m > 0 else fresh[:0]
+        if m > 0:
+            drawn, facts = self._engine.draw(m * W, exclude=fresh_all, facts=True)
+        else:
+            drawn, facts = fresh[:0], None
         replay = drawn[r * m : (r + 1) * m]  # this rank's slice of the shared draw
         fill = self._fill(g, m - replay.numel(), fresh, drawn, self._pools[self._plan_where[j][0]])
         indices = torch.cat([fresh, replay, fill])
         rec = {"g": g, "indices": indices, "fresh": f, "replay": int(replay.numel()), "fill": int(fill.numel()),
-               "m": m, **self._draw_facts(indices, fresh_all, drawn)}
+               "m": m, **self._draw_facts(indices, fresh_all, drawn, facts)}
         if self._logits is not None:  # the replayed members' logits at admission, as of this draw
-            slots = self.engine.slots_of(replay)
+            slots = self._engine.slots_of(replay)
             rec["stored"] = self._logits[slots]  # (indexing copies)
             rec["stored_ok"] = self._logit_owner[slots] == replay
         return rec
@@ -703,67 +742,46 @@ class ReplaySampler(BatchSampler):
                         break
         return torch.tensor(out, dtype=torch.int64)
 
-    def _leaf_weights(self, indices: torch.Tensor) -> torch.Tensor:
-        """The replay weight of each index (0 for non-members), on the host."""
-        eng = self.engine
-        with eng.on_stream():
-            slots = eng.slots_of(indices)
-            return eng.leaf_weights(slots).cpu()
-
-    def _draw_facts(self, indices: torch.Tensor, fresh_all: torch.Tensor, drawn: torch.Tensor) -> dict:
+    def _draw_facts(self, indices: torch.Tensor, fresh_all: torch.Tensor, drawn: torch.Tensor,
+                    facts: torch.Tensor | None) -> dict:
         """What the batch's importance weights need from the reservoir it was
-        drawn from (O(B W), plus O(R) with a restricted fresh set); the weights
-        themselves are computed when asked for (:meth:`_weights_of`). With
-        several ranks the view is global: all ranks' batches form one batch
-        (DDP averages over them)."""
-        eng = self.engine
-        W = self.num_replicas
-        w = self._leaf_weights(indices)
-        fresh_w = w[: fresh_all.numel()] if W == 1 else self._leaf_weights(torch.unique(fresh_all))  # padding repeats
-        with eng.on_stream():
-            total = float(eng.replay_total())
-        facts = {"w": w, "eligible": total - float(fresh_w.sum()),
-                 "drawn_w": self._leaf_weights(drawn) if W > 1 else w[fresh_all.numel() : fresh_all.numel()
-                                                                      + drawn.numel()],
-                 "f_all": int(fresh_all.numel()), "size_all": int(indices.numel()) * W,
-                 "n": self._pass_size, "outside": 0, "in_fresh": None}
+        drawn from, out of the draw's ``facts`` (Engine.draw; None: no
+        replay, so no weight matters), plus O(R) with a restricted fresh
+        set; the weights themselves are computed when asked for
+        (:meth:`_weights_of`). With several ranks the view is global: all
+        ranks' batches form one batch (DDP averages over them)."""
+        W, r = self.num_replicas, self.rank
+        B, E, n = indices.numel(), fresh_all.numel(), drawn.numel()
+        if facts is None:
+            w, drawn_w, eligible = torch.zeros(B, dtype=torch.float64), facts, 0.0
+        else:
+            m = (facts.numel() - 1 - E) // W  # this rank's replay part: facts of the drawn, 0 past n
+            drawn_w, eligible = facts[E : E + n], float(facts[E + W * m])
+            w = facts[: E + m] if W == 1 else torch.cat([facts[r:E:W], facts[E + r * m : E + (r + 1) * m]])
+            w = w[:B]  # (fill-ins, weight 0, may fall short of the replay's gap)
+        out = {"w": w, "eligible": eligible, "drawn_w": drawn_w if drawn_w is not None else w[:0],
+               "f_all": int(E), "size_all": int(B) * W, "n": self._pass_size, "outside": 0, "in_fresh": None}
         if self._fresh_mask is not None:
-            mask = self._fresh_mask
-            facts["in_fresh"] = mask[indices]
+            eng, mask = self._engine, self._fresh_mask
+            out["in_fresh"] = mask[indices]
             with eng.on_stream():
                 index = eng.slot_field("index").cpu()
-            facts["outside"] = int((~mask[index[index >= 0].long()]).sum())
-        return facts
+            out["outside"] = int((~mask[index[index >= 0].long()]).sum())
+        return out
 
-    def _weights_of(self, rec: dict) -> torch.Tensor:
-        """The importance weights of a batch record (see :meth:`weights`)."""
-        f, r, w = rec["fresh"], rec["replay"], rec["w"]
-        m_all, drawn_w = rec["m"] * self.num_replicas, rec["drawn_w"]
-        if m_all == 0:
-            tau = 0.0  # no replay in this batch
-        elif drawn_w.numel() < m_all:
-            tau = math.inf  # every eligible member was drawn
-        else:
-            # Exponential clocks: given the draw order, the arrival gaps are
-            # Exp(remaining weight); tau = the expected (m+1)-th arrival.
-            remaining = rec["eligible"]  # fresh members were excluded from the draw
-            floor = remaining * 1e-12
-            tau = 0.0
-            for wk in drawn_w.tolist() + [None]:
-                if remaining <= floor:
-                    tau = math.inf
-                    break
-                tau += 1.0 / remaining
-                if wk is not None:
-                    remaining -= wk
-        rho = (w > 0).double() if tau == math.inf else torch.expm1(w * -tau).neg_()
-        # pi = P(fresh) + P(not fresh) * rho (fresh members are excluded from the draw)
-        n, f_all = rec["n"], rec["f_all"]
-        fresh_p = f_all if rec["in_fresh"] is None else rec["in_fresh"] * f_all  # n * P(fresh)
-        denom = rho.mul_(n - fresh_p).add_(fresh_p)
-        out = torch.div(rec["size_all"] * n / (n + rec["outside"]), denom, out=denom)
-        out[f + r :] = 0.0  # fill-ins count for nothing
-        return out.nan_to_num_(posinf=0.0)
+    def _weights_of(self, rec: dict, pin: bool = False) -> torch.Tensor:
+        """The importance weights of a batch record (see :meth:`weights`):
+        float32 [B] on the host (in pinned memory with ``pin``), computed by
+        ``hardmix::replay_weights``."""
+        n = rec["n"]
+        w, drawn_w = rec["w"], rec["drawn_w"]
+        if w.dtype != torch.float64 or drawn_w.dtype != torch.float64:  # (a restored record may hold float32)
+            w, drawn_w = w.double(), drawn_w.double()
+        out = torch.empty(rec["indices"].numel(), dtype=torch.float32, pin_memory=pin)
+        torch.ops.hardmix.replay_weights(w.contiguous(), drawn_w.contiguous(), rec["in_fresh"], rec["eligible"],
+                                         rec["m"] * self.num_replicas, rec["fresh"] + rec["replay"], n,
+                                         rec["f_all"], rec["size_all"] * n / (n + rec["outside"]), out)
+        return out
 
     # --- feedback ----------------------------------------------------------
 
@@ -779,7 +797,7 @@ class ReplaySampler(BatchSampler):
         tensors, marked checked, or as the empty update it ran as, its error
         numbered in the order found: a restore never checks it again, and
         raises its error only if the state_dict() call had not seen it."""
-        eng = self.engine
+        eng = self._engine
         while self._pending and eng.step < upto:
             e = self._pending[0]
             copy = self._host.get(id(e))
@@ -826,9 +844,9 @@ class ReplaySampler(BatchSampler):
 
     def _store_admitted(self, indices: torch.Tensor, logits: torch.Tensor, step: int) -> None:
         """Keeps the logits of the members admitted by step ``step``."""
-        slots = self.engine.slots_of(indices)
+        slots = self._engine.slots_of(indices)
         new = slots >= 0
-        new &= self.engine.slot_field("admitted")[slots.clamp(min=0)] == step  # admitted by this step
+        new &= self._engine.slot_field("admitted")[slots.clamp(min=0)] == step  # admitted by this step
         where = slots[new]
         self._logits[where] = logits[new].to(self._logits.dtype)
         self._logit_owner[where] = indices[new]
@@ -843,10 +861,10 @@ class ReplaySampler(BatchSampler):
             if not ranges:  # (classes index per-class tables: stats() holds a histogram of them)
                 ranges.append((CLASS_LIMIT, f"[0, {CLASS_LIMIT}) (the limit without logits or num_classes: "
                                             f"pass num_classes for more classes)"))
+            lo, top = (int(v) for v in torch.aminmax(classes)) if classes.numel() else (0, -1)
             for hi, text in ranges:
-                bad = ((classes < 0) | (classes >= hi)).nonzero()
-                if bad.numel():
-                    k = int(bad[0])
+                if lo < 0 or top >= hi:  # (one pass when all is well; the first bad one named)
+                    k = int(((classes < 0) | (classes >= hi)).nonzero()[0])
                     return f"targets[{k}] = {int(classes[k])} is out of range {text}"
         if priorities is not None:
             neg = (priorities < 0).nonzero()
@@ -903,6 +921,7 @@ class ReplaySampler(BatchSampler):
         :class:`~hardmix.WithIndex`: with a DataLoader that returns batches in
         order (the default, ``in_order=True``) it is the batch the loop holds.
         Raises if no batch is waiting."""
+        self._worker.wait()
         self._check_thread("batch_to_update()")
         if not self._outstanding:
             raise ValueError("batch_to_update: no batch is waiting for an update")
@@ -940,13 +959,13 @@ class ReplaySampler(BatchSampler):
         (``shuffle=True``). Raises ValueError if ``indices`` is not the
         batch about to be updated.
         """
+        self._worker.wait()
         idx = self._as_index_tensor("weights", indices)
         rec = self._expected("weights", idx)
         if "weights" not in rec:
-            w = self._weights_of(rec).float()
             # (training on a GPU: host weights in pinned memory, so that
             # .to(device, non_blocking=True) does not wait for the GPU)
-            rec["weights"] = w.pin_memory() if self._pin and indices.device.type == "cpu" else w
+            rec["weights"] = self._weights_of(rec, pin=self._pin and indices.device.type == "cpu")
         return to_device(rec["weights"], indices.device)
 
     @torch.compiler.disable
@@ -956,6 +975,7 @@ class ReplaySampler(BatchSampler):
         any fresh fill-ins are False). For losses that treat replayed rows
         apart (:func:`hardmix.losses.ace_cross_entropy`). Does not change
         the sampler."""
+        self._worker.wait()
         idx = self._as_index_tensor("replayed", indices)
         rec = self._expected("replayed", idx)
         return to_device(self._replayed_mask(rec), indices.device)
@@ -969,6 +989,7 @@ class ReplaySampler(BatchSampler):
         (before the first update, C is unknown: [B, 0], and no row has them).
         For logit replay (:func:`hardmix.losses.logit_replay`). Does not
         change the sampler."""
+        self._worker.wait()
         if not self.store_logits:
             raise ValueError("stored_logits: the sampler keeps no logits (pass store_logits=True)")
         idx = self._as_index_tensor("stored_logits", indices)
@@ -1016,6 +1037,7 @@ class ReplaySampler(BatchSampler):
         iterating the sampler. Safe under ``torch.no_grad``;
         ``torch.compile`` does not trace it (it runs eagerly).
         """
+        self._worker.wait()
         if self.num_replicas == 1:
             entry = self._validate(indices, losses, logits, targets, priorities)
         else:  # validate here, then every rank learns whether all are fine, then gather
@@ -1025,7 +1047,7 @@ class ReplaySampler(BatchSampler):
                 mine, error = None, e
             rows = self.batch_size * (2 if self.replay_mode == "append" else 1)  # no batch is longer
             if mine is not None:
-                mine["replayed"] = self._replayed_mask(self._outstanding[0])
+                mine["replayed"] = self._replayed_mask(self._outstanding[0], shared=True)
             lag = len(self._outstanding) - 1 if self.replay_lag is None else -1
             entry = _dist.gather_entries(mine, error, self.num_replicas, self.rank, self._group, rows, lag)
         lag = len(self._outstanding) - 1 if self.replay_lag is None else None  # measured now, if not yet
@@ -1044,16 +1066,16 @@ class ReplaySampler(BatchSampler):
                               f"will need more; pass replay_lag explicitly", stacklevel=2)
             self._resolve_classes(C)
         if "replayed" not in entry:
-            entry["replayed"] = self._replayed_mask(self._outstanding[0])
+            entry["replayed"] = self._replayed_mask(self._outstanding[0], shared=True)
         if self.shard_table:  # the owners' half of the step, now (the only time a collective may run)
             # (if this collective fails, e.g. times out, the owners' dynamics of this update are
             # already in their rows: the run cannot go on, restart from a checkpoint)
             entry["rows"] = self._owned_rows(entry, self._received)
         self._adopt_device(losses)
         ready = copy = None
-        if entry.get("deferred") and self.engine.device.type == "cuda":
+        if entry.get("deferred") and self._engine.device.type == "cuda":
             ready = torch.cuda.Event()  # the step waits for this, not for later work
-            ready.record(torch.cuda.current_stream(self.engine.device))
+            ready.record(torch.cuda.current_stream(self._engine.device))
         elif entry.get("deferred"):
             copy = self._to_host(entry)
         self._pin = self._pin or (isinstance(losses, torch.Tensor) and losses.is_cuda)
@@ -1064,12 +1086,63 @@ class ReplaySampler(BatchSampler):
         if copy is not None:
             self._host[id(entry)] = copy
         self._receive(entry)
-        self._apply(self._yielded - self.replay_lag, wait=False)
+        if not (self.replay_lag and self._kick()):  # (lag 0: the next call needs it at once, so do it now)
+            self._apply(self._yielded - self.replay_lag, wait=False)
+
+    # --- background work (see ``background``) ------------------------------
+
+    def _kick(self) -> bool:
+        """Hands the engine's next work to the worker: the updates the next
+        batch's draw needs, then that draw (_advance). False if it cannot
+        run there (one process, state on the CPU, host inputs only) or there
+        is nothing to do."""
+        eng = self._engine
+        if not (self.background and self.num_replicas == 1 and not self.shard_table and not self.store_logits
+                and eng.device.type == "cpu" and self.replay_lag is not None):
+            return False
+        if any(e.get("deferred") for e in self._pending):
+            return False
+        due = self._due()
+        ready = self._prepared is not None and self._prepared[0] == self._position()
+        makes = not (ready or self._again or self._batch >= len(self._plan_fresh) or self._received < due)
+        if not (makes or (self._pending and eng.step < due)):
+            return False
+        if self._worker.submit(self._advance):
+            weakref.finalize(self, self._worker.close)  # (the thread ends with the sampler)
+        return True
+
+    def _position(self) -> tuple:
+        """What the next new batch depends on: the plan, where the epoch is, the engine and its step."""
+        return (id(self._plan_fresh), self._batch, self._yielded, id(self._engine), self._engine.step)
+
+    def _advance(self) -> None:
+        """The worker's job: apply the updates the next draw needs, then make
+        the next new batch if it can be made now: what the next call would
+        do on the training thread, in the same order."""
+        self._apply(self._due())
+        if self._again or self._batch >= len(self._plan_fresh) or self._received < self._due():
+            return
+        if self._prepared is not None and self._prepared[0] == self._position():
+            return
+        try:
+            rec = self._make_batch()
+        except Exception:  # noqa: BLE001 - the training thread makes it again and raises there
+            return
+        self._prepared = (self._position(), rec)
 
     @staticmethod
-    def _replayed_mask(rec: dict) -> torch.Tensor:
-        mask = torch.zeros(rec["indices"].numel(), dtype=torch.bool)
-        mask[rec["fresh"] : rec["fresh"] + rec["replay"]] = True
+    def _replayed_mask(rec: dict, shared: bool = False) -> torch.Tensor:
+        """The rows of a batch drawn from the reservoir (bool [B]); with
+        ``shared``, one read-only tensor per shape (update entries)."""
+        key = (rec["indices"].numel(), rec["fresh"], rec["replay"])
+        mask = _MASKS.get(key) if shared else None
+        if mask is None:
+            mask = torch.zeros(key[0], dtype=torch.bool)
+            mask[key[1] : key[1] + key[2]] = True
+            if shared:
+                if len(_MASKS) > 1024:
+                    _MASKS.clear()
+                _MASKS[key] = mask
         return mask
 
     def _config_for(self, C: int | None) -> PolicyConfig:
@@ -1103,7 +1176,7 @@ class ReplaySampler(BatchSampler):
         config = self._config_for(C)
         if config != self.config:
             self.config = config
-            self.engine = self._rebuilt(self.engine, config)
+            self._engine = self._rebuilt(self._engine, config)
             # The copied engine is replaced: the next state_dict() copies anew, and states
             # already handed out keep their log.
             if self._log is not None:
@@ -1125,8 +1198,8 @@ class ReplaySampler(BatchSampler):
         there (one process only: checked by the constructor)."""
         if not isinstance(losses, torch.Tensor) or losses.device.type != "cuda":
             return
-        if self.engine.device.type == "cpu" and self.state_device.type == "cuda":
-            self.engine.to(losses.device)  # (another GPU than state_device's: refused by _validate)
+        if self._engine.device.type == "cpu" and self.state_device.type == "cuda":
+            self._engine.to(losses.device)  # (another GPU than state_device's: refused by _validate)
 
     @staticmethod
     def _to_host(entry: dict) -> tuple:
@@ -1154,7 +1227,7 @@ class ReplaySampler(BatchSampler):
         each owner had applied, so the exchange also carries every rank's
         engine step, and this rank carries in the quarantines it made since
         the least of them (Engine.carry_since)."""
-        eng, W = self.engine, self.num_replicas
+        eng, W = self._engine, self.num_replicas
         rows = eng.dynamics(t, entry["indices"], entry["losses"], margins=entry["margins"], classes=entry["classes"],
                             priorities=entry["priorities"])
         if W == 1:
@@ -1217,7 +1290,7 @@ class ReplaySampler(BatchSampler):
                     ("priorities", priorities)) if isinstance(t, torch.Tensor)}
         if isinstance(indices, torch.Tensor) and indices.device.type != "cpu":
             devices["indices"] = indices.device
-        state = self.engine.device
+        state = self._engine.device
         for name, d in devices.items():
             if d.type not in ("cpu", "cuda"):
                 raise ValueError(f"update: {name} must be on the CPU or a CUDA device, got {d}")
@@ -1262,7 +1335,7 @@ class ReplaySampler(BatchSampler):
                 C = logits.shape[1]
                 if host_checks and (what := self._value_error(C, classes=tgt)):  # (before the margin op)
                     raise ValueError("update: " + what)
-                where = logits.device if deferred else self.engine.device
+                where = logits.device if deferred else self._engine.device
                 margins = self._margins(logits.detach(), targets.detach(), tgt, where)
             elif host_checks and (what := self._value_error(None, classes=tgt)):
                 raise ValueError("update: " + what)
@@ -1281,8 +1354,8 @@ class ReplaySampler(BatchSampler):
                                  f"width since the first update), got {logits.shape[1]}")
         if cfg.class_quotas and classes is None:
             raise ValueError("update: class_quotas needs targets")
-        if priorities is None and self.engine.score_fn is not None:
-            priorities = torch.as_tensor(self.engine.score_fn(idx.cpu(), loss, margins))
+        if priorities is None and self._engine.score_fn is not None:
+            priorities = torch.as_tensor(self._engine.score_fn(idx.cpu(), loss, margins))
         if cfg.score == "given":
             if priorities is None:
                 raise ValueError("update: score 'given' needs priorities (or a score_fn)")
@@ -1314,8 +1387,9 @@ class ReplaySampler(BatchSampler):
         """The members the next replay draw uses: ``index`` (dataset indices),
         ``priority`` (p as last scored), ``step`` (when scored), ``cls``,
         ``admitted`` (admission step); CPU tensors, ordered by slot."""
+        self._worker.wait()
         self._apply(self._due())  # (inputs copied from a GPU: the copies are done)
-        m = self.engine.members()
+        m = self._engine.members()
         return dict(index=m["index"], priority=m["logp"].exp(), step=m["step"], cls=m["cls"],
                     admitted=m["admitted"])
 
@@ -1332,8 +1406,9 @@ class ReplaySampler(BatchSampler):
         queued updates the next batch would apply (with GPU inputs it may
         wait for their copies to the host).
         """
+        self._worker.wait()
         self._apply(self._due())  # (inputs copied from a GPU: the copies are done)
-        eng = self.engine
+        eng = self._engine
         with eng.on_stream():
             c = eng.total_counts().tolist()
             prev = self._prev_totals.tolist()
@@ -1384,6 +1459,7 @@ class ReplaySampler(BatchSampler):
         every ``ceil(N / B)`` updates (a call after fewer updates since the
         last copy reuses it); nothing is kept while it is never called.
         """
+        self._worker.wait()
         # Batches to be yielded again count as yielded and not updated: a
         # rewind never moves the saved position back.
         again = len(self._again)
@@ -1392,10 +1468,10 @@ class ReplaySampler(BatchSampler):
         if self._log is None or len(self._log) >= self._rebase_every:
             if self._log is not None:
                 self._open_logs.append((self._log, self._log_start, self._log_until))
-            self._base = self.engine.state_dict()
+            self._base = self._engine.state_dict()
             if self._logits is not None:
                 self._base.update(logits=self._logits.clone(), logit_owner=self._logit_owner.clone())
-            self._log_start = self.engine.step
+            self._log_start = self._engine.step
             self._log_dynamics = self._received
             self._log = list(self._pending)
         return {
@@ -1435,7 +1511,7 @@ class ReplaySampler(BatchSampler):
         return u
 
     def _prev_totals_host(self) -> torch.Tensor:
-        with self.engine.on_stream():
+        with self._engine.on_stream():
             return self._prev_totals.to("cpu", copy=True)
 
     def load_state_dict(self, state: dict) -> None:
@@ -1448,6 +1524,7 @@ class ReplaySampler(BatchSampler):
         other arguments, or inconsistent. Everything is checked first: on
         error nothing changes.
         """
+        self._worker.wait()
         if not isinstance(state, dict) or "version" not in state:
             raise ValueError("load_state_dict: not a ReplaySampler state_dict (no 'version')")
         if not isinstance(state.get("signature"), dict) or not isinstance(state.get("position"), dict):
@@ -1471,7 +1548,7 @@ class ReplaySampler(BatchSampler):
         yielded = int(pos["yielded"])
         start = int(state["updates_start"])
         classes, lag = state["classes"], state["replay_lag"]
-        engine = Engine(self._config_for(classes), score_fn=self.engine.score_fn, shard=self.engine.shard)
+        engine = Engine(self._config_for(classes), score_fn=self._engine.score_fn, shard=self._engine.shard)
         engine.load_state_dict(state["engine"])
         logged = list(state["updates"] or [])[: max(0, yielded - start)]
         first = next((u["first"] for u in logged if "first" in u), None)
@@ -1488,7 +1565,7 @@ class ReplaySampler(BatchSampler):
                 owner = torch.full((config.capacity,), -1, dtype=torch.int64)
         on_gpu = [v.device for u in state["updates"] or [] for v in u.values()
                   if isinstance(v, torch.Tensor) and v.is_cuda]
-        device = self.engine.device
+        device = self._engine.device
         if device.type == "cpu" and self.state_device.type == "cuda" and on_gpu:
             device = on_gpu[0]  # the inputs were on a GPU: the state goes there
         if device.type == "cuda":
@@ -1524,7 +1601,7 @@ class ReplaySampler(BatchSampler):
             self._batch = int(pos["batch"])
             if self._epoch_start + self._batch != yielded or self._batch > len(self._plan_fresh):
                 raise ValueError(f"load_state_dict: inconsistent position {pos}")
-            self.engine, self.config, self._classes = engine, config, classes
+            self._engine, self.config, self._classes = engine, config, classes
             self._logits, self._logit_owner = logits, owner
             self.replay_lag = lag if self._lag_arg is None else self._lag_arg
             self._received = received

@@ -1,0 +1,99 @@
+"""One background thread that runs a sampler's engine work between its calls.
+
+:class:`Worker` runs one job at a time, handed over by :meth:`Worker.submit`;
+:meth:`Worker.wait` returns once the job is done and raises what it raised.
+The sampler submits the engine's work after ``update()`` (apply the updates
+the next batch needs, then draw that batch) and waits at the start of every
+other call, so the two threads never touch the sampler's state at once: the
+worker runs only in the gap between ``update()`` and the sampler's next call,
+while the training thread runs the user's code. The ops release the GIL, so
+the engine's step runs beside Python on the training thread. The order of the
+engine's work is that of the calling thread's, so results are the same bit
+for bit.
+
+The thread starts at the first job and ends when the worker is closed (the
+owner arranges that with ``weakref.finalize``, so the thread ends when the
+owner is collected). A copy (pickle, deepcopy) is a new, idle worker.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+
+class Worker:
+    """A single background thread running one job at a time (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._job: Callable[[], None] | None = None
+        self._busy = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job was submitted and :meth:`wait` has not returned since."""
+        return self._busy
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        """Runs ``job()`` on the thread; True if that started the thread (the
+        owner then arranges for :meth:`close`). The previous job must have
+        been waited for."""
+        if self._busy:  # pragma: no cover - an invariant of the owner, not user input
+            raise RuntimeError("Worker.submit: the previous job was not waited for")
+        with self._cv:
+            started = self._thread is None or not self._thread.is_alive()
+            if started:
+                self._closed = False
+                self._thread = threading.Thread(target=self._run, name="hardmix-worker", daemon=True)
+                self._thread.start()
+            self._job, self._busy = job, True
+            self._cv.notify()
+        return started
+
+    def wait(self) -> None:
+        """Returns when the submitted job is done (at once if there is none),
+        raising its exception if it raised."""
+        if not self._busy:
+            return
+        with self._cv:
+            while self._job is not None:
+                self._cv.wait()
+            self._busy = False
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Ends the thread once its job is done (a later submit starts a new one)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+
+    def __getstate__(self) -> dict:
+        return {}  # (a copy starts with no thread and no job: the owner waits before it is copied)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._job is None and not self._closed:
+                    self._cv.wait()
+                if self._job is None:
+                    return
+                job = self._job
+            try:
+                job()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller of wait()
+                error = e
+            else:
+                error = None
+            job = None  # (holds the owner: let it be collected while idle)
+            with self._cv:
+                self._error, self._job = error, None
+                self._cv.notify_all()
