@@ -19,7 +19,11 @@ Family "loop", one group. Anchor: ``plain``,
 batch_size=256, capacity=8192, replay_fraction=0.25, seed=0))`` and, after the
 optimizer step, ``sampler.update(idx, losses.detach(), logits=logits.detach(),
 targets=y)`` as in the README's quickstart (per-example losses averaged in both
-variants, the sampler's weights not applied).
+variants, the sampler's weights not applied); the replay lag is measured (0:
+the next batch's draw needs this update, so the engine's work runs in the
+loader's next call). ``hardmix lag 1``: the same with ``replay_lag=1``, so that
+the engine's work for the next batch runs on the sampler's background thread
+while the model trains.
 """
 
 import pytest
@@ -67,7 +71,8 @@ def _prepare(variant, warm):
             opt.zero_grad()
 
     else:
-        sampler = hardmix.ReplaySampler(N, batch_size=B, capacity=8192, replay_fraction=0.25, seed=0)
+        lag = 1 if variant == "hardmix lag 1" else None
+        sampler = hardmix.ReplaySampler(N, batch_size=B, capacity=8192, replay_fraction=0.25, seed=0, replay_lag=lag)
         loader = DataLoader(hardmix.WithIndex(ds), batch_sampler=sampler)
         batches = batches_forever(loader)
 
@@ -86,7 +91,7 @@ def _prepare(variant, warm):
 
 
 # order of the tests: rep 0 of both variants, then rep 1, ...
-@pytest.mark.parametrize("variant", ["plain", "hardmix"])
+@pytest.mark.parametrize("variant", ["plain", "hardmix", "hardmix lag 1"])
 @pytest.mark.parametrize("rep", range(REPS))
 def test_loop(benchmark, tag, smoke, prepared, variant, rep):
     if variant not in prepared:

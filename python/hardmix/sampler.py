@@ -1086,20 +1086,26 @@ class ReplaySampler(BatchSampler):
         if copy is not None:
             self._host[id(entry)] = copy
         self._receive(entry)
-        if not (self.replay_lag and self._kick()):  # (lag 0: the next call needs it at once, so do it now)
+        if not self._kick(after_update=True):
             self._apply(self._yielded - self.replay_lag, wait=False)
 
     # --- background work (see ``background``) ------------------------------
 
-    def _kick(self) -> bool:
+    def _kick(self, after_update: bool = False) -> bool:
         """Hands the engine's next work to the worker: the updates the next
         batch's draw needs, then that draw (_advance). False if it cannot
         run there (one process, state on the CPU, host inputs only) or there
-        is nothing to do."""
+        is nothing to do, and after an update with lag 0 when the last such
+        hand-over only made the next batch wait (a loop that asks for the
+        next batch right after update(); tried again every 64 updates)."""
         eng = self._engine
         if not (self.background and self.num_replicas == 1 and not self.shard_table and not self.store_logits
                 and eng.device.type == "cpu" and self.replay_lag is not None):
             return False
+        if after_update and self.replay_lag == 0 and self._received % 64:
+            w = self._worker
+            if w.waited_seconds > 0.5 * w.job_seconds:
+                return False
         if any(e.get("deferred") for e in self._pending):
             return False
         due = self._due()

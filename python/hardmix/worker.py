@@ -19,6 +19,7 @@ owner is collected). A copy (pickle, deepcopy) is a new, idle worker.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
 
@@ -32,6 +33,8 @@ class Worker:
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
+        self.job_seconds = 0.0  # how long the last job ran
+        self.waited_seconds = 0.0  # how long the last wait() blocked for it
 
     @property
     def busy(self) -> bool:
@@ -59,11 +62,13 @@ class Worker:
         raising its exception if it raised."""
         if not self._busy:
             return
+        start = time.perf_counter()
         with self._cv:
             while self._job is not None:
                 self._cv.wait()
             self._busy = False
             error, self._error = self._error, None
+        self.waited_seconds = time.perf_counter() - start
         if error is not None:
             raise error
 
@@ -87,6 +92,7 @@ class Worker:
                 if self._job is None:
                     return
                 job = self._job
+            start = time.perf_counter()
             try:
                 job()
             except BaseException as e:  # noqa: BLE001 - handed to the caller of wait()
@@ -94,6 +100,7 @@ class Worker:
             else:
                 error = None
             job = None  # (holds the owner: let it be collected while idle)
+            self.job_seconds = time.perf_counter() - start
             with self._cv:
                 self._error, self._job = error, None
                 self._cv.notify_all()

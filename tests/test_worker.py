@@ -1,0 +1,48 @@
+"""hardmix.worker.Worker: one job at a time, its errors handed to wait(), and
+a thread that ends when closed."""
+
+import threading
+
+import pytest
+
+from hardmix.worker import Worker
+
+
+def test_jobs_run_in_order_on_one_other_thread_and_wait_returns_after_each():
+    w, seen = Worker(), []
+    for k in range(50):
+        started = w.submit(lambda k=k: seen.append((k, threading.get_ident())))
+        assert started == (k == 0)
+        w.wait()
+        assert len(seen) == k + 1  # (done when wait() returns)
+    assert [k for k, _ in seen] == list(range(50))
+    assert len({t for _, t in seen}) == 1 and seen[0][1] != threading.get_ident()
+    w.wait()  # (nothing submitted: returns at once)
+    w.close()
+
+
+def test_an_error_of_a_job_comes_from_wait_once_and_the_worker_goes_on():
+    w = Worker()
+    w.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        w.wait()
+    w.wait()  # (raised once)
+    out = []
+    w.submit(lambda: out.append(1))
+    w.wait()
+    assert out == [1] and not w.busy
+    w.close()
+
+
+def test_close_ends_the_thread_and_a_later_job_starts_a_new_one():
+    w = Worker()
+    w.submit(lambda: None)
+    w.wait()
+    first = w._thread
+    w.close()
+    first.join(timeout=10)
+    assert not first.is_alive()
+    assert w.submit(lambda: None)  # a new thread
+    w.wait()
+    assert w._thread is not first
+    w.close()
