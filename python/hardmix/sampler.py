@@ -63,7 +63,6 @@ batches of an uninterrupted one, also under ``torchdata``'s
 from __future__ import annotations
 
 import collections
-import math
 import sys
 import threading
 import warnings
@@ -75,10 +74,11 @@ from torch.utils.data import BatchSampler, Sampler
 
 from . import distributed as _dist
 from . import ops as _ops
+from . import plan as _plan
 from .checkpoint import check_state
-from .config import STREAM_EPOCH, STREAM_FILL, PolicyConfig
+from .config import STREAM_FILL, PolicyConfig
 from .engine import Engine, to_device
-from .schedules import LinearRamp, Schedule, as_schedule, replay_count
+from .schedules import LinearRamp, Schedule, as_schedule
 from .worker import Worker
 
 STATE_VERSION = 3
@@ -132,10 +132,10 @@ class FreshOrder(Sampler[int]):
         self._owner = owner
 
     def __iter__(self):
-        return iter(self._owner._order.tolist())
+        return iter(self._owner._plan.order.tolist())
 
     def __len__(self) -> int:
-        return int(self._owner._order.numel())
+        return int(self._owner._plan.order.numel())
 
     def set_epoch(self, epoch: int) -> None:
         self._owner.set_epoch(epoch)
@@ -407,101 +407,17 @@ class ReplaySampler(BatchSampler):
         self._epoch_start, self._batch, self._hold = start, 0, False
         self._set_plan(plan)
 
-    def _per_rank(self, fresh: torch.Tensor | None) -> int:
-        """Fresh examples per rank in a pass (DistributedSampler's split)."""
-        n = self.num_examples if fresh is None else fresh.numel()
-        W = self.num_replicas
-        per = n // W if (W > 1 and self.drop_last) else -(-n // W)
-        if per == 0:
-            raise ValueError(f"ReplaySampler: {n} fresh examples cannot be split into {W} parts with drop_last")
-        return per
+    def _plan_spec(self) -> _plan.PlanSpec:
+        return _plan.PlanSpec(self.num_examples, self.batch_size, self.num_replicas, self.rank, self.drop_last,
+                              self.shuffle, self.replay_mode, self.epoch_length, self.seed, self.schedule)
 
-    def _epoch_batches(self, per: int) -> int | None:
-        """Batches per epoch for ``per`` fresh examples per rank (None: one pass)."""
-        if self.epoch_length == "pass":
-            return None
-        if self.epoch_length != "auto":
-            return self.epoch_length
-        B = self.batch_size
-        f = B if self.replay_mode == "append" else B - replay_count(self.schedule.peak, B)
-        return per // f if self.drop_last else -(-per // f)
+    def _make_plan(self, fresh: torch.Tensor | None, start: int, cursor: tuple[int, int]) -> _plan.EpochPlan:
+        return _plan.make_plan(self._plan_spec(), fresh, start, cursor)
 
-    def _pass_grid(self, p: int, fresh: torch.Tensor | None, per: int) -> torch.Tensor:
-        """Pass ``p`` over the fresh data as a [per, W] grid: column r is rank
-        r's part (positions r, r + W, ... of the permutation, as
-        DistributedSampler; padded with repeats or cut to per * W)."""
-        N, W = self.num_examples, self.num_replicas
-        order = torch.arange(N, dtype=torch.int64) if fresh is None else fresh
-        if self.shuffle:
-            u = _ops.uniform(N, self.seed, p, STREAM_EPOCH)[order]
-            order = order[torch.sort(u, stable=True).indices]
-        if W > 1:
-            reps = -(-per * W // order.numel())
-            order = order.repeat(reps)[: per * W]
-        return order.view(per, W)
-
-    def _make_plan(self, fresh: torch.Tensor | None, start: int, cursor: tuple[int, int]) -> dict:
-        """The plan of an epoch whose first batch is global batch ``start``
-        and whose fresh data begins at ``cursor`` = (pass, position): per
-        batch its fresh and replay counts and where its fresh part lies, the
-        epoch's fresh rows (all ranks), and where the epoch leaves the
-        stream."""
-        per = self._per_rank(fresh)
-        counts, replays, where, end = self._plan(per, start, cursor, self._epoch_batches(per))
-        grids = {p: self._pass_grid(p, fresh, per) for p in sorted({p for p, _ in where})}
-        rows = [grids[p][pos : pos + f] for (p, pos), f in zip(where, counts)]
-        mask = None
-        if fresh is not None:
-            mask = torch.zeros(self.num_examples, dtype=torch.bool)
-            mask[fresh] = True
-        W = self.num_replicas
-        return {"grid": torch.cat(rows) if rows else torch.empty(0, W, dtype=torch.int64), "mask": mask,
-                "fresh": counts, "replay": replays, "where": where, "cursor": tuple(cursor), "end": end,
-                "pools": {p: g[:, self.rank].contiguous() for p, g in grids.items()}, "n": per * W}
-
-    def _set_plan(self, plan: dict) -> None:
+    def _set_plan(self, plan: _plan.EpochPlan) -> None:
         self._prepared = None
-        self._plan_fresh, self._plan_replay, self._plan_where = plan["fresh"], plan["replay"], plan["where"]
-        self._fresh_mask, self._pools, self._pass_size = plan["mask"], plan["pools"], plan["n"]
-        self._cursor, self._cursor_end = plan["cursor"], plan["end"]
-        self._order_grid = plan["grid"]  # [fresh rows of the epoch, W]
-        self._order = self._order_grid[:, self.rank].contiguous()
-        offsets = [0]
-        for f in self._plan_fresh:
-            offsets.append(offsets[-1] + f)
-        self._plan_offset = offsets
-
-    def _plan(self, per: int, t: int, cursor: tuple[int, int], K: int | None):
-        """Fresh and replay counts, and fresh positions (pass, position), of
-        K batches (None: up to the end of the pass) from global batch t, the
-        fresh stream at ``cursor``; and the cursor after them."""
-        B = self.batch_size
-        p, pos = cursor
-        counts, replays, where = [], [], []
-        while (pos < per) if K is None else (len(counts) < K):
-            if pos >= per:
-                p, pos = p + 1, 0
-            rho = self.schedule(t)
-            m = replay_count(rho, B)
-            f = B if self.replay_mode == "append" else B - m
-            left = per - pos
-            if left < f:
-                if self.drop_last and (K is None or pos > 0):  # (a pass shorter than f: one short batch)
-                    if K is None:
-                        break
-                    p, pos = p + 1, 0
-                    continue
-                if self.replay_mode == "append":
-                    m = replay_count(rho, left)
-                else:  # keep the replay share at most rho in a short batch
-                    m = min(m, int(math.floor(rho * left / (1.0 - rho) + 0.5)))
-                f = left
-            counts.append(f)
-            replays.append(m)
-            where.append((p, pos))
-            pos += f
-            t += 1
-        return counts, replays, where, (p, pos)
+        self._plan = plan
+        self._cursor, self._cursor_end = plan.cursor, plan.end
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``.
@@ -549,17 +465,18 @@ class ReplaySampler(BatchSampler):
 
     def _finished(self) -> bool:
         """Every batch of the epoch in progress was yielded (and none will come again)."""
-        return self._batch - len(self._outstanding) >= len(self._plan_fresh) and not self._again
+        return self._batch - len(self._outstanding) >= len(self._plan.fresh) and not self._again
 
     def __len__(self) -> int:
         """Batches in the epoch in progress (or in the next one, if it is finished)."""
         if self._hold:
             return 0
         if self._finished():
-            per = self._per_rank(self._next_fresh if self._next_fresh is not None else self._fresh)
-            K = self._epoch_batches(per)
-            return K if K is not None else len(self._plan(per, self._yielded, (0, 0), None)[0])
-        return len(self._plan_fresh)
+            spec = self._plan_spec()
+            per = _plan.per_rank(spec, self._next_fresh if self._next_fresh is not None else self._fresh)
+            K = _plan.epoch_batches(spec, per)
+            return K if K is not None else len(_plan.counts(spec, per, self._yielded, (0, 0), None)[0])
+        return len(self._plan.fresh)
 
     @property
     def epoch(self) -> int:
@@ -584,7 +501,7 @@ class ReplaySampler(BatchSampler):
             self._outstanding.clear()
             self._yielded -= back
             self._batch -= back
-        if self._batch >= len(self._plan_fresh) and not self._again:  # (no rewind happened then)
+        if self._batch >= len(self._plan.fresh) and not self._again:  # (no rewind happened then)
             if self._hold:  # until the next set_epoch (a DataLoader calls iter() twice)
                 return iter(())
             self._start_epoch(self._epoch + 1)  # if this raises, nothing has changed
@@ -649,7 +566,7 @@ class ReplaySampler(BatchSampler):
                 f"the training loop's")
 
     def _batches(self, generation: int):
-        while self._again or self._batch < len(self._plan_fresh):
+        while self._again or self._batch < len(self._plan.fresh):
             if generation != self._generation:
                 raise RuntimeError(
                     "ReplaySampler: this iterator was superseded by a newer iter() of the same sampler (or by "
@@ -678,9 +595,10 @@ class ReplaySampler(BatchSampler):
     def _make_batch(self) -> dict:
         g, L = self._yielded, self.replay_lag
         j = self._batch
-        f, m = self._plan_fresh[j], self._plan_replay[j]
-        off = self._plan_offset[j]
-        fresh = self._order[off : off + f]
+        plan = self._plan
+        f, m = plan.fresh[j], plan.replay[j]
+        off = plan.offset[j]
+        fresh = plan.order[off : off + f]
         need = 0 if L is None else max(0, g - L)  # (L unknown: no update has arrived yet)
         if self._received < need:
             skip = (" No update() has arrived since this iteration began: if something consumes batches "
@@ -702,13 +620,13 @@ class ReplaySampler(BatchSampler):
         if self._engine.step != need:  # pragma: no cover - an invariant, not user input
             raise RuntimeError(f"ReplaySampler: internal error: engine at update {self._engine.step}, need {need}")
         W, r = self.num_replicas, self.rank
-        fresh_all = self._order_grid[off : off + f].reshape(-1) if W > 1 else fresh
+        fresh_all = plan.grid[off : off + f].reshape(-1) if W > 1 else fresh
         if m > 0:
             drawn, facts = self._engine.draw(m * W, exclude=fresh_all, facts=True)
         else:
             drawn, facts = fresh[:0], None
         replay = drawn[r * m : (r + 1) * m]  # this rank's slice of the shared draw
-        fill = self._fill(g, m - replay.numel(), fresh, drawn, self._pools[self._plan_where[j][0]])
+        fill = self._fill(g, m - replay.numel(), fresh, drawn, plan.pools[plan.where[j][0]])
         indices = torch.cat([fresh, replay, fill])
         rec = {"g": g, "indices": indices, "fresh": f, "replay": int(replay.numel()), "fill": int(fill.numel()),
                "m": m, **self._draw_facts(indices, fresh_all, drawn, facts)}
@@ -760,9 +678,9 @@ class ReplaySampler(BatchSampler):
             w = facts[: E + m] if W == 1 else torch.cat([facts[r:E:W], facts[E + r * m : E + (r + 1) * m]])
             w = w[:B]  # (fill-ins, weight 0, may fall short of the replay's gap)
         out = {"w": w, "eligible": eligible, "drawn_w": drawn_w if drawn_w is not None else w[:0],
-               "f_all": int(E), "size_all": int(B) * W, "n": self._pass_size, "outside": 0, "in_fresh": None}
-        if self._fresh_mask is not None:
-            eng, mask = self._engine, self._fresh_mask
+               "f_all": int(E), "size_all": int(B) * W, "n": self._plan.n, "outside": 0, "in_fresh": None}
+        if self._plan.mask is not None:
+            eng, mask = self._engine, self._plan.mask
             out["in_fresh"] = mask[indices]
             with eng.on_stream():
                 index = eng.slot_field("index").cpu()
@@ -1060,8 +978,8 @@ class ReplaySampler(BatchSampler):
         if self._classes is None:  # the first update: what a checkpoint logged before it needs, in its entry
             C = logits.shape[1] if isinstance(logits, torch.Tensor) else 0
             entry["first"] = {"classes": C, "lag": self.replay_lag}
-            if lag is not None and self._lag_arg is None and self._batch >= len(self._plan_fresh):
-                warnings.warn(f"ReplaySampler: replay_lag measured as {lag} in an epoch of {len(self._plan_fresh)} "
+            if lag is not None and self._lag_arg is None and self._batch >= len(self._plan.fresh):
+                warnings.warn(f"ReplaySampler: replay_lag measured as {lag} in an epoch of {len(self._plan.fresh)} "
                               f"batches, all yielded before the first update(): a loader that prefetches more "
                               f"will need more; pass replay_lag explicitly", stacklevel=2)
             self._resolve_classes(C)
@@ -1110,7 +1028,7 @@ class ReplaySampler(BatchSampler):
             return False
         due = self._due()
         ready = self._prepared is not None and self._prepared[0] == self._position()
-        makes = not (ready or self._again or self._batch >= len(self._plan_fresh) or self._received < due)
+        makes = not (ready or self._again or self._batch >= len(self._plan.fresh) or self._received < due)
         if not (makes or (self._pending and eng.step < due)):
             return False
         if self._worker.submit(self._advance):
@@ -1119,14 +1037,14 @@ class ReplaySampler(BatchSampler):
 
     def _position(self) -> tuple:
         """What the next new batch depends on: the plan, where the epoch is, the engine and its step."""
-        return (id(self._plan_fresh), self._batch, self._yielded, id(self._engine), self._engine.step)
+        return (id(self._plan), self._batch, self._yielded, id(self._engine), self._engine.step)
 
     def _advance(self) -> None:
         """The worker's job: apply the updates the next draw needs, then make
         the next new batch if it can be made now: what the next call would
         do on the training thread, in the same order."""
         self._apply(self._due())
-        if self._again or self._batch >= len(self._plan_fresh) or self._received < self._due():
+        if self._again or self._batch >= len(self._plan.fresh) or self._received < self._due():
             return
         if self._prepared is not None and self._prepared[0] == self._position():
             return
@@ -1485,7 +1403,7 @@ class ReplaySampler(BatchSampler):
             "signature": self._signature(),
             "position": {"epoch": self._epoch, "epoch_start": self._epoch_start, "batch": self._batch + again,
                          "yielded": frontier, "cursor": list(self._cursor)},
-            "plan": (self._plan_fresh, self._plan_replay),
+            "plan": (self._plan.fresh, self._plan.replay),
             "fresh": self._fresh,
             "next_fresh": self._next_fresh,
             "batches": [dict(r) for r in (*self._outstanding, *self._again)],
@@ -1597,15 +1515,16 @@ class ReplaySampler(BatchSampler):
             self._epoch, self._yielded = int(pos["epoch"]), yielded
             self._epoch_start = int(pos["epoch_start"])
             cursor = tuple(int(c) for c in pos["cursor"])
-            if len(cursor) != 2 or cursor[0] < 0 or not 0 <= cursor[1] <= self._per_rank(self._fresh):
+            per = _plan.per_rank(self._plan_spec(), self._fresh)
+            if len(cursor) != 2 or cursor[0] < 0 or not 0 <= cursor[1] <= per:
                 raise ValueError(f"load_state_dict: position cursor {list(cursor)} is not [pass >= 0, position "
-                                 f"in [0, {self._per_rank(self._fresh)}]]")
+                                 f"in [0, {per}]]")
             self._set_plan(self._make_plan(self._fresh, self._epoch_start, cursor))
-            if (list(self._plan_fresh), list(self._plan_replay)) != tuple(list(x) for x in state["plan"]):
+            if (list(self._plan.fresh), list(self._plan.replay)) != tuple(list(x) for x in state["plan"]):
                 raise ValueError("load_state_dict: this sampler's replay schedule (replay_fraction, warmup_steps, "
                                  "ramp_steps) plans the epoch in progress differently from the saved one")
             self._batch = int(pos["batch"])
-            if self._epoch_start + self._batch != yielded or self._batch > len(self._plan_fresh):
+            if self._epoch_start + self._batch != yielded or self._batch > len(self._plan.fresh):
                 raise ValueError(f"load_state_dict: inconsistent position {pos}")
             self._engine, self.config, self._classes = engine, config, classes
             self._logits, self._logit_owner = logits, owner
