@@ -457,6 +457,21 @@ def test_copies_go_on_alike_and_background_threads_end_with_their_samplers():
     assert len(workers()) <= before
 
 
+def test_no_background_thread_runs_when_iter_returns():
+    """A DataLoader forks its workers right after iter() of the sampler: the
+    sampler's thread has ended by then (the next batch starts it again)."""
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=20, replay_fraction=0.3, replay_lag=2, seed=1)
+    it = iter(s)
+    for _ in range(4):
+        feed(s, next(it))
+    assert s._worker._thread.is_alive()
+    it = iter(s)
+    assert not s._worker._thread.is_alive()
+    feed(s, next(it))
+    feed(s, next(it))
+    assert s._worker._thread.is_alive()
+
+
 def test_breaking_out_with_batches_in_flight_yields_them_again():
     """A loop that breaks while workers hold prefetched batches sees, on the
     next iter() of the epoch, exactly what num_workers=0 would have yielded."""

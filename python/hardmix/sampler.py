@@ -325,6 +325,7 @@ class ReplaySampler(BatchSampler):
         # The engine's work after update(), on a background thread (see _advance).
         self.background = background
         self._worker = Worker()
+        self._finalizer: weakref.finalize | None = None  # closes the worker's thread with the sampler
         self._prepared: tuple | None = None  # (position, record): the next batch, drawn by the worker
         self.state_device = state_dev
         self.schedule = schedule
@@ -377,7 +378,7 @@ class ReplaySampler(BatchSampler):
 
     def __getstate__(self) -> dict:
         self._worker.wait()  # (pickle, deepcopy: the state as the next call would see it)
-        return self.__dict__
+        return {**self.__dict__, "_finalizer": None}
 
     @property
     def engine(self) -> Engine:
@@ -491,7 +492,9 @@ class ReplaySampler(BatchSampler):
     # --- batches -----------------------------------------------------------
 
     def __iter__(self):
+        # (a DataLoader with workers forks them next: no thread of ours is left running then)
         self._worker.wait()
+        self._worker.close(join=True)
         refusal = self._check_context(sys._getframe(1))
         # Batches yielded but never updated (a loop that broke with batches in
         # flight) come again, unchanged, before any new one.
@@ -671,13 +674,13 @@ class ReplaySampler(BatchSampler):
         W, r = self.num_replicas, self.rank
         B, E, n = indices.numel(), fresh_all.numel(), drawn.numel()
         if facts is None:
-            w, drawn_w, eligible = torch.zeros(B, dtype=torch.float64), facts, 0.0
+            w, drawn_w, eligible = torch.zeros(B, dtype=torch.float64), torch.zeros(0, dtype=torch.float64), 0.0
         else:
             m = (facts.numel() - 1 - E) // W  # this rank's replay part: facts of the drawn, 0 past n
             drawn_w, eligible = facts[E : E + n], float(facts[E + W * m])
             w = facts[: E + m] if W == 1 else torch.cat([facts[r:E:W], facts[E + r * m : E + (r + 1) * m]])
             w = w[:B]  # (fill-ins, weight 0, may fall short of the replay's gap)
-        out = {"w": w, "eligible": eligible, "drawn_w": drawn_w if drawn_w is not None else w[:0],
+        out = {"w": w, "eligible": eligible, "drawn_w": drawn_w,
                "f_all": int(E), "size_all": int(B) * W, "n": self._plan.n, "outside": 0, "in_fresh": None}
         if self._plan.mask is not None:
             eng, mask = self._engine, self._plan.mask
@@ -1031,8 +1034,8 @@ class ReplaySampler(BatchSampler):
         makes = not (ready or self._again or self._batch >= len(self._plan.fresh) or self._received < due)
         if not (makes or (self._pending and eng.step < due)):
             return False
-        if self._worker.submit(self._advance):
-            weakref.finalize(self, self._worker.close)  # (the thread ends with the sampler)
+        if self._worker.submit(self._advance) and (self._finalizer is None or not self._finalizer.alive):
+            self._finalizer = weakref.finalize(self, self._worker.close)  # (the thread ends with the sampler)
         return True
 
     def _position(self) -> tuple:

@@ -72,11 +72,15 @@ class Worker:
         if error is not None:
             raise error
 
-    def close(self) -> None:
-        """Ends the thread once its job is done (a later submit starts a new one)."""
+    def close(self, join: bool = False) -> None:
+        """Ends the thread once its job is done (a later submit starts a new
+        one); with ``join``, returns when it has ended."""
         with self._cv:
             self._closed = True
             self._cv.notify()
+            thread = self._thread
+        if join and thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def __getstate__(self) -> dict:
         return {}  # (a copy starts with no thread and no job: the owner waits before it is copied)
