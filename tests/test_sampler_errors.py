@@ -14,6 +14,7 @@ import torch
 import hardmix
 from hardmix import schedules
 from hardmix.engine import STATE_TENSORS
+from hardmix.inputs import INDEX_DTYPES
 
 
 def plain(v):
@@ -780,3 +781,22 @@ def test_a_corrupted_sampler_state_is_refused_by_name(path, value, pattern):
         t.load_state_dict(_mutated(good, path, value))
     assert freeze(t) == before
     t.load_state_dict(good)  # the genuine state still loads
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.float32,
+                                   torch.bool])
+def test_the_sampler_and_the_engine_take_the_same_index_dtypes(dtype):
+    """Indices of every integer dtype (hardmix.inputs.INDEX_DTYPES) go through
+    the sampler's update, the engine's update and its draw's exclude alike;
+    other dtypes are refused by each."""
+    ok = dtype in INDEX_DTYPES
+    s, it, b = started()
+    e = hardmix.Engine(hardmix.PolicyConfig(num_examples=40, capacity=12))
+    calls = [lambda: s.update(b.to(dtype), loss(b)), lambda: e.update(b.to(dtype), loss(b)),
+             lambda: e.draw(2, exclude=b.to(dtype))]
+    for call in calls:
+        if ok:
+            call()
+        else:
+            with pytest.raises(TypeError, match="dtype"):
+                call()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .inputs import LOGIT_DTYPES
+
 STEP_LIMIT = 1 << 62
 """Steps, epochs and positions beyond this are refused (no run gets there)."""
 
@@ -137,7 +139,7 @@ def check_state(state: dict, *, num_examples: int, capacity: int, class_limit: i
         if u.get("replayed") is not None:
             c.tensor(u["replayed"], f + ".replayed", (torch.bool,), B)
         if u.get("logits") is not None:
-            c.tensor(u["logits"], f + ".logits", (torch.float32, torch.float16, torch.bfloat16), B, dim=2)
+            c.tensor(u["logits"], f + ".logits", LOGIT_DTYPES, B, dim=2)
         if u.get("rows") is not None:
             rows = c.tensor(u["rows"], f + ".rows", (torch.float64,), B, dim=2)
             if rows.shape[1] != 8:

@@ -33,6 +33,7 @@ import torch
 
 from . import ops as _ops  # noqa: F401  (registers the fake kernels)
 from .config import SCORES, PolicyConfig
+from .inputs import HALF_DTYPES, INDEX_DTYPES, LOSS_DTYPES, SCORE_DTYPES, TARGET_DTYPES
 from .layout import (
     BALANCE_COLUMNS,
     CONFIG_FIELDS,
@@ -407,15 +408,15 @@ class Engine:
     def _inputs(self, indices, losses, logits, targets, margins, classes, priorities, replayed=None) -> tuple:
         """The op's batch arguments from update()'s, checked (see update)."""
         dev = self.device
-        indices = _tensor("indices", indices, None, (torch.int64, torch.int32, torch.int16, torch.uint8), dev)
+        indices = _tensor("indices", indices, None, INDEX_DTYPES, dev)
         B = indices.shape[0]
-        losses = _tensor("losses", losses, B, (torch.float32, torch.float64, torch.float16, torch.bfloat16), dev)
+        losses = _tensor("losses", losses, B, LOSS_DTYPES, dev)
         if logits is not None or targets is not None:
             if logits is None or targets is None:
                 raise ValueError("logits and targets go together: pass both or neither")
             if margins is not None:
                 raise ValueError("pass margins or logits/targets, not both")
-            targets = _tensor("targets", targets, B, (torch.int64, torch.int32), dev)
+            targets = _tensor("targets", targets, B, TARGET_DTYPES, dev)
             if logits.dim() != 2 or logits.shape[0] != B:
                 raise ValueError(f"logits must have shape [B={B}, C], got {list(logits.shape)}")
             if logits.device != targets.device:
@@ -425,16 +426,16 @@ class Engine:
             if classes is None:
                 classes = targets
         if margins is not None:
-            margins = _tensor("margins", margins, B, (torch.float32, torch.float64), dev)
+            margins = _tensor("margins", margins, B, SCORE_DTYPES, dev)
         if classes is not None:
-            classes = _tensor("classes", classes, B, (torch.int64, torch.int32), dev).long()
+            classes = _tensor("classes", classes, B, TARGET_DTYPES, dev).long()
         if priorities is None and self.score_fn is not None:
             priorities = torch.as_tensor(self.score_fn(indices, losses, margins))
         if priorities is not None:
-            priorities = _tensor("priorities", priorities, B, (torch.float32, torch.float64), dev)
+            priorities = _tensor("priorities", priorities, B, SCORE_DTYPES, dev)
         if replayed is not None:
             replayed = _tensor("replayed", replayed, B, (torch.bool,), dev)
-        if losses.dtype in (torch.float16, torch.bfloat16):
+        if losses.dtype in HALF_DTYPES:
             losses = losses.float()
         args = (indices.long(), losses.detach(), None if margins is None else margins.detach(), classes,
                 None if priorities is None else priorities.detach(), replayed)
@@ -455,7 +456,7 @@ class Engine:
         excluded members')."""
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise ValueError(f"m must be an int >= 0, got {m!r}")
-        exclude = _NO_INDICES if exclude is None else _tensor("exclude", exclude, None, (torch.int64, torch.int32),
+        exclude = _NO_INDICES if exclude is None else _tensor("exclude", exclude, None, INDEX_DTYPES,
                                                                self.device).long()
         if self._stream is not None and exclude.is_cuda:  # made on the caller's stream
             self._stream.wait_stream(torch.cuda.current_stream(self.device))

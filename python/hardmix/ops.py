@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .inputs import LOGIT_DTYPES, TARGET_DTYPES
+
 _I64_MIN = -(1 << 63)
 _U64 = 1 << 64
 
@@ -108,11 +110,11 @@ def _fake_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     torch._check(logits.dim() == 2, lambda: f"logits must be 2-D [B, C], got {logits.dim()}-D")
     torch._check(targets.dim() == 1, lambda: f"targets must be 1-D [B], got {targets.dim()}-D")
     torch._check(
-        logits.dtype in (torch.float32, torch.float16, torch.bfloat16),
+        logits.dtype in LOGIT_DTYPES,
         lambda: f"logits must be float32, float16 or bfloat16, got {logits.dtype}",
     )
     torch._check(
-        targets.dtype in (torch.int64, torch.int32),
+        targets.dtype in TARGET_DTYPES,
         lambda: f"targets must be int64 or int32, got {targets.dtype}",
     )
     torch._check(

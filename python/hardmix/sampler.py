@@ -78,6 +78,7 @@ from . import plan as _plan
 from .checkpoint import check_state
 from .config import STREAM_FILL, PolicyConfig
 from .engine import Engine, to_device
+from .inputs import HALF_DTYPES, INDEX_DTYPES, LOGIT_DTYPES, LOSS_DTYPES, SCORE_DTYPES, TARGET_DTYPES
 from .schedules import LinearRamp, Schedule, as_schedule
 from .worker import Worker
 
@@ -97,8 +98,6 @@ give the class count."""
 
 _MASKS: dict = {}  # (B, fresh, replay) -> the shared replayed mask of update entries (never written)
 
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _is_int(v) -> bool:
@@ -450,7 +449,7 @@ class ReplaySampler(BatchSampler):
         """
         self._worker.wait()
         idx = torch.as_tensor(indices) if not isinstance(indices, torch.Tensor) else indices
-        if idx.dtype not in _INT_DTYPES or idx.dim() != 1:
+        if idx.dtype not in INDEX_DTYPES or idx.dim() != 1:
             raise ValueError(f"set_fresh: indices must be a 1-D integer tensor, got {idx.dtype} of shape "
                              f"{list(idx.shape)}")
         idx = idx.detach().to("cpu", torch.int64)
@@ -852,7 +851,7 @@ class ReplaySampler(BatchSampler):
     def _as_index_tensor(name: str, indices) -> torch.Tensor:
         if not isinstance(indices, torch.Tensor):
             raise TypeError(f"{name}: indices must be a torch.Tensor, got {type(indices).__name__}")
-        if indices.dtype not in _INT_DTYPES:
+        if indices.dtype not in INDEX_DTYPES:
             raise TypeError(f"{name}: indices must have an integer dtype, got {indices.dtype}")
         if indices.dim() != 1:
             raise ValueError(f"{name}: indices must be a 1-D tensor [B], got shape {list(indices.shape)}")
@@ -1246,17 +1245,17 @@ class ReplaySampler(BatchSampler):
             return x.detach().to("cpu") if host_checks else x.detach()
 
         cfg = self.config
-        loss = vec("losses", losses, _FLOAT_DTYPES)
-        loss = loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss.clone()
+        loss = vec("losses", losses, LOSS_DTYPES)
+        loss = loss.float() if loss.dtype in HALF_DTYPES else loss.clone()
         margins = classes = prio = None
         if targets is not None:
-            tgt = vec("targets", targets, (torch.int64, torch.int32))
+            tgt = vec("targets", targets, TARGET_DTYPES)
             if logits is not None:
                 if not isinstance(logits, torch.Tensor):
                     raise TypeError(f"update: logits must be a torch.Tensor, got {type(logits).__name__}")
                 if logits.dim() != 2 or logits.shape[0] != B:
                     raise ValueError(f"update: logits must have shape [B={B}, C], got {list(logits.shape)}")
-                if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+                if logits.dtype not in LOGIT_DTYPES:
                     raise TypeError(f"update: logits must have dtype float32, float16 or bfloat16, got "
                                     f"{logits.dtype}")
                 C = logits.shape[1]
@@ -1286,7 +1285,7 @@ class ReplaySampler(BatchSampler):
         if cfg.score == "given":
             if priorities is None:
                 raise ValueError("update: score 'given' needs priorities (or a score_fn)")
-            prio = vec("priorities", priorities, (torch.float32, torch.float64)).clone()
+            prio = vec("priorities", priorities, SCORE_DTYPES).clone()
         elif priorities is not None:
             raise ValueError(f"update: priorities are only taken with score='given', not {cfg.score!r}")
         if host_checks and (what := self._value_error(None, loss, margins, None, prio)):  # (classes: above)
