@@ -125,7 +125,7 @@ def test_the_update_log_stops_when_no_state_needs_it():
         except StopIteration:
             it = iter(s)
             _step(s, it)
-    assert s._log is None and s._base is None
+    assert s._checkpoints.log is None and s._checkpoints.base is None
     assert len(sd["updates"]) >= sd["position"]["yielded"] - sd["updates_start"]
     t = _sampler()
     t.load_state_dict(sd)

@@ -13,8 +13,10 @@ import torch
 
 import hardmix
 from hardmix import schedules
+from hardmix.checkpoint_log import CheckpointLog
 from hardmix.engine import STATE_TENSORS
 from hardmix.inputs import INDEX_DTYPES
+from hardmix.plan import EpochPlan
 
 
 def plain(v):
@@ -27,6 +29,8 @@ def plain(v):
         return {k: plain(x) for k, x in v.items()}
     if isinstance(v, (int, float, str, bool, type(None))):
         return v
+    if isinstance(v, (EpochPlan, CheckpointLog)):  # (the sampler's parts)
+        return {"type": type(v).__name__, **{k: plain(x) for k, x in vars(v).items()}}
     return type(v).__name__
 
 

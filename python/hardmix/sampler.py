@@ -76,6 +76,7 @@ from . import distributed as _dist
 from . import ops as _ops
 from . import plan as _plan
 from .checkpoint import check_state
+from .checkpoint_log import CheckpointLog
 from .config import STREAM_FILL, PolicyConfig
 from .engine import Engine, to_device
 from .inputs import HALF_DTYPES, INDEX_DTYPES, LOGIT_DTYPES, LOSS_DTYPES, SCORE_DTYPES, TARGET_DTYPES
@@ -341,7 +342,6 @@ class ReplaySampler(BatchSampler):
         self._logit_owner: torch.Tensor | None = None  # [R] int64: whose logits they are (-1: none)
         self._group = process_group
         self.sampler = FreshOrder(self)
-        self._rebase_every = max(1, -(-num_examples // batch_size))
 
         # Iteration.
         self._epoch = 0
@@ -365,12 +365,7 @@ class ReplaySampler(BatchSampler):
         self._last_updated: torch.Tensor | None = None
         self._prev_totals = torch.zeros(5, dtype=torch.int64)  # the engine's totals before the last update
         # Checkpoint log (see state_dict).
-        self._base: dict | None = None
-        self._log: list | None = None
-        self._log_start = 0
-        self._log_dynamics = 0  # sharded: the updates whose dynamics the copied engine holds
-        self._log_until = 0
-        self._open_logs: list = []
+        self._checkpoints = CheckpointLog(rebase=max(1, -(-num_examples // batch_size)))
         self._requested: int | None = None  # the last set_epoch(), applied again after load_state_dict
         self._cursor_end: tuple[int, int] | None = None  # where the epoch in progress leaves the fresh stream
         self._start_epoch(0)
@@ -1103,11 +1098,7 @@ class ReplaySampler(BatchSampler):
         if config != self.config:
             self.config = config
             self._engine = self._rebuilt(self._engine, config)
-            # The copied engine is replaced: the next state_dict() copies anew, and states
-            # already handed out keep their log.
-            if self._log is not None:
-                self._open_logs.append((self._log, self._log_start, self._log_until))
-            self._base, self._log = None, None
+            self._checkpoints.drop()
         self._classes = C
         if self.store_logits:
             R = self.config.capacity
@@ -1182,20 +1173,7 @@ class ReplaySampler(BatchSampler):
         """Queue an update (and log it for the checkpoints that need it)."""
         self._received += 1
         self._pending.append(entry)
-        if self._log is not None:
-            self._log.append(entry)
-            if self._log_start + len(self._log) >= self._log_until and len(self._log) >= self._rebase_every:
-                # No state_dict() handed out needs more: stop logging; the
-                # next call copies the engine again.
-                self._base, self._log = None, None
-        if self._open_logs:
-            still = []
-            for log, start, until in self._open_logs:
-                if start + len(log) < until:
-                    log.append(entry)
-                if start + len(log) < until:
-                    still.append((log, start, until))
-            self._open_logs = still
+        self._checkpoints.append(entry)
 
     def _margins(self, logits: torch.Tensor, targets: torch.Tensor, targets_host: torch.Tensor,
                  where: torch.device) -> torch.Tensor:
@@ -1390,16 +1368,8 @@ class ReplaySampler(BatchSampler):
         # rewind never moves the saved position back.
         again = len(self._again)
         frontier = self._yielded + again
-        self._log_until = max(self._log_until, frontier)  # the updates this state needs
-        if self._log is None or len(self._log) >= self._rebase_every:
-            if self._log is not None:
-                self._open_logs.append((self._log, self._log_start, self._log_until))
-            self._base = self._engine.state_dict()
-            if self._logits is not None:
-                self._base.update(logits=self._logits.clone(), logit_owner=self._logit_owner.clone())
-            self._log_start = self._engine.step
-            self._log_dynamics = self._received
-            self._log = list(self._pending)
+        base, start, dynamics, log = self._checkpoints.snapshot(frontier, self._engine_copy, self._engine.step,
+                                                                self._received, self._pending)
         return {
             "version": STATE_VERSION,
             "signature": self._signature(),
@@ -1409,10 +1379,10 @@ class ReplaySampler(BatchSampler):
             "fresh": self._fresh,
             "next_fresh": self._next_fresh,
             "batches": [dict(r) for r in (*self._outstanding, *self._again)],
-            "engine": self._base,
-            "updates_start": self._log_start,
-            "dynamics_until": self._log_dynamics,
-            "updates": self._log,
+            "engine": base,
+            "updates_start": start,
+            "dynamics_until": dynamics,
+            "updates": log,
             "prev_totals": self._prev_totals_host(),
             # bad input found in applied updates and not reported yet, and the count found (see _apply)
             "errors": [e["error"] for e in self._errors],
@@ -1420,6 +1390,13 @@ class ReplaySampler(BatchSampler):
             "replay_lag": self.replay_lag,  # (None: not measured yet)
             "classes": self._classes,  # the logits' width at the first update (None: none yet)
         }
+
+    def _engine_copy(self) -> dict:
+        """The engine's state (and the kept logits), copied: a checkpoint's base."""
+        base = self._engine.state_dict()
+        if self._logits is not None:
+            base.update(logits=self._logits.clone(), logit_owner=self._logit_owner.clone())
+        return base
 
     @staticmethod
     def _restored(u: dict, device: torch.device) -> dict:
@@ -1540,7 +1517,7 @@ class ReplaySampler(BatchSampler):
             self._again = collections.deque()
             self._last_updated = None
             self._prev_totals = torch.as_tensor(state["prev_totals"], dtype=torch.int64).clone()
-            self._base, self._log, self._log_start, self._log_until, self._open_logs = None, None, 0, 0, []
+            self._checkpoints = CheckpointLog(self._checkpoints.rebase)
             self._hold = False
             self._generation += 1
             self._apply(self._due())
