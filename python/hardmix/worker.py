@@ -2,14 +2,13 @@
 
 :class:`Worker` runs one job at a time, handed over by :meth:`Worker.submit`;
 :meth:`Worker.wait` returns once the job is done and raises what it raised.
-The sampler submits the engine's work after ``update()`` (apply the updates
-the next batch needs, then draw that batch) and waits at the start of every
-other call, so the two threads never touch the sampler's state at once: the
-worker runs only in the gap between ``update()`` and the sampler's next call,
-while the training thread runs the user's code. The ops release the GIL, so
-the engine's step runs beside Python on the training thread. The order of the
-engine's work is that of the calling thread's, so results are the same bit
-for bit.
+The sampler submits the engine's work (apply the updates the next batch
+needs, then draw that batch) as one of its calls returns, and waits at the
+start of every call, so the two threads never touch the sampler's state at
+once: the worker runs only between the sampler's calls, while the training
+thread runs the user's code. The ops release the GIL, so the engine's step
+runs beside Python on the training thread. The engine's work runs in the
+order the calling thread would run it, so results are the same bit for bit.
 
 The thread starts at the first job and ends when the worker is closed (the
 owner arranges that with ``weakref.finalize``, so the thread ends when the
