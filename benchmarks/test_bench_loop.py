@@ -23,7 +23,10 @@ variants, the sampler's weights not applied); the replay lag is measured (0:
 the next batch's draw needs this update, so the engine's work runs in the
 loader's next call). ``hardmix lag 1``: the same with ``replay_lag=1``, so that
 the engine's work for the next batch runs on the sampler's background thread
-while the model trains.
+while the model trains; ``hardmix update first``: the quickstart loop with
+``update()`` called as soon as the losses are known, before the backward pass
+(lag 0: the engine's work runs beside the backward pass and the optimizer
+step).
 """
 
 import pytest
@@ -76,14 +79,19 @@ def _prepare(variant, warm):
         loader = DataLoader(hardmix.WithIndex(ds), batch_sampler=sampler)
         batches = batches_forever(loader)
 
+        first = variant == "hardmix update first"
+
         def step():
             idx, x, y = next(batches)
             logits = model(x)
             losses = F.cross_entropy(logits, y, reduction="none")
+            if first:
+                sampler.update(idx, losses.detach(), logits=logits.detach(), targets=y)
             losses.mean().backward()
             opt.step()
             opt.zero_grad()
-            sampler.update(idx, losses.detach(), logits=logits.detach(), targets=y)
+            if not first:
+                sampler.update(idx, losses.detach(), logits=logits.detach(), targets=y)
 
     for _ in range(warm):
         step()
@@ -91,7 +99,7 @@ def _prepare(variant, warm):
 
 
 # order of the tests: rep 0 of both variants, then rep 1, ...
-@pytest.mark.parametrize("variant", ["plain", "hardmix", "hardmix lag 1"])
+@pytest.mark.parametrize("variant", ["plain", "hardmix", "hardmix lag 1", "hardmix update first"])
 @pytest.mark.parametrize("rep", range(REPS))
 def test_loop(benchmark, tag, smoke, prepared, variant, rep):
     if variant not in prepared:
