@@ -11,6 +11,7 @@ DIR/stepK after step K, and the run goes on.
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -62,6 +63,11 @@ def main() -> None:
     out = f"{args.out}.{accelerator.process_index}" if several else args.out
     torch.save({"batches": seen, "members": sampler.reservoir()["index"], "lens": lens}, out)
     if torch.distributed.is_initialized():  # (a process group left to exit teardown can abort the process)
+        # The DDP model first: a gloo group it outlives is destroyed with it, and that can
+        # deadlock against the group's own threads.
+        accelerator.free_memory()
+        del model, opt
+        gc.collect()
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 

@@ -11,6 +11,7 @@ Trainer saves a checkpoint after optimizer step K (DIR/checkpoint-K) and goes on
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -75,6 +76,11 @@ def main() -> None:
     torch.save({"batches": seen, "members": trainer.replay_sampler.reservoir()["index"],
                 "lens": len(trainer.replay_sampler)}, out)
     if torch.distributed.is_initialized():  # (a process group left to exit teardown can abort the process)
+        # The DDP model first: a gloo group it outlives is destroyed with it, and that can
+        # deadlock against the group's own threads (the Trainer's accelerator holds it too).
+        trainer.accelerator.free_memory()
+        del trainer
+        gc.collect()
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
