@@ -367,7 +367,7 @@ class ReplaySampler(BatchSampler):
         # Checkpoint log (see state_dict).
         self._checkpoints = CheckpointLog(rebase=max(1, -(-num_examples // batch_size)))
         self._requested: int | None = None  # the last set_epoch(), applied again after load_state_dict
-        self._cursor_end: tuple[int, int] | None = None  # where the epoch in progress leaves the fresh stream
+        self._plan: _plan.EpochPlan | None = None  # the epoch in progress (see hardmix.plan)
         self._start_epoch(0)
 
     def __getstate__(self) -> dict:
@@ -391,8 +391,8 @@ class ReplaySampler(BatchSampler):
         start = self._yielded + len(self._again)
         # A new pass (permutation number ``epoch``) with new fresh data or one pass per epoch;
         # else the stream goes on where the last epoch's plan left it.
-        new = self.epoch_length == "pass" or self._next_fresh is not None or self._cursor_end is None
-        plan = self._make_plan(fresh, start, (epoch, 0) if new else self._cursor_end)
+        new = self.epoch_length == "pass" or self._next_fresh is not None or self._plan is None
+        plan = self._make_plan(fresh, start, (epoch, 0) if new else self._plan.end)
         self._yielded = start
         self._outstanding.clear()
         self._again.clear()
@@ -412,7 +412,6 @@ class ReplaySampler(BatchSampler):
     def _set_plan(self, plan: _plan.EpochPlan) -> None:
         self._prepared = None
         self._plan = plan
-        self._cursor, self._cursor_end = plan.cursor, plan.end
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``.
@@ -1023,14 +1022,17 @@ class ReplaySampler(BatchSampler):
                 return False
         if any(e.get("deferred") for e in self._pending):
             return False
-        due = self._due()
-        ready = self._prepared is not None and self._prepared[0] == self._position()
-        makes = not (ready or self._again or self._batch >= len(self._plan.fresh) or self._received < due)
-        if not (makes or (self._pending and eng.step < due)):
+        if not (self._to_prepare() or (self._pending and eng.step < self._due())):
             return False
         if self._worker.submit(self._advance) and (self._finalizer is None or not self._finalizer.alive):
             self._finalizer = weakref.finalize(self, self._worker.close)  # (the thread ends with the sampler)
         return True
+
+    def _to_prepare(self) -> bool:
+        """Whether the next new batch can be made now and is not made yet."""
+        if self._again or self._batch >= len(self._plan.fresh) or self._received < self._due():
+            return False
+        return self._prepared is None or self._prepared[0] != self._position()
 
     def _position(self) -> tuple:
         """What the next new batch depends on: the plan, where the epoch is, the engine and its step."""
@@ -1041,9 +1043,7 @@ class ReplaySampler(BatchSampler):
         the next new batch if it can be made now: what the next call would
         do on the training thread, in the same order."""
         self._apply(self._due())
-        if self._again or self._batch >= len(self._plan.fresh) or self._received < self._due():
-            return
-        if self._prepared is not None and self._prepared[0] == self._position():
+        if not self._to_prepare():
             return
         try:
             rec = self._make_batch()
@@ -1374,7 +1374,7 @@ class ReplaySampler(BatchSampler):
             "version": STATE_VERSION,
             "signature": self._signature(),
             "position": {"epoch": self._epoch, "epoch_start": self._epoch_start, "batch": self._batch + again,
-                         "yielded": frontier, "cursor": list(self._cursor)},
+                         "yielded": frontier, "cursor": list(self._plan.cursor)},
             "plan": (self._plan.fresh, self._plan.replay),
             "fresh": self._fresh,
             "next_fresh": self._next_fresh,
