@@ -245,11 +245,12 @@ struct UpdateScratch {
   int64_t* last_at;
   int64_t* order;
   int64_t* pick;
+  int64_t* dirty;
   uint8_t* allowed;
 };
 
 HM_FN inline int64_t update_scratch_bytes(int64_t B) {
-  return B * static_cast<int64_t>(sizeof(Entry) + sizeof(ClassTally) + 3 * sizeof(int64_t)) + B + 8;
+  return B * static_cast<int64_t>(sizeof(Entry) + sizeof(ClassTally) + 4 * sizeof(int64_t)) + B + 8;
 }
 
 HM_FN inline UpdateScratch carve_update(void* buf, int64_t B) {
@@ -262,7 +263,8 @@ HM_FN inline UpdateScratch carve_update(void* buf, int64_t B) {
   s.last_at = reinterpret_cast<int64_t*>(p);
   s.order = s.last_at + B;
   s.pick = s.order + B;
-  s.allowed = reinterpret_cast<uint8_t*>(s.pick + B);
+  s.dirty = s.pick + B;
+  s.allowed = reinterpret_cast<uint8_t*>(s.dirty + B);
   return s;
 }
 
@@ -540,6 +542,44 @@ struct PolicyView {
     for (k /= 2; k >= 1; k /= 2) tree[k] = tree[2 * k] + tree[2 * k + 1];
   }
 
+  // During update()'s membership pass the sums wait: leaf_set writes the leaf
+  // and lists it in `dirty`, and tree_fix recomputes each sum above the
+  // listed leaves once, level by level, when the pass ends. Every sum is still
+  // its children's final values added, so the tree is bit for bit what a
+  // tree_set per leaf makes, for about half the additions and no chain of
+  // dependent stores. (At most one leaf per batch entry: B-sized scratch.)
+  int64_t* dirty = nullptr;
+  int64_t n_dirty = 0;
+
+  HM_FN void leaf_set(int32_t j, double w) {
+    if (dirty == nullptr) {
+      tree_set(j, w);
+      return;
+    }
+    tree[P + j] = w;
+    dirty[n_dirty++] = P + j;
+  }
+
+  // Sums are >= 0, so -1 marks a node already listed for its level.
+  HM_FN void tree_fix() {
+    int64_t* list = dirty;
+    int64_t n = n_dirty;
+    while (n > 0 && list[0] > 1) {
+      int64_t up = 0;
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t parent = list[k] / 2;
+        if (tree[parent] != -1.0) {
+          tree[parent] = -1.0;
+          list[up++] = parent;
+        }
+      }
+      for (int64_t k = 0; k < up; ++k) tree[list[k]] = tree[2 * list[k]] + tree[2 * list[k] + 1];
+      n = up;
+    }
+    dirty = nullptr;
+    n_dirty = 0;
+  }
+
   // The leaf where the running sum passes x (0 <= x <= total, total > 0): go
   // left when the left sum is positive and x is below it (or the right sum is
   // 0), else subtract the left sum and go right. Never a leaf of weight 0.
@@ -622,7 +662,7 @@ struct PolicyView {
     pos_put(e.index, j);
     heap_insert(j);
     count(heap_class(s[kClass])) += 1;
-    tree_set(j, leaf(j));
+    leaf_set(j, leaf(j));
   }
 
   HM_FN void vacate(int32_t j, bool clear_leaf = true) {
@@ -632,7 +672,7 @@ struct PolicyView {
     count(heap_class(s[kClass])) -= 1;
     pos_erase(index);
     s[kIndex] = -1.0;
-    if (clear_leaf) tree_set(j, 0.0);
+    if (clear_leaf) leaf_set(j, 0.0);
   }
 
   HM_FN void push_free(int32_t j) { free[counters[kFreeTop]++] = j; }
@@ -815,16 +855,23 @@ struct PolicyView {
       const double logp = p > 0 ? rng::log_det(p) : -kInf;
       const double base = cfg.alpha == 0 ? 0.0 : cfg.alpha * logp;
       const double head = base + cfg.lam * static_cast<double>(t);
-      const double g = rng::to_gumbel(rng::to_uniform(rng::draw_bits(admit_key, static_cast<uint64_t>(i))));
       const bool fresh = !(in.replayed && in.replayed[b]);
+      // (a replayed entry is no candidate and renews no ticket: its ticket is never read)
+      const double g =
+          fresh ? rng::to_gumbel(rng::to_uniform(rng::draw_bits(admit_key, static_cast<uint64_t>(i)))) : 0.0;
       e = Entry{true, i, loss, p, logp, fresh ? head + g : -kInf,
                 in.classes ? in.classes[b] : 0, r[kQuarantine], shard ? last[b] : b, fresh, head, g};
     }
-    for (int64_t b = 0; b < in.B; ++b) {
-      if (!entries[b].valid) continue;
-      window[counters[kWindowHead]] = entries[b].loss;
-      counters[kWindowHead] = (counters[kWindowHead] + 1) % W;
-      counters[kWindowCount] = min_of(counters[kWindowCount] + 1, W);
+    {
+      int64_t head = counters[kWindowHead], filled = counters[kWindowCount];
+      for (int64_t b = 0; b < in.B; ++b) {
+        if (!entries[b].valid) continue;
+        window[head] = entries[b].loss;
+        head = head + 1 == W ? 0 : head + 1;  // (no division: this runs B times a step)
+        filled = min_of(filled + 1, W);
+      }
+      counters[kWindowHead] = head;
+      counters[kWindowCount] = filled;
     }
 
     // The cap on new members: the k best eligible candidates (key, then lower
@@ -851,6 +898,7 @@ struct PolicyView {
 
     // Pass 2: membership.
     quarantined_this_step = false;
+    dirty = sc.dirty;
     for (int64_t b = 0; b < in.B; ++b) {
       // Members ahead will be rescored: fetch their slot and heap position
       // (far ahead), then their heap entry and the bottom of their sum-tree
@@ -881,6 +929,7 @@ struct PolicyView {
         offer(e, t);
       }
     }
+    tree_fix();
     if (cfg.balance) balance_step(in, entries, sc.tally, t);
     counters[kT] = t + 1;
   }
@@ -949,7 +998,7 @@ struct PolicyView {
       s[kStep] = static_cast<double>(t);
       s[kKey] = e.head + s[kTicket];
       heap_rekey(j);
-      tree_set(j, leaf(j));
+      leaf_set(j, leaf(j));
     }
   }
 
@@ -998,7 +1047,7 @@ struct PolicyView {
       s[kTicket] = e.g;
       pos_put(e.index, victim);
       heap_rekey(victim);
-      tree_set(victim, leaf(victim));
+      leaf_set(victim, leaf(victim));
       // The next eviction will touch the new weakest member's slot: fetch it now.
       HM_PREFETCH(slot(static_cast<int32_t>(root(0))), 1);
     }
@@ -1036,6 +1085,15 @@ struct PolicyView {
     };
     double excluded = 0.0;
     for (int64_t k = 0; k < E; ++k) {
+#if !defined(__CUDA_ARCH__)
+      if (facts != nullptr && !sharded()) {  // the members' leaves: fetch the slot far ahead, the leaf nearer
+        if (k + 2 * kPrefetch < E) HM_PREFETCH(pos + exclude[k + 2 * kPrefetch], 0);
+        if (k + kPrefetch < E) {
+          const int32_t j = pos[exclude[k + kPrefetch]];
+          if (j >= 0) HM_PREFETCH(tree + P + j, 0);
+        }
+      }
+#endif
       const int64_t h = slot_of(exclude[k]);
       double w = 0.0;
       if (facts != nullptr) {

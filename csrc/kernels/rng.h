@@ -25,14 +25,15 @@
 // log1p_det, for the policy's softplus. This needs IEEE double arithmetic
 // without fused multiply-add contraction: the CMake targets build with
 // -ffp-contract=off (host) and --fmad=false (nvcc). Beyond + - * / and
-// comparisons they use only frexp, ldexp of 1.0 (an exact power of two) and
-// int <-> double conversions, all exact, so every step rounds the same way
-// everywhere. Each function is mirrored, operation for operation, in
+// comparisons they use only frexp (frexp_pos below), ldexp of 1.0 (an exact
+// power of two) and int <-> double conversions, all exact, so every step
+// rounds the same way everywhere. Each function is mirrored, operation for operation, in
 // hardmix/rng.py (log, exp, log1p); tests/rng_probe.cpp checks the bits.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "common.h"
 
@@ -81,6 +82,32 @@ constexpr double lg5 = 1.818357216161805012e-01;
 constexpr double lg6 = 1.531383769920937332e-01;
 constexpr double lg7 = 1.479819860511658591e-01;
 
+// frexp(x) for positive finite x (normal or subnormal), read from the bits:
+// x = m * 2^e, m in [0.5, 1), exact. Inline, where libm's frexp is a call
+// (the policy takes three logarithms per example and step).
+HM_HD double frexp_pos(double x, int* e) {
+  int shift = 0;
+  if (x < 0x1p-1022) {  // subnormal: scale up exactly first
+    x = x * 0x1p54;
+    shift = 54;
+  }
+  uint64_t b;
+#if defined(__CUDA_ARCH__)
+  b = static_cast<uint64_t>(__double_as_longlong(x));
+#else
+  std::memcpy(&b, &x, sizeof b);
+#endif
+  *e = static_cast<int>(b >> 52) - 1022 - shift;
+  b = (b & 0x000FFFFFFFFFFFFFull) | (static_cast<uint64_t>(1022) << 52);
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(b));
+#else
+  double m;
+  std::memcpy(&m, &b, sizeof m);
+  return m;
+#endif
+}
+
 // Natural logarithm to within 1 ulp, by the classic argument reduction
 // x = 2^e * m, m in [sqrt(2)/2, sqrt(2)), and a degree-14 odd polynomial in
 // s = (m - 1) / (m + 1) (the fdlibm coefficients). frexp normalises subnormal
@@ -97,7 +124,7 @@ HM_HD double log_det(double x) {
     return NAN;
   }
   int e = 0;
-  double m = frexp(x, &e);  // x = m * 2^e, m in [0.5, 1); exact
+  double m = frexp_pos(x, &e);  // x = m * 2^e, m in [0.5, 1); exact
   if (m < 0.70710678118654752440) {
     m = m * 2.0;  // exact
     e = e - 1;
@@ -204,7 +231,7 @@ HM_HD double log1p_det(double x) {
       c = c / u;
     }
     int e = 0;
-    double m = frexp(u, &e);  // u = m * 2^e, m in [0.5, 1); exact
+    double m = frexp_pos(u, &e);  // u = m * 2^e, m in [0.5, 1); exact
     if (m < 0x1.6a09ep-1) {
       m = m * 2.0;  // exact
       e = e - 1;
