@@ -10,6 +10,7 @@ error or runs 20 updates and draws and stays valid; no crash, no hang."""
 from __future__ import annotations
 
 import math
+import os
 import random
 
 import pytest
@@ -354,3 +355,48 @@ def test_random_corruptions_of_sampler_states_never_crash_or_hang():
     counts, failures = fuzz.fuzz(cases=200, seed=7, chunk=200, case_timeout=20.0, sampler=True)
     assert not failures, failures[:5]
     assert counts["refused"] > 80 and counts["accepted"] > 20, counts
+
+
+# --- (4) the N-sized state in memory advised for huge pages ------------------------------
+
+def _vm_flags(addr: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds ``addr``."""
+    flags, inside = None, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and head == "VmFlags:":
+                flags = line.split()[1:]
+    assert flags is not None, f"no mapping holds {addr:#x}"
+    return flags
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage"),
+                    reason="needs Linux with transparent huge pages")
+def test_large_state_lies_in_huge_page_memory_and_steps_alike():
+    from hardmix.engine import host_filled
+
+    small = host_filled((5, 3), torch.float64, -1.0)
+    assert torch.equal(small, torch.full((5, 3), -1.0, dtype=torch.float64))
+    big = host_filled((600_000,), torch.int32, -1)  # 2.4 MB
+    assert big.dtype == torch.int32 and big.shape == (600_000,) and bool((big == -1).all())
+    assert big.data_ptr() % (2 << 20) == 0 and "hg" in _vm_flags(big.data_ptr())
+
+    cfg = PolicyConfig(num_examples=600_000, capacity=512, seed=3)  # table 38 MB, pos 2.4 MB
+    advised, plain = Engine(cfg), Engine(cfg)
+    for name in ("table", "pos"):
+        t = getattr(advised, name)
+        assert t.data_ptr() % (2 << 20) == 0 and "hg" in _vm_flags(t.data_ptr()), name
+        setattr(plain, name, t.clone())  # ordinary memory
+        assert "hg" not in _vm_flags(getattr(plain, name).data_ptr()), name
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        idx = torch.randint(0, 600_000, (700,), generator=g)
+        loss = torch.rand(700, generator=g)
+        drawn = [e.update(idx, loss) or e.draw(64, idx[:100]) for e in (advised, plain)]
+        assert torch.equal(*drawn)
+    for name in STATE_TENSORS:
+        assert torch.equal(getattr(advised, name), getattr(plain, name)), name

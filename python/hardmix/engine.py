@@ -27,6 +27,8 @@ from __future__ import annotations
 from typing import Callable
 
 import contextlib
+import math
+import mmap
 import struct
 
 import torch
@@ -81,6 +83,29 @@ def _config_vector(c: PolicyConfig, shard: tuple[int, int] | None = None) -> tor
     )
     v = [float(fields[name]) for name in CONFIG_FIELDS]
     return torch.tensor(v + [0.0] * (N_CONFIG - len(v)), dtype=torch.float64)
+
+
+_HUGE_PAGE = 2 << 20
+
+
+def host_filled(shape: tuple[int, ...], dtype: torch.dtype, fill: float) -> torch.Tensor:
+    """A CPU tensor of ``shape`` filled with ``fill``. On Linux, one of 2 MiB
+    or more lies in memory advised for transparent huge pages (2 MiB aligned):
+    the policy reads the N-sized state at a random row per example and step,
+    and with 4 KiB pages nearly every such read also misses the TLB.
+    Elsewhere (or where the kernel refuses the advice) an ordinary tensor."""
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    if nbytes >= _HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buf = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            raw = torch.frombuffer(buf, dtype=torch.uint8)  # holds buf (unmapped with the storage)
+            start = -raw.data_ptr() % _HUGE_PAGE
+            buf.madvise(mmap.MADV_HUGEPAGE, start, nbytes - nbytes % _HUGE_PAGE)
+        except (OSError, ValueError):
+            pass  # no huge pages here: an ordinary tensor
+        else:  # (advised before the first write, so the pages are huge from the start)
+            return raw[start:start + nbytes].view(dtype).view(shape).fill_(fill)
+    return torch.full(shape, fill, dtype=dtype)
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -151,12 +176,12 @@ class Engine:
         K = config.num_classes if config.class_quotas else 1
         P = 1 << max(0, (R - 1).bit_length())
         rows = N if shard is None else (N - shard[0] + shard[1] - 1) // shard[1]
-        table = torch.zeros(rows, len(TABLE_COLUMNS), dtype=torch.float64)
+        table = host_filled((rows, len(TABLE_COLUMNS)), torch.float64, 0.0)
         table[:, COL_LAST_SEEN] = -1.0
         table[:, COL_CORRECT] = -1.0
         self.table = table
         # dataset index -> slot: an array [N], or sharded a hash over the slots [2P]
-        self.pos = torch.full((N if shard is None else 2 * P,), -1, dtype=torch.int32)
+        self.pos = host_filled((N if shard is None else 2 * P,), torch.int32, -1)
         self.slots = torch.zeros(R, len(SLOT_FIELDS), dtype=torch.float64)
         self.slots[:, SLOT_INDEX] = -1.0
         self.links = torch.full((R, len(LINK_FIELDS)), -1, dtype=torch.int32)
