@@ -413,13 +413,31 @@ def _trace(background: bool, lag, workers: int = 0, resume_at: int | None = None
     return out
 
 
+@pytest.fixture
+def always_hand_over(monkeypatch):
+    """Every possible hand-over made, whatever the timing (it is adaptive)."""
+    monkeypatch.setattr(hardmix.ReplaySampler, "_handover_pays", lambda self: True)
+
+
 @pytest.mark.parametrize("lag,workers,resume_at", [(0, 0, None), (1, 0, None), (3, 0, 10), (None, 2, 17)])
-def test_background_work_gives_the_same_run(lag, workers, resume_at):
+def test_background_work_gives_the_same_run(lag, workers, resume_at, always_hand_over, monkeypatch):
     """background=True (the engine's work on a worker thread between the
     sampler's calls) and background=False give the same batches, weights,
     stats and reservoir, bit for bit, with rewinds, DataLoader workers and a
     restore."""
-    inline, piped = _trace(False, lag, workers, resume_at), _trace(True, lag, workers, resume_at)
+    import threading
+
+    inline = _trace(False, lag, workers, resume_at)
+    made = []
+    make = hardmix.ReplaySampler._make_batch
+
+    def counted(self):
+        made.append(threading.current_thread().name)
+        return make(self)
+
+    monkeypatch.setattr(hardmix.ReplaySampler, "_make_batch", counted)
+    piped = _trace(True, lag, workers, resume_at)
+    assert made.count("hardmix-worker") > len(made) // 2  # (most batches were made on the worker)
     assert inline["batches"] == piped["batches"] and len(inline["batches"]) > 40
     assert all(torch.equal(a, b) for a, b in zip(inline["weights"], piped["weights"]))
     assert inline["stats"] == piped["stats"]
@@ -427,7 +445,7 @@ def test_background_work_gives_the_same_run(lag, workers, resume_at):
     assert any(float(w.max()) != 1.0 for w in piped["weights"])  # (replay weights were in play)
 
 
-def test_copies_go_on_alike_and_background_threads_end_with_their_samplers():
+def test_copies_go_on_alike_and_background_threads_end_with_their_samplers(always_hand_over):
     """pickle and deepcopy take the state as the next call sees it (after the
     background work), copies go on alike, and no worker thread outlives its
     sampler."""
@@ -457,7 +475,7 @@ def test_copies_go_on_alike_and_background_threads_end_with_their_samplers():
     assert len(workers()) <= before
 
 
-def test_no_background_thread_runs_when_iter_returns():
+def test_no_background_thread_runs_when_iter_returns(always_hand_over):
     """A DataLoader forks its workers right after iter() of the sampler: the
     sampler's thread has ended by then (the next batch starts it again)."""
     s = hardmix.ReplaySampler(100, batch_size=10, capacity=20, replay_fraction=0.3, replay_lag=2, seed=1)

@@ -214,7 +214,9 @@ class ReplaySampler(BatchSampler):
             while the training loop goes on (the next sampler call waits for
             it). The batches, weights and reservoir are the same bit for bit
             either way. In one process with the state on the CPU and host
-            inputs; elsewhere the work runs in ``update()`` and the next batch.
+            inputs; elsewhere the work runs in ``update()`` and the next batch,
+            and so it does while handing it over only makes the next call wait
+            (see docs/lag.md).
         **policy: the policy's knobs, as :class:`hardmix.PolicyConfig` takes
             them (``score``, ``alpha``, ``lam``, ``gamma``, ``graduation``,
             ``max_wrong``, ``class_quotas``, ``num_classes``,
@@ -1000,26 +1002,23 @@ class ReplaySampler(BatchSampler):
         if copy is not None:
             self._host[id(entry)] = copy
         self._receive(entry)
-        if not self._kick(after_update=True):
+        if not self._kick():
             self._apply(self._yielded - self.replay_lag, wait=False)
 
     # --- background work (see ``background``) ------------------------------
 
-    def _kick(self, after_update: bool = False) -> bool:
+    def _kick(self) -> bool:
         """Hands the engine's next work to the worker: the updates the next
         batch's draw needs, then that draw (_advance). False if it cannot
-        run there (one process, state on the CPU, host inputs only) or there
-        is nothing to do, and after an update with lag 0 when the last such
-        hand-over only made the next batch wait (a loop that asks for the
-        next batch right after update(); tried again every 64 updates)."""
+        run there (one process, state on the CPU, host inputs only), if
+        there is nothing to do, or while hand-overs do not pay
+        (_handover_pays)."""
         eng = self._engine
         if not (self.background and self.num_replicas == 1 and not self.shard_table and not self.store_logits
                 and eng.device.type == "cpu" and self.replay_lag is not None):
             return False
-        if after_update and self.replay_lag == 0 and self._received % 64:
-            w = self._worker
-            if w.waited_seconds > 0.5 * w.job_seconds:
-                return False
+        if not self._handover_pays():
+            return False
         if any(e.get("deferred") for e in self._pending):
             return False
         if not (self._to_prepare() or (self._pending and eng.step < self._due())):
@@ -1027,6 +1026,14 @@ class ReplaySampler(BatchSampler):
         if self._worker.submit(self._advance) and (self._finalizer is None or not self._finalizer.alive):
             self._finalizer = weakref.finalize(self, self._worker.close)  # (the thread ends with the sampler)
         return True
+
+    def _handover_pays(self) -> bool:
+        """False when the last hand-over only made the training thread wait:
+        its wait for the job was over half the job's CPU time (a loop that
+        calls the sampler again at once leaves nothing to overlap). Tried
+        again every 64 updates. A timing choice: results never depend on it."""
+        w = self._worker
+        return self._received % 64 == 0 or w.waited_seconds <= 0.5 * w.job_seconds
 
     def _to_prepare(self) -> bool:
         """Whether the next new batch can be made now and is not made yet."""

@@ -32,7 +32,7 @@ class Worker:
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
-        self.job_seconds = 0.0  # how long the last job ran
+        self.job_seconds = 0.0  # the CPU time of the last job (this thread's: not its waits for the GIL)
         self.waited_seconds = 0.0  # how long the last wait() blocked for it
 
     @property
@@ -95,7 +95,7 @@ class Worker:
                 if self._job is None:
                     return
                 job = self._job
-            start = time.perf_counter()
+            start = time.thread_time()
             try:
                 job()
             except BaseException as e:  # noqa: BLE001 - handed to the caller of wait()
@@ -103,7 +103,7 @@ class Worker:
             else:
                 error = None
             job = None  # (holds the owner: let it be collected while idle)
-            self.job_seconds = time.perf_counter() - start
+            self.job_seconds = time.thread_time() - start
             with self._cv:
                 self._error, self._job = error, None
                 self._cv.notify_all()
