@@ -328,6 +328,15 @@ class Engine:
             self._made.append((self.step - 1, *out))
         return out
 
+    def _update_host(self, indices, losses, margins, classes, priorities, replayed) -> None:
+        """:meth:`update` of a whole-table engine on the CPU, for inputs already
+        in the op's kinds (host tensors: int64 indices and classes, float32
+        or float64 values, bool replayed), as the sampler queues them; the op
+        still checks every value."""
+        torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, indices, losses,
+                                        margins, classes, priorities, replayed, None)
+        self._t += 1
+
     def _update_on_device(self, ready, *inputs) -> None:
         side = self._stream
         if ready is not None:
@@ -486,6 +495,8 @@ class Engine:
         if self._stream is not None and exclude.is_cuda:  # made on the caller's stream
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
             exclude.record_stream(self._stream)
+        if self.device.type == "cpu":
+            return self._draw_host(m, exclude, facts)
         with self.on_stream():
             out = torch.empty(m + 1, dtype=torch.int64, device=self.device)
             got = torch.empty(exclude.numel() + m + 1, dtype=torch.float64, device=self.device) if facts else None
@@ -500,6 +511,15 @@ class Engine:
                 got = None if got is None else got.cpu()
                 self.check()
         members = out[: int(out[m])]
+        return (members, got) if facts else members
+
+    def _draw_host(self, m: int, exclude: torch.Tensor, facts: bool = True):
+        """:meth:`draw` on the CPU, for an int64 CPU ``exclude`` (the op checks its values)."""
+        out = torch.empty(m + 1, dtype=torch.int64)
+        got = torch.empty(exclude.numel() + m + 1, dtype=torch.float64) if facts else None
+        torch.ops.hardmix.policy_draw(self.tree, self.slots, self.pos, self.counters, self.config_vector,
+                                      self._seed, exclude, out, got)
+        members = out[: out[m].item()]
         return (members, got) if facts else members
 
     # --- inspection --------------------------------------------------------

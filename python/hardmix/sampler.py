@@ -732,9 +732,14 @@ class ReplaySampler(BatchSampler):
             args = self._empty_entry() if error or e["indices"].numel() == 0 else e
             with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
                 self._prev_totals = eng.total_counts()
-            made = eng.update(args["indices"], args["losses"], margins=args["margins"], classes=args["classes"],
-                              priorities=args["priorities"], replayed=args.get("replayed"), rows=e.get("rows"),
-                              ready=self._ready.get(id(e)))
+            if eng.device.type == "cpu" and eng.shard is None and not e.get("deferred"):  # (kinds as _validate made them)
+                eng._update_host(args["indices"], args["losses"], args["margins"], args["classes"],
+                                 args["priorities"], args.get("replayed"))
+                made = None
+            else:
+                made = eng.update(args["indices"], args["losses"], margins=args["margins"], classes=args["classes"],
+                                  priorities=args["priorities"], replayed=args.get("replayed"), rows=e.get("rows"),
+                                  ready=self._ready.get(id(e)))
             if self._logits is not None and args.get("logits") is not None:
                 self._store_admitted(args["indices"], args["logits"], eng.step - 1)
             self._pending.popleft()
