@@ -249,8 +249,17 @@ struct UpdateScratch {
   uint8_t* allowed;
 };
 
+// The class tally: an open-addressing table of a power of two >= 2B (and >= 2)
+// entries, so at most half full.
+HM_FN inline int64_t tally_cap(int64_t B) {
+  int64_t cap = 2;
+  while (cap < 2 * B) cap *= 2;
+  return cap;
+}
+
 HM_FN inline int64_t update_scratch_bytes(int64_t B) {
-  return B * static_cast<int64_t>(sizeof(Entry) + sizeof(ClassTally) + 4 * sizeof(int64_t)) + B + 8;
+  return B * static_cast<int64_t>(sizeof(Entry) + 4 * sizeof(int64_t)) +
+         tally_cap(B) * static_cast<int64_t>(sizeof(ClassTally)) + B + 8;
 }
 
 HM_FN inline UpdateScratch carve_update(void* buf, int64_t B) {
@@ -259,7 +268,7 @@ HM_FN inline UpdateScratch carve_update(void* buf, int64_t B) {
   s.entries = reinterpret_cast<Entry*>(p);
   p += B * sizeof(Entry);
   s.tally = reinterpret_cast<ClassTally*>(p);
-  p += B * sizeof(ClassTally);
+  p += tally_cap(B) * sizeof(ClassTally);
   s.last_at = reinterpret_cast<int64_t*>(p);
   s.order = s.last_at + B;
   s.pick = s.order + B;
@@ -706,44 +715,39 @@ struct PolicyView {
   // not learned yet (new, rare, or forgotten), which says nothing about the
   // label. (A quarter, not a half: with 40% label noise, mislabeled entries
   // can be most of a class in a batch.)
-  const ClassTally* tallies = nullptr;  // sorted by class; null without margins
-  int64_t n_tallies = 0;
+  // The tally is a hash table keyed by class (tally_cap(B) entries, linear
+  // probing; seen == 0: empty), so building it is O(B) and a lookup O(1).
+  const ClassTally* tallies = nullptr;  // null without margins
+  int64_t tally_mask = 0;
 
-  // Builds the tally of a batch into scratch `tally` (B entries).
+  HM_FN int64_t tally_home(int64_t cls) const {
+    return static_cast<int64_t>(rng::mix13(static_cast<uint64_t>(cls))) & tally_mask;
+  }
+
+  // Builds the tally of a batch into scratch `tally` (tally_cap(B) entries).
   HM_FN void build_tally(const Batch& in, ClassTally* tally) {
     tallies = nullptr;
-    n_tallies = 0;
     if (!in.margins) return;
-    int64_t nt = 0;
+    const int64_t cap = tally_cap(in.B);
+    tally_mask = cap - 1;
+    for (int64_t k = 0; k < cap; ++k) tally[k] = ClassTally{0, 0, 0};
     for (int64_t b = 0; b < in.B; ++b) {
-      if (valid_input(in, b)) tally[nt++] = ClassTally{in.classes ? in.classes[b] : 0, in.margins[b] > 0 ? 1 : 0, 1};
-    }
-    heap_sort(tally, nt, [](const ClassTally& a, const ClassTally& b) { return a.cls < b.cls; });
-    int64_t n = 0;
-    for (int64_t k = 0; k < nt; ++k) {
-      if (n > 0 && tally[n - 1].cls == tally[k].cls) {
-        tally[n - 1].right += tally[k].right;
-        tally[n - 1].seen += tally[k].seen;
-      } else {
-        tally[n++] = tally[k];
-      }
+      if (!valid_input(in, b)) continue;
+      const int64_t cls = in.classes ? in.classes[b] : 0;
+      int64_t h = tally_home(cls);
+      while (tally[h].seen > 0 && tally[h].cls != cls) h = (h + 1) & tally_mask;
+      tally[h].cls = cls;
+      tally[h].right += in.margins[b] > 0 ? 1 : 0;
+      tally[h].seen += 1;
     }
     tallies = tally;
-    n_tallies = n;
   }
 
   HM_FN bool class_learned(int64_t cls) const {
     if (tallies == nullptr) return false;
-    int64_t lo = 0, hi = n_tallies;  // the first tally of class >= cls
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (tallies[mid].cls < cls) {
-        lo = mid + 1;
-      } else {
-        hi = mid;
-      }
-    }
-    return lo < n_tallies && tallies[lo].cls == cls && 4 * tallies[lo].right >= tallies[lo].seen;
+    int64_t h = tally_home(cls);
+    while (tallies[h].seen > 0 && tallies[h].cls != cls) h = (h + 1) & tally_mask;
+    return tallies[h].seen > 0 && 4 * tallies[h].right >= tallies[h].seen;
   }
 
   HM_FN static bool valid_input(const Batch& in, int64_t b) {
@@ -772,7 +776,7 @@ struct PolicyView {
   // the dynamics of the entries this shard owns (in batch order), and each
   // owned entry's row after its update into rows[b] (others untouched). The
   // rows of all shards, summed (each entry has one owner), are the input of
-  // update() on every shard. O(B log B) (the class tally).
+  // update() on every shard. O(B).
   HM_FN void owned_dynamics(const Batch& in, int64_t t, double* rows) {
     build_tally(in, carve_update(scratch, in.B).tally);
     for (int64_t b = 0; b < in.B; ++b) {
