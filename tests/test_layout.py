@@ -1,4 +1,4 @@
-"""hardmix.layout against csrc/kernels/policy.h: every position the Python
+"""hardmix.layout against csrc/kernels/policy_layout.h: every position the Python
 side uses is the one the native code numbers in its enums."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 
 from hardmix import config, layout
 
-POLICY_H = Path(__file__).resolve().parents[1] / "csrc" / "kernels" / "policy.h"
+LAYOUT_H = Path(__file__).resolve().parents[1] / "csrc" / "kernels" / "policy_layout.h"
 
-# Each enum of policy.h: its enumerators and the hardmix.layout constants.
+# Each enum of policy_layout.h: its enumerators and the hardmix.layout constants.
 ENUMS = {
     "Col": {"kLastLoss": "COL_LAST_LOSS", "kEma": "COL_EMA", "kSeen": "COL_SEEN", "kLastSeen": "COL_LAST_SEEN",
             "kCorrect": "COL_CORRECT", "kForget": "COL_FORGET", "kWrong": "COL_WRONG",
@@ -44,7 +44,7 @@ NAMED = {
         "kRaiseNonfinite": "raise_nonfinite", "kShardWorld": "shard_world", "kShardRank": "shard_rank",
         "kNumExamples": "num_examples", "kBalanceReplay": "balance_replay", "kReweightEvery": "reweight_every"}),
 }
-# policy.h's sizes and constants, and their Python values.
+# policy_layout.h's sizes and constants, and their Python values.
 CONSTANTS = {
     "kTableCols": len(layout.TABLE_COLUMNS),
     "kSlotFields": len(layout.SLOT_FIELDS),
@@ -65,7 +65,7 @@ def _strip_comments(text: str) -> str:
 
 
 def _source() -> str:
-    return _strip_comments(POLICY_H.read_text())
+    return _strip_comments(LAYOUT_H.read_text())
 
 
 def parse_enums(text: str) -> dict[str, list[tuple[str, int]]]:
@@ -97,27 +97,27 @@ def test_the_parser_reads_explicit_values():
 def test_positions_match_the_native_enum(enum):
     names = ENUMS[enum]
     cpp = CPP_ENUMS[enum]
-    assert sorted(k for k, _ in cpp) == sorted(names), f"policy.h {enum}: {[k for k, _ in cpp]}"
+    assert sorted(k for k, _ in cpp) == sorted(names), f"policy_layout.h {enum}: {[k for k, _ in cpp]}"
     for key, value in cpp:
         got = getattr(layout, names[key])
-        assert got == value, f"hardmix.layout.{names[key]} = {got}, but policy.h {key} = {value}"
+        assert got == value, f"hardmix.layout.{names[key]} = {got}, but policy_layout.h {key} = {value}"
 
 
 @pytest.mark.parametrize("enum", sorted(NAMED))
 def test_named_fields_match_the_native_enum(enum):
     fields, names = NAMED[enum]
     cpp = CPP_ENUMS[enum]
-    assert sorted(k for k, _ in cpp) == sorted(names), f"policy.h {enum}: {[k for k, _ in cpp]}"
-    assert len(fields) == len(cpp), f"policy.h {enum} has {len(cpp)} entries, Python {len(fields)}"
+    assert sorted(k for k, _ in cpp) == sorted(names), f"policy_layout.h {enum}: {[k for k, _ in cpp]}"
+    assert len(fields) == len(cpp), f"policy_layout.h {enum} has {len(cpp)} entries, Python {len(fields)}"
     for key, value in cpp:
-        assert fields[value] == names[key], f"policy.h {key} = {value}, but Python's [{value}] is {fields[value]!r}"
+        assert fields[value] == names[key], f"policy_layout.h {key} = {value}, but Python's [{value}] is {fields[value]!r}"
 
 
 def test_sizes_and_constants_match():
     cpp = parse_constants(_source())
     for k, v in CONSTANTS.items():
-        assert k in cpp, f"policy.h defines no {k}"
-        assert cpp[k] == v, f"policy.h {k} = {cpp[k]}, Python {v}"
+        assert k in cpp, f"policy_layout.h defines no {k}"
+        assert cpp[k] == v, f"policy_layout.h {k} = {cpp[k]}, Python {v}"
     assert len(layout.COUNTERS) <= layout.N_COUNTERS
     assert len(layout.CONFIG_FIELDS) <= layout.N_CONFIG
 

@@ -26,17 +26,13 @@
 //   balance  double [K+1][3] replay balance: per heap class (fresh EMA, seen,
 //                            factor), then the totals (fresh EMA, classes seen, 0)
 //
-// Eviction order: the weakest member (lowest key; ties: higher dataset index)
-// must be found in O(1) and every change of membership or key costs O(log R).
-// Without class quotas (one heap class) an implicit 4-ary min-heap does this
-// with its keys inline, so a sift touches about one cache line per level, and
-// an eviction is a single sift-down (the newcomer takes the victim's slot and
-// heap entry). With class quotas each class is a leftist heap over the slots (a
-// heap per class without per-class storage); insert, delete-any and rescore
-// are O(log R) worst case there too.
-// Replay: a binary sum tree over the slots; each pick is a descent, O(log R).
-// (Binary rather than wider: a wider node saves cache lines per update, but
-// makes each level of the descent a serial chain of dependent subtractions.)
+// The structures over these arrays, one header each, as views:
+//   slot_index.h    dataset index -> slot (pos)
+//   member_heaps.h  the eviction order: the weakest member in O(1), O(log R)
+//                   per change (slots' keys, links, heap, classes)
+//   sum_tree.h      the replay weights; each pick is a descent, O(log R)
+//   policy_layout.h the columns, counters and config fields (layout.py)
+// This header holds the step (update) and the replay draw over them.
 //
 // Cost of update(): O(B log R) plus O(B * W) for the loss_rank score and O(K)
 // per cross-class eviction with class quotas; an O(R) rebase of replay weights
@@ -49,86 +45,17 @@
 
 #include <cstdint>
 
+#include "member_heaps.h"
+#include "policy_layout.h"
 #include "rng.h"
-
-// Every function below runs on the host (the CPU ops) and, compiled by nvcc,
-// on the device (one thread runs a step: the policy is sequential by nature;
-// csrc/cuda/policy.cu). So the code uses no std:: algorithm, container or
-// math function: sorting and selection are the heap sort below, scratch
-// memory comes from the caller (Scratch), and logarithms and exponentials are
-// rng.h's own (+ - * / only), which is what makes CPU, CUDA and the Python
-// reference agree to the bit.
-#if defined(__CUDACC__)
-#define HM_FN __host__ __device__
-#else
-#define HM_FN
-#endif
-#if defined(__CUDA_ARCH__)
-#define HM_PREFETCH(p, rw) ((void)0)
-#else
-#define HM_PREFETCH(p, rw) __builtin_prefetch((p), (rw))
-#endif
+#include "slot_index.h"
+#include "sum_tree.h"
+#include "util.h"
 
 namespace hardmix {
 namespace policy {
 
-// Shared with python/hardmix/config.py.
-constexpr uint64_t kStreamAdmit = 1;
-constexpr uint64_t kStreamReplay = 2;
-constexpr double kRebaseExponent = 64.0;
-constexpr double kMaxWeightExponent = 600.0;  // replay weights <= e^600: the tree's total stays finite
-constexpr double kBalanceDecay = 0.9;
 constexpr int64_t kPrefetch = 32;  // entries ahead whose table row is prefetched
-
-enum Col { kLastLoss, kEma, kSeen, kLastSeen, kCorrect, kForget, kWrong, kQuarantine };
-constexpr int kTableCols = 8;
-enum SlotField { kIndex, kKey, kLogp, kStep, kClass, kAdmitted, kBestLoss, kTicket };
-constexpr int kSlotFields = 8;
-enum Link { kLeft, kRight, kParent, kNpl };
-constexpr int kLinkFields = 4;
-enum Counter {
-  kT,
-  kTRef,
-  kNonfinite,
-  kAdmittedTotal,
-  kEvictedTotal,
-  kGraduatedTotal,
-  kQuarantinedTotal,
-  kWindowCount,
-  kWindowHead,
-  kFreeTop,
-  kErrorCode,   // CUDA only: the first bad input of a skipped step (codes below)
-  kErrorAt,     // its position in the batch (or in exclude)
-  kErrorValue,  // the value (an int64, or a double's bits)
-};
-enum ErrorCode { kErrNone, kErrIndex, kErrClass, kErrNegative, kErrNonfinite, kErrExclude };
-constexpr int kCounters = 16;
-enum Score { kScoreLoss, kScoreMargin, kScoreRank, kScoreForgetting, kScoreGiven };
-
-// The config vector (float64 tensor) in this order; see PolicyConfig.
-enum ConfigField {
-  kAlpha,
-  kLam,
-  kGamma,
-  kEmaBeta,
-  kGraduation,
-  kMaxWrong,
-  kQuarantineSteps,
-  kMaxNew,
-  kScore,
-  kForgetBoost,
-  kQuotas,
-  kNumClasses,
-  kRaiseNonfinite,
-  kShardWorld = 13,  // 0: the whole table here; else the number of shards
-  kShardRank,        // this shard: the indices i with i % world == rank
-  kNumExamples,      // N (needed when the table is sharded)
-  kBalanceReplay,    // 1: class-balanced replay (balance_replay)
-  kReweightEvery,    // its class factors are recomputed every this many steps
-};
-constexpr int kConfigFields = 20;
-enum BalanceField { kBalFresh, kBalSeen, kBalFactor };
-constexpr int kBalanceFields = 3;
 
 struct Config {
   double alpha, lam, gamma, ema_beta, graduation, forget_boost;
@@ -174,50 +101,9 @@ struct Batch {
   const uint8_t* replayed;   // or null (none): entries drawn from the reservoir
 };
 
-constexpr double kInf = __builtin_huge_val();
-
 HM_FN inline double softplus(double x) {
   if (x > 0) return x + rng::log1p_det(rng::exp_det(-x));
   return rng::log1p_det(rng::exp_det(x));
-}
-
-// Exactly std::isfinite: x - x is 0 for finite x, NaN for inf and NaN.
-HM_FN inline bool finite(double x) { return x - x == 0; }
-
-template <class T>
-HM_FN inline T min_of(T a, T b) { return b < a ? b : a; }
-template <class T>
-HM_FN inline T max_of(T a, T b) { return a < b ? b : a; }
-template <class T>
-HM_FN inline void swap_of(T& a, T& b) {
-  T t = a;
-  a = b;
-  b = t;
-}
-
-// Sorts a[0, n) by `less` (a strict weak order): heap sort, O(n log n), in
-// place, no recursion, no allocation (host and device alike). Not stable:
-// every use here sorts by a total order, or only needs the groups. With
-// 0 <= k < n, only the k largest are placed, sorted, in a[n - k, n) (the rest
-// stays in heap order): O(n + k log n).
-template <class T, class Less>
-HM_FN void heap_sort(T* a, int64_t n, Less less, int64_t k = -1) {
-  auto sift = [&](int64_t root, int64_t end) {
-    for (;;) {
-      int64_t c = 2 * root + 1;
-      if (c >= end) return;
-      if (c + 1 < end && less(a[c], a[c + 1])) ++c;
-      if (!less(a[root], a[c])) return;
-      swap_of(a[root], a[c]);
-      root = c;
-    }
-  };
-  for (int64_t r = n / 2 - 1; r >= 0; --r) sift(r, n);
-  const int64_t last = k < 0 || k >= n ? 1 : n - k;
-  for (int64_t end = n - 1; end >= last && end > 0; --end) {
-    swap_of(a[0], a[end]);
-    sift(0, end);
-  }
 }
 
 // One entry of a step, after pass 1.
@@ -318,309 +204,37 @@ struct PolicyView {
     return i % cfg.world == cfg.rank ? table + (i / cfg.world) * kTableCols : nullptr;
   }
   HM_FN double* slot(int32_t j) const { return slots + static_cast<int64_t>(j) * kSlotFields; }
-  HM_FN int32_t& link(int32_t j, Link f) const { return links[static_cast<int64_t>(j) * kLinkFields + f]; }
-  HM_FN int32_t npl(int32_t j) const { return j < 0 ? 0 : link(j, kNpl); }
-  HM_FN int64_t& root(int64_t hc) const { return classes[hc * 2]; }
-  HM_FN int64_t& count(int64_t hc) const { return classes[hc * 2 + 1]; }
-  HM_FN int64_t heap_class(double cls) const { return cfg.quotas ? static_cast<int64_t>(cls) : 0; }
   HM_FN double* bal(int64_t hc) const { return balance + hc * kBalanceFields; }
 
-  // a is weaker than b: lower key; ties: higher dataset index.
-  HM_FN bool weaker(int32_t a, int32_t b) const {
-    const double ka = slot(a)[kKey], kb = slot(b)[kKey];
-    return ka < kb || (ka == kb && slot(a)[kIndex] > slot(b)[kIndex]);
-  }
+  // The structures, as views of the state arrays.
+  HM_FN SlotIndex index() const { return SlotIndex{pos, slots, P, sharded()}; }
+  HM_FN MemberHeaps heaps() const { return MemberHeaps{slots, links, heap, classes, cfg.quotas}; }
+  HM_FN SumTree sums() const { return SumTree{tree, P}; }
 
-  // ---- dataset index -> slot ----------------------------------------------
-  // Not sharded: pos is an array [N]. Sharded (no N-sized state may be
-  // replicated): pos is an open-addressing hash of the member slots [H], H =
-  // 2P (load <= 1/2), -1 empty, linear probing; an entry's key is its slot's
-  // dataset index, so nothing else is stored. Erasure shifts the probe run
-  // back (no tombstones), so lookups stay O(1) expected however long it runs.
-  HM_FN int64_t hmask() const { return 2 * P - 1; }
-  HM_FN int64_t home(int64_t i) const { return static_cast<int64_t>(rng::mix13(static_cast<uint64_t>(i))) & hmask(); }
+  HM_FN int32_t pos_get(int64_t i) const { return index().get(i); }
+  HM_FN int64_t heap_class(double cls) const { return heaps().heap_class(cls); }
+  HM_FN int64_t& count(int64_t hc) const { return heaps().count(hc); }
 
-  HM_FN int32_t pos_get(int64_t i) const {
-    if (!sharded()) return pos[i];
-    for (int64_t h = home(i);; h = (h + 1) & hmask()) {
-      const int32_t j = pos[h];
-      if (j < 0 || slot(j)[kIndex] == static_cast<double>(i)) return j;
-    }
-  }
-
-  // i is not a member; slot j already holds index i.
-  HM_FN void pos_put(int64_t i, int32_t j) {
-    if (!sharded()) {
-      pos[i] = j;
-      return;
-    }
-    int64_t h = home(i);
-    while (pos[h] >= 0) h = (h + 1) & hmask();
-    pos[h] = j;
-  }
-
-  // i is a member; its slot still holds index i.
-  HM_FN void pos_erase(int64_t i) {
-    if (!sharded()) {
-      pos[i] = -1;
-      return;
-    }
-    int64_t hole = home(i);
-    while (slot(pos[hole])[kIndex] != static_cast<double>(i)) hole = (hole + 1) & hmask();
-    for (int64_t k = (hole + 1) & hmask(); pos[k] >= 0; k = (k + 1) & hmask()) {
-      // Entry k may fill the hole when the hole lies on its probe path
-      // (cyclically between its home and k).
-      const int64_t want = home(static_cast<int64_t>(slot(pos[k])[kIndex]));
-      if (((k - want) & hmask()) >= ((k - hole) & hmask())) {
-        pos[hole] = pos[k];
-        hole = k;
-      }
-    }
-    pos[hole] = -1;
-  }
-
-  // ---- leftist heaps over slots (root = weakest) ---------------------------
-  // Melds two heaps given by their roots; returns the new root. The classic
-  // recursion (the weaker root wins; its right subtree is melded with the
-  // other heap; then children are swapped where the left's null-path length
-  // is shorter), unrolled: down the right spines, whose length is O(log R),
-  // then back up fixing each node, so no stack is needed (device code).
-  HM_FN int32_t meld(int32_t a, int32_t b) {
-    if (a < 0) return b;
-    if (b < 0) return a;
-    if (weaker(b, a)) swap_of(a, b);
-    const int32_t top = a;
-    int32_t cur = a;
-    for (;;) {  // cur's right subtree := meld(its right subtree, b)
-      int32_t r = link(cur, kRight);
-      if (r >= 0 && weaker(b, r)) swap_of(r, b);
-      if (r < 0) r = swap_b_out(b);
-      link(cur, kRight) = r;
-      link(r, kParent) = cur;
-      if (b < 0) break;
-      cur = r;
-    }
-    for (int32_t n = cur;; n = link(n, kParent)) {
-      if (npl(link(n, kLeft)) < npl(link(n, kRight))) {
-        swap_of(link(n, kLeft), link(n, kRight));
-      }
-      link(n, kNpl) = npl(link(n, kRight)) + 1;
-      if (n == top) break;
-    }
-    return top;
-  }
-
-  // (meld: an empty right subtree melded with b is b, and nothing is left.)
-  HM_FN static int32_t swap_b_out(int32_t& b) {
-    const int32_t r = b;
-    b = -1;
-    return r;
-  }
-
-  // ---- 4-ary heap (no class quotas) ----------------------------------------
-  // heap[2h] = key, heap[2h + 1] = slot of entry h; hpos(slot) = h. Four
-  // children per node halve the depth of a binary heap, and they sit side by
-  // side (64 bytes), so a sift-down reads about one cache line per level.
-  // hpos reuses the links tensor as a compact int32 [R] (links holds leftist
-  // links only with class quotas), small enough to stay in cache.
-  static constexpr int64_t kArity = 4;
-  HM_FN int32_t& hpos(int32_t j) const { return links[j]; }
-  HM_FN int32_t bh_slot(int64_t h) const { return static_cast<int32_t>(heap[2 * h + 1]); }
-
-  HM_FN bool bh_weaker(int64_t a, int64_t b) const {
-    const double ka = heap[2 * a], kb = heap[2 * b];
-    return ka < kb || (ka == kb && slot(bh_slot(a))[kIndex] > slot(bh_slot(b))[kIndex]);
-  }
-
-  HM_FN void bh_move(int64_t to, int64_t from) {
-    heap[2 * to] = heap[2 * from];
-    heap[2 * to + 1] = heap[2 * from + 1];
-    hpos(bh_slot(to)) = static_cast<int32_t>(to);
-  }
-
-  // Restores heap order around entry h of a heap of n entries (the entry is
-  // moved along a hole; each displaced entry is written once).
-  HM_FN void bh_sift(int64_t h, int64_t n) {
-    const double key = heap[2 * h], sl = heap[2 * h + 1];
-    const double idx = slot(static_cast<int32_t>(sl))[kIndex];
-    auto weaker_than_me = [&](int64_t a) {  // entry a is weaker than the moving entry
-      const double ka = heap[2 * a];
-      return ka < key || (ka == key && slot(bh_slot(a))[kIndex] > idx);
-    };
-    auto me_weaker_than = [&](int64_t a) {
-      const double ka = heap[2 * a];
-      return key < ka || (key == ka && idx > slot(bh_slot(a))[kIndex]);
-    };
-    int64_t hole = h;
-    while (hole > 0 && me_weaker_than((hole - 1) / kArity)) {
-      bh_move(hole, (hole - 1) / kArity);
-      hole = (hole - 1) / kArity;
-    }
-    if (hole == h) {
-      for (;;) {
-        const int64_t first = kArity * hole + 1;
-        if (first >= n) break;
-        int64_t c = first;
-        const int64_t last = min_of(first + kArity, n);
-        for (int64_t k = first + 1; k < last; ++k) {
-          if (bh_weaker(k, c)) c = k;
-        }
-        if (!weaker_than_me(c)) break;
-        bh_move(hole, c);
-        hole = c;
-      }
-    }
-    heap[2 * hole] = key;
-    heap[2 * hole + 1] = sl;
-    hpos(static_cast<int32_t>(sl)) = static_cast<int32_t>(hole);
-  }
-
-  // ---- heap interface: one heap per heap class ------------------------------
-  // Heap size = count(hc) when these are called (place/vacate keep it so).
-  HM_FN void heap_insert(int32_t j) {
-    const int64_t hc = heap_class(slot(j)[kClass]);
-    if (!cfg.quotas) {
-      const int64_t h = count(0);
-      heap[2 * h] = slot(j)[kKey];
-      heap[2 * h + 1] = static_cast<double>(j);
-      bh_sift(h, h + 1);
-      root(0) = bh_slot(0);
-      return;
-    }
-    link(j, kLeft) = link(j, kRight) = link(j, kParent) = -1;
-    link(j, kNpl) = 1;
-    const int32_t r = meld(static_cast<int32_t>(root(hc)), j);
-    link(r, kParent) = -1;
-    root(hc) = r;
-  }
-
-  HM_FN void heap_remove(int32_t j) {
-    const int64_t hc = heap_class(slot(j)[kClass]);
-    if (!cfg.quotas) {
-      const int64_t n = count(0) - 1;
-      const int64_t h = hpos(j);
-      if (h != n) {
-        heap[2 * h] = heap[2 * n];
-        heap[2 * h + 1] = heap[2 * n + 1];
-        bh_sift(h, n);
-      }
-      root(0) = n > 0 ? bh_slot(0) : -1;
-      return;
-    }
-    const int32_t c = meld(link(j, kLeft), link(j, kRight));
-    int32_t p = link(j, kParent);
-    if (c >= 0) link(c, kParent) = p;
-    if (p < 0) {
-      root(hc) = c;
-      return;
-    }
-    if (link(p, kLeft) == j) {
-      link(p, kLeft) = c;
-    } else {
-      link(p, kRight) = c;
-    }
-    // Restore the leftist property on the path up; stop once nothing changes.
-    while (p >= 0) {
-      if (npl(link(p, kLeft)) < npl(link(p, kRight))) {
-        swap_of(link(p, kLeft), link(p, kRight));
-      }
-      const int32_t n = npl(link(p, kRight)) + 1;
-      if (n == link(p, kNpl)) break;
-      link(p, kNpl) = n;
-      p = link(p, kParent);
-    }
-  }
-
-  // The key of slot j (a member, same heap class) has changed.
-  HM_FN void heap_rekey(int32_t j) {
-    if (!cfg.quotas) {
-      const int64_t h = hpos(j);
-      heap[2 * h] = slot(j)[kKey];
-      bh_sift(h, count(0));
-      root(0) = bh_slot(0);
-      return;
-    }
-    heap_remove(j);
-    heap_insert(j);
-  }
-
-  // ---- sum tree -------------------------------------------------------------
-  HM_FN void tree_set(int32_t j, double w) {
-    int64_t k = P + j;
-    tree[k] = w;
-    for (k /= 2; k >= 1; k /= 2) tree[k] = tree[2 * k] + tree[2 * k + 1];
-  }
-
-  // During update()'s membership pass the sums wait: leaf_set writes the leaf
-  // and lists it in `dirty`, and tree_fix recomputes each sum above the
-  // listed leaves once, level by level, when the pass ends. Every sum is still
-  // its children's final values added, so the tree is bit for bit what a
-  // tree_set per leaf makes, for about half the additions and no chain of
-  // dependent stores. (At most one leaf per batch entry: B-sized scratch.)
+  // update()'s membership pass writes leaves without their sums (leaf_set
+  // lists them in `dirty`, at most one per batch entry: B-sized scratch);
+  // SumTree::fix recomputes the sums once when the pass ends. Elsewhere
+  // leaf_set is SumTree::set.
   int64_t* dirty = nullptr;
   int64_t n_dirty = 0;
 
   HM_FN void leaf_set(int32_t j, double w) {
     if (dirty == nullptr) {
-      tree_set(j, w);
+      sums().set(j, w);
       return;
     }
     tree[P + j] = w;
     dirty[n_dirty++] = P + j;
   }
 
-  // Sums are >= 0, so -1 marks a node already listed for its level.
-  HM_FN void tree_fix() {
-    int64_t* list = dirty;
-    int64_t n = n_dirty;
-    while (n > 0 && list[0] > 1) {
-      int64_t up = 0;
-      for (int64_t k = 0; k < n; ++k) {
-        const int64_t parent = list[k] / 2;
-        if (tree[parent] != -1.0) {
-          tree[parent] = -1.0;
-          list[up++] = parent;
-        }
-      }
-      for (int64_t k = 0; k < up; ++k) tree[list[k]] = tree[2 * list[k]] + tree[2 * list[k] + 1];
-      n = up;
-    }
+  HM_FN void fix_sums() {
+    sums().fix(dirty, n_dirty);
     dirty = nullptr;
     n_dirty = 0;
-  }
-
-  // The leaf where the running sum passes x (0 <= x <= total, total > 0): go
-  // left when the left sum is positive and x is below it (or the right sum is
-  // 0), else subtract the left sum and go right. Never a leaf of weight 0.
-  // tree_find_many does it for x(0) .. x(n-1) into out, kGroup descents
-  // interleaved level by level (independent loads: their cache misses overlap).
-  template <class X>
-  HM_FN void tree_find_many(int64_t n, X x_of, int32_t* out) const {
-    constexpr int kGroup = 8;
-    for (int64_t g = 0; g < n; g += kGroup) {
-      const int gn = static_cast<int>(min_of<int64_t>(kGroup, n - g));
-      double x[kGroup];
-      int64_t k[kGroup];
-      for (int q = 0; q < gn; ++q) {
-        x[q] = x_of(g + q);
-        k[q] = 1;
-      }
-      for (int64_t level = P; level > 1; level /= 2) {
-        for (int q = 0; q < gn; ++q) {  // branch-free: the direction is data
-          const double left = tree[2 * k[q]], right = tree[2 * k[q] + 1];
-          const bool go_left = left > 0 && (x[q] < left || right <= 0);
-          x[q] = go_left ? x[q] : x[q] - left;
-          k[q] = 2 * k[q] + (go_left ? 0 : 1);
-        }
-      }
-      for (int q = 0; q < gn; ++q) out[g + q] = static_cast<int32_t>(k[q] - P);
-    }
-  }
-
-  HM_FN int32_t tree_find(double x) const {
-    int32_t leaf;
-    tree_find_many(1, [x](int64_t) { return x; }, &leaf);
-    return leaf;
   }
 
   HM_FN double weight(int32_t j) const {
@@ -639,7 +253,7 @@ struct PolicyView {
     for (int64_t j = 0; j < R; ++j) {
       tree[P + j] = slot(static_cast<int32_t>(j))[kIndex] < 0 ? 0.0 : leaf(static_cast<int32_t>(j));
     }
-    for (int64_t k = P - 1; k >= 1; --k) tree[k] = tree[2 * k] + tree[2 * k + 1];
+    sums().sum_all();
   }
 
   // ---- one step -------------------------------------------------------------
@@ -668,18 +282,18 @@ struct PolicyView {
     s[kAdmitted] = static_cast<double>(t);
     s[kBestLoss] = e.loss;
     s[kTicket] = e.g;
-    pos_put(e.index, j);
-    heap_insert(j);
+    index().put(e.index, j);
+    heaps().insert(j);
     count(heap_class(s[kClass])) += 1;
     leaf_set(j, leaf(j));
   }
 
   HM_FN void vacate(int32_t j, bool clear_leaf = true) {
     double* s = slot(j);
-    const int64_t index = static_cast<int64_t>(s[kIndex]);
-    heap_remove(j);
+    const int64_t i = static_cast<int64_t>(s[kIndex]);
+    heaps().remove(j);
     count(heap_class(s[kClass])) -= 1;
-    pos_erase(index);
+    index().erase(i);
     s[kIndex] = -1.0;
     if (clear_leaf) leaf_set(j, 0.0);
   }
@@ -911,7 +525,7 @@ struct PolicyView {
         const int32_t j = pos[entries[b + 2 * kPrefetch].index];
         if (j >= 0) {
           HM_PREFETCH(slot(j), 1);
-          if (!cfg.quotas) HM_PREFETCH(&hpos(j), 0);
+          if (!cfg.quotas) HM_PREFETCH(&heaps().hpos(j), 0);
         }
       }
       if (!shard && b + kPrefetch < in.B && entries[b + kPrefetch].valid) {
@@ -919,7 +533,7 @@ struct PolicyView {
         const int32_t j = pos[i];
         if (j >= 0) {
           HM_PREFETCH(row(i), 1);  // read in pass 1, likely evicted since
-          if (!cfg.quotas) HM_PREFETCH(heap + 2 * hpos(j), 1);
+          if (!cfg.quotas) HM_PREFETCH(heap + 2 * heaps().hpos(j), 1);
           HM_PREFETCH(tree + P + j, 1);
           HM_PREFETCH(tree + (P + j) / 2, 1);
           HM_PREFETCH(tree + (P + j) / 4, 1);
@@ -933,7 +547,7 @@ struct PolicyView {
         offer(e, t);
       }
     }
-    tree_fix();
+    fix_sums();
     if (cfg.balance) balance_step(in, entries, sc.tally, t);
     counters[kT] = t + 1;
   }
@@ -1001,7 +615,7 @@ struct PolicyView {
       s[kLogp] = e.logp;
       s[kStep] = static_cast<double>(t);
       s[kKey] = e.head + s[kTicket];
-      heap_rekey(j);
+      heaps().rekey(j);
       leaf_set(j, leaf(j));
     }
   }
@@ -1020,15 +634,14 @@ struct PolicyView {
         if (count(k) > count(largest)) largest = k;
       }
       if (count(e.cls) + 1 < count(largest)) {
-        replace(static_cast<int32_t>(root(largest)), e, t);
+        replace(static_cast<int32_t>(heaps().root(largest)), e, t);
         return;
       }
-      victim = static_cast<int32_t>(root(count(e.cls) == 0 ? largest : e.cls));
+      victim = static_cast<int32_t>(heaps().root(count(e.cls) == 0 ? largest : e.cls));
     } else {
-      victim = static_cast<int32_t>(root(0));
+      victim = static_cast<int32_t>(heaps().root(0));
     }
-    // (without quotas the weakest key sits at the top of the 4-ary heap: hot)
-    const double vkey = cfg.quotas ? slot(victim)[kKey] : heap[0];
+    const double vkey = heaps().root_key(victim);
     if (e.key > vkey || (e.key == vkey && static_cast<double>(e.index) < slot(victim)[kIndex])) {
       replace(victim, e, t);
     }
@@ -1040,7 +653,7 @@ struct PolicyView {
       place(victim, e, t);
     } else {  // one heap: the newcomer takes the victim's slot and heap entry
       double* s = slot(victim);
-      pos_erase(static_cast<int64_t>(s[kIndex]));
+      index().erase(static_cast<int64_t>(s[kIndex]));
       s[kIndex] = static_cast<double>(e.index);
       s[kKey] = e.key;
       s[kLogp] = e.logp;
@@ -1049,11 +662,11 @@ struct PolicyView {
       s[kAdmitted] = static_cast<double>(t);
       s[kBestLoss] = e.loss;
       s[kTicket] = e.g;
-      pos_put(e.index, victim);
-      heap_rekey(victim);
+      index().put(e.index, victim);
+      heaps().rekey(victim);
       leaf_set(victim, leaf(victim));
       // The next eviction will touch the new weakest member's slot: fetch it now.
-      HM_PREFETCH(slot(static_cast<int32_t>(root(0))), 1);
+      HM_PREFETCH(slot(static_cast<int32_t>(heaps().root(0))), 1);
     }
     counters[kEvictedTotal] += 1;
     counters[kAdmittedTotal] += 1;
@@ -1119,18 +732,18 @@ struct PolicyView {
     // rejection on, picks are made one by one on the changed tree. Either
     // way each pick is the descent of the same x in the same tree.
     const double total0 = tree[1];
-    if (total0 > 0) tree_find_many(m, [&](int64_t r) { return pick_x(static_cast<uint64_t>(r), total0); }, ahead);
+    if (total0 > 0) sums().find_many(m, [&](int64_t r) { return pick_x(static_cast<uint64_t>(r), total0); }, ahead);
     bool changed = false;
     int64_t n = 0;
     for (uint64_t r = 0; n < m; ++r) {
       const double total = tree[1];
       if (!(total > 0)) break;
-      const int32_t j = changed || r >= static_cast<uint64_t>(m) ? tree_find(pick_x(r, total)) : ahead[r];
+      const int32_t j = changed || r >= static_cast<uint64_t>(m) ? sums().find(pick_x(r, total)) : ahead[r];
       const int64_t index = static_cast<int64_t>(slot(j)[kIndex]);
       const int64_t h = slot_of(index);
       if (set[h] == index) {  // excluded or drawn already
         saved[n_zeroed] = tree[P + j];
-        tree_set(j, 0.0);
+        sums().set(j, 0.0);
         zeroed[n_zeroed++] = j;
         changed = true;
         continue;
@@ -1139,7 +752,7 @@ struct PolicyView {
       if (facts != nullptr) facts[E + n] = tree[P + j];
       out[n++] = index;
     }
-    for (int64_t k = n_zeroed - 1; k >= 0; --k) tree_set(zeroed[k], saved[k]);
+    for (int64_t k = n_zeroed - 1; k >= 0; --k) sums().set(zeroed[k], saved[k]);
     if (facts != nullptr) {
       for (int64_t r = n; r < m; ++r) facts[E + r] = 0.0;
       facts[E + m] = total0 - excluded;

@@ -1,15 +1,15 @@
 """Layouts of the native engine's state and config vectors, defined once.
 
-Each tuple lists, in order, what ``csrc/kernels/policy.h`` numbers in one enum
+Each tuple lists, in order, what ``csrc/kernels/policy_layout.h`` numbers in one enum
 (named beside it); the ``*_<FIELD>`` constants are positions in it. Everything
 in Python that indexes a state tensor or the config vector by position uses
-these names; ``tests/test_layout.py`` reads ``policy.h`` and checks every
+these names; ``tests/test_layout.py`` reads ``policy_layout.h`` and checks every
 position against it.
 """
 
 from __future__ import annotations
 
-# table [N, 8] (float64), per example (policy.h: Col)
+# table [N, 8] (float64), per example (policy_layout.h: Col)
 TABLE_COLUMNS = (
     "last_loss",  # the last finite loss seen
     "ema_loss",  # EMA of the loss: first value as is, then beta * ema + (1 - beta) * loss
@@ -31,7 +31,7 @@ TABLE_COLUMNS = (
     COL_QUARANTINE,
 ) = range(len(TABLE_COLUMNS))
 
-# slots [R, 8] (float64), the member of each slot (policy.h: SlotField)
+# slots [R, 8] (float64), the member of each slot (policy_layout.h: SlotField)
 SLOT_FIELDS = ("index", "key", "logp", "step", "class", "admitted", "best_loss", "ticket")
 (
     SLOT_INDEX,  # dataset index, -1: empty
@@ -44,11 +44,11 @@ SLOT_FIELDS = ("index", "key", "logp", "step", "class", "admitted", "best_loss",
     SLOT_TICKET,  # best admission draw since admission
 ) = range(len(SLOT_FIELDS))
 
-# links [R, 4] (int32), leftist-heap links with class quotas (policy.h: Link)
+# links [R, 4] (int32), leftist-heap links with class quotas (policy_layout.h: Link)
 LINK_FIELDS = ("left", "right", "parent", "npl")
 
 # balance [K + 1, 3] (float64): rows 0..K-1 per class, row K the batch-wide
-# figures (policy.h: BalanceField)
+# figures (policy_layout.h: BalanceField)
 BALANCE_COLUMNS = (
     "fresh",  # class rows: EMA of the step's fresh (not replayed) entries of the class; total row: of all entries
     "seen",  # class rows: 1 once the class appeared in a valid entry; total row: how many classes did
@@ -56,7 +56,7 @@ BALANCE_COLUMNS = (
 )
 COL_FRESH, COL_SEEN_CLASS, COL_FACTOR = range(len(BALANCE_COLUMNS))
 
-# counters [16] (int64) (policy.h: Counter); the rest are unused
+# counters [16] (int64) (policy_layout.h: Counter); the rest are unused
 COUNTERS = (
     "step t",
     "t_ref",
@@ -90,10 +90,10 @@ N_COUNTERS = 16
 ) = range(len(COUNTERS))
 CTR_TOTALS = slice(CTR_NONFINITE, CTR_QUARANTINED + 1)  # nonfinite, admitted, evicted, graduated, quarantined
 
-# the error codes of a skipped CUDA step, 1.. (policy.h: ErrorCode; 0: none)
+# the error codes of a skipped CUDA step, 1.. (policy_layout.h: ErrorCode; 0: none)
 ERROR_CODES = ("index", "class", "negative", "nonfinite", "exclude")
 
-# the config vector [20] (float64) (policy.h: ConfigField); the rest are 0
+# the config vector [20] (float64) (policy_layout.h: ConfigField); the rest are 0
 CONFIG_FIELDS = (
     "alpha",
     "lam",
@@ -103,7 +103,7 @@ CONFIG_FIELDS = (
     "max_wrong",
     "quarantine_steps",
     "max_new_per_step",
-    "score",  # its position in config.SCORES (policy.h: Score)
+    "score",  # its position in config.SCORES (policy_layout.h: Score)
     "forget_boost",
     "class_quotas",  # 0 / 1
     "num_classes",
