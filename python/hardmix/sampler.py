@@ -81,6 +81,7 @@ from .config import STREAM_FILL, PolicyConfig
 from .engine import Engine, to_device
 from .inputs import HALF_DTYPES, INDEX_DTYPES, LOGIT_DTYPES, LOSS_DTYPES, SCORE_DTYPES, TARGET_DTYPES
 from .schedules import LinearRamp, Schedule, as_schedule
+from .update_queue import UpdateQueue
 from .worker import Worker
 
 STATE_VERSION = 3
@@ -353,10 +354,7 @@ class ReplaySampler(BatchSampler):
         self._received = 0  # updates received
         self._outstanding: collections.deque = collections.deque()  # yielded, not updated
         self._again: collections.deque = collections.deque()  # to be yielded again
-        self._pending: collections.deque = collections.deque()  # received, not applied
-        self._ready: dict = {}  # CUDA: id(pending entry) -> event recorded when its inputs were complete
-        # State on the CPU, inputs on a GPU: id(pending entry) -> (event, host copies) (see _to_host)
-        self._host: dict = {}
+        self._pending = UpdateQueue()  # received, not applied
         self._errors: list[dict] = []  # applied updates whose bad input is not reported yet (see _apply)
         self._found = self._found_base = 0  # such errors found so far; as of the state restored
         self._pin = False  # update() got GPU tensors: weights() returns pinned host memory
@@ -715,8 +713,8 @@ class ReplaySampler(BatchSampler):
         raises its error only if the state_dict() call had not seen it."""
         eng = self._engine
         while self._pending and eng.step < upto:
-            e = self._pending[0]
-            copy = self._host.get(id(e))
+            queued = self._pending.front()
+            e, copy = queued.entry, queued.copy
             if copy is not None:
                 done, host = copy
                 if not done.query():
@@ -739,12 +737,10 @@ class ReplaySampler(BatchSampler):
             else:
                 made = eng.update(args["indices"], args["losses"], margins=args["margins"], classes=args["classes"],
                                   priorities=args["priorities"], replayed=args.get("replayed"), rows=e.get("rows"),
-                                  ready=self._ready.get(id(e)))
+                                  ready=queued.ready)
             if self._logits is not None and args.get("logits") is not None:
                 self._store_admitted(args["indices"], args["logits"], eng.step - 1)
-            self._pending.popleft()
-            self._ready.pop(id(e), None)
-            self._host.pop(id(e), None)
+            self._pending.pop()
             if error:
                 e.clear()
                 e.update(args, error=f"the update of batch {eng.step - 1} had bad input, found when it was "
@@ -1002,11 +998,7 @@ class ReplaySampler(BatchSampler):
         self._pin = self._pin or (isinstance(losses, torch.Tensor) and losses.is_cuda)
         rec = self._outstanding.popleft()
         self._last_updated = rec["indices"]
-        if ready is not None:
-            self._ready[id(entry)] = ready
-        if copy is not None:
-            self._host[id(entry)] = copy
-        self._receive(entry)
+        self._receive(entry, ready, copy)
         if not self._kick():
             self._apply(self._yielded - self.replay_lag, wait=False)
 
@@ -1024,7 +1016,7 @@ class ReplaySampler(BatchSampler):
             return False
         if not self._handover_pays():
             return False
-        if any(e.get("deferred") for e in self._pending):
+        if self._pending.deferred():
             return False
         if not (self._to_prepare() or (self._pending and eng.step < self._due())):
             return False
@@ -1181,10 +1173,10 @@ class ReplaySampler(BatchSampler):
             entry["rows"] = torch.zeros(0, 8, dtype=torch.float64)
         return entry
 
-    def _receive(self, entry: dict) -> None:
+    def _receive(self, entry: dict, ready=None, copy: tuple | None = None) -> None:
         """Queue an update (and log it for the checkpoints that need it)."""
         self._received += 1
-        self._pending.append(entry)
+        self._pending.push(entry, ready, copy)
         self._checkpoints.append(entry)
 
     def _margins(self, logits: torch.Tensor, targets: torch.Tensor, targets_host: torch.Tensor,
@@ -1521,8 +1513,7 @@ class ReplaySampler(BatchSampler):
             self._logits, self._logit_owner = logits, owner
             self.replay_lag = lag if self._lag_arg is None else self._lag_arg
             self._received = received
-            self._pending = collections.deque(updates)
-            self._ready, self._host = {}, {}
+            self._pending = UpdateQueue(updates)
             self._errors = [{"error": str(m)} for m in state.get("errors", [])]
             self._found = self._found_base = int(state.get("found", 0))
             self._outstanding = collections.deque(dict(r) for r in records)
