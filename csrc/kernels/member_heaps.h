@@ -116,6 +116,13 @@ struct MemberHeaps {
       for (;;) {
         const int64_t first = kArity * hole + 1;
         if (first >= n) break;
+        for (int64_t q = 0; q < kArity; ++q) {  // the grandchildren: the next level's loads, early
+          const int64_t gc = kArity * (first + q) + 1;
+          if (gc < n) {
+            HM_PREFETCH(heap + 2 * gc, 0);
+            HM_PREFETCH(heap + 2 * gc + 7, 0);
+          }
+        }
         int64_t c = first;
         const int64_t last = min_of(first + kArity, n);
         for (int64_t k = first + 1; k < last; ++k) {
