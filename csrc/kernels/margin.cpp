@@ -28,10 +28,10 @@ HM_MARGIN_ENTRY(bf16_base, , 16, LoadBF16)
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HM_X86_DISPATCH 1
 HM_MARGIN_ENTRY(f32_avx2, __attribute__((target("avx2"))), 32, LoadF32)
-HM_MARGIN_ENTRY(f16_avx2, __attribute__((target("avx2"))), 32, LoadF16)
+HM_MARGIN_ENTRY(f16_avx2, __attribute__((target("avx2,f16c"))), 32, LoadF16C)
 HM_MARGIN_ENTRY(bf16_avx2, __attribute__((target("avx2"))), 32, LoadBF16)
 HM_MARGIN_ENTRY(f32_avx512, __attribute__((target("avx512f"))), 64, LoadF32)
-HM_MARGIN_ENTRY(f16_avx512, __attribute__((target("avx512f"))), 64, LoadF16)
+HM_MARGIN_ENTRY(f16_avx512, __attribute__((target("avx512f,f16c"))), 64, LoadF16C)
 HM_MARGIN_ENTRY(bf16_avx512, __attribute__((target("avx512f"))), 64, LoadBF16)
 #endif
 
@@ -46,8 +46,11 @@ Isa detect_isa() {
   Isa best = Isa::kBase;
 #if defined(HM_X86_DISPATCH)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2")) best = Isa::kAvx2;
-  if (__builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
+  // (the float16 builds also use F16C, which every AVX2 and AVX-512 CPU has;
+  // checked all the same)
+  const bool f16c = __builtin_cpu_supports("f16c");
+  if (__builtin_cpu_supports("avx2") && f16c) best = Isa::kAvx2;
+  if (__builtin_cpu_supports("avx512f") && f16c) best = Isa::kAvx512;
 #endif
   const char* cap = std::getenv("HARDMIX_CPU_ISA");
   if (cap != nullptr) {
