@@ -122,6 +122,32 @@ struct ClassTally {
   int64_t cls, right, seen;
 };
 
+// Counts per class: an open-addressing table (linear probing; seen == 0:
+// empty) over tally_cap(B) entries of scratch, at most half full, so that
+// adding and finding are O(1) and a batch's counts O(B).
+struct ClassCounts {
+  ClassTally* table = nullptr;  // null: no counts
+  int64_t mask = 0;
+
+  HM_FN static ClassCounts cleared(ClassTally* buf, int64_t cap) {
+    for (int64_t k = 0; k < cap; ++k) buf[k] = ClassTally{0, 0, 0};
+    return ClassCounts{buf, cap - 1};
+  }
+  HM_FN int64_t home(int64_t cls) const { return static_cast<int64_t>(rng::mix13(static_cast<uint64_t>(cls))) & mask; }
+  // The entry of class cls (seen == 0: none yet; the caller counts one).
+  HM_FN ClassTally& at(int64_t cls) const {
+    int64_t h = home(cls);
+    while (table[h].seen > 0 && table[h].cls != cls) h = (h + 1) & mask;
+    table[h].cls = cls;
+    return table[h];
+  }
+  HM_FN const ClassTally* find(int64_t cls) const {
+    int64_t h = home(cls);
+    while (table[h].seen > 0 && table[h].cls != cls) h = (h + 1) & mask;
+    return table[h].seen > 0 ? &table[h] : nullptr;
+  }
+};
+
 // Scratch memory, from the caller: update() needs update_scratch_bytes(B),
 // draw() draw_scratch_bytes(E, m), 8-byte aligned (a CPU thread keeps a
 // buffer; the CUDA op allocates one on the device per call).
@@ -329,39 +355,25 @@ struct PolicyView {
   // not learned yet (new, rare, or forgotten), which says nothing about the
   // label. (A quarter, not a half: with 40% label noise, mislabeled entries
   // can be most of a class in a batch.)
-  // The tally is a hash table keyed by class (tally_cap(B) entries, linear
-  // probing; seen == 0: empty), so building it is O(B) and a lookup O(1).
-  const ClassTally* tallies = nullptr;  // null without margins
-  int64_t tally_mask = 0;
+  ClassCounts tally;  // no table without margins
 
-  HM_FN int64_t tally_home(int64_t cls) const {
-    return static_cast<int64_t>(rng::mix13(static_cast<uint64_t>(cls))) & tally_mask;
-  }
-
-  // Builds the tally of a batch into scratch `tally` (tally_cap(B) entries).
-  HM_FN void build_tally(const Batch& in, ClassTally* tally) {
-    tallies = nullptr;
+  // Builds the tally of a batch into scratch `buf` (tally_cap(B) entries).
+  HM_FN void build_tally(const Batch& in, ClassTally* buf) {
+    tally = ClassCounts{};
     if (!in.margins) return;
-    const int64_t cap = tally_cap(in.B);
-    tally_mask = cap - 1;
-    for (int64_t k = 0; k < cap; ++k) tally[k] = ClassTally{0, 0, 0};
+    tally = ClassCounts::cleared(buf, tally_cap(in.B));
     for (int64_t b = 0; b < in.B; ++b) {
       if (!valid_input(in, b)) continue;
-      const int64_t cls = in.classes ? in.classes[b] : 0;
-      int64_t h = tally_home(cls);
-      while (tally[h].seen > 0 && tally[h].cls != cls) h = (h + 1) & tally_mask;
-      tally[h].cls = cls;
-      tally[h].right += in.margins[b] > 0 ? 1 : 0;
-      tally[h].seen += 1;
+      ClassTally& c = tally.at(in.classes ? in.classes[b] : 0);
+      c.right += in.margins[b] > 0 ? 1 : 0;
+      c.seen += 1;
     }
-    tallies = tally;
   }
 
   HM_FN bool class_learned(int64_t cls) const {
-    if (tallies == nullptr) return false;
-    int64_t h = tally_home(cls);
-    while (tallies[h].seen > 0 && tallies[h].cls != cls) h = (h + 1) & tally_mask;
-    return tallies[h].seen > 0 && 4 * tallies[h].right >= tallies[h].seen;
+    if (tally.table == nullptr) return false;
+    const ClassTally* c = tally.find(cls);
+    return c != nullptr && 4 * c->right >= c->seen;
   }
 
   HM_FN static bool valid_input(const Batch& in, int64_t b) {
@@ -553,11 +565,12 @@ struct PolicyView {
   }
 
   // The class balance of replay at the end of step t (reference.py:
-  // balance_step, reweight). O(B log B + K); O(R + K + P) more when
-  // reweighting. `counts` is B-sized scratch.
-  HM_FN void balance_step(const Batch& in, const Entry* entries, ClassTally* counts, int64_t t) {
+  // balance_step, reweight). O(B + K); O(R + K + P) more when reweighting.
+  // `buf`: tally_cap(B) entries of scratch.
+  HM_FN void balance_step(const Batch& in, const Entry* entries, ClassTally* buf, int64_t t) {
     double* total = bal(K);
-    int64_t n = 0, nc = 0;
+    const ClassCounts fresh_of = ClassCounts::cleared(buf, tally_cap(in.B));
+    int64_t n = 0;
     for (int64_t b = 0; b < in.B; ++b) {
       if (!entries[b].valid) continue;
       ++n;
@@ -566,14 +579,12 @@ struct PolicyView {
         bal(hc)[kBalSeen] = 1.0;
         total[kBalSeen] += 1.0;
       }
-      if (!(in.replayed && in.replayed[b])) counts[nc++] = ClassTally{hc, 1, 1};
+      if (!(in.replayed && in.replayed[b])) fresh_of.at(hc).seen += 1;
     }
-    heap_sort(counts, nc, [](const ClassTally& x, const ClassTally& y) { return x.cls < y.cls; });
     const double d = kBalanceDecay;
-    int64_t at = 0;
     for (int64_t k = 0; k < K; ++k) {
-      int64_t fresh = 0;
-      while (at < nc && counts[at].cls == k) fresh += counts[at++].right;
+      const ClassTally* c = fresh_of.find(k);
+      const int64_t fresh = c != nullptr ? c->seen : 0;
       bal(k)[kBalFresh] = d * bal(k)[kBalFresh] + (1.0 - d) * static_cast<double>(fresh);
     }
     total[kBalFresh] = d * total[kBalFresh] + (1.0 - d) * static_cast<double>(n);
@@ -614,8 +625,11 @@ struct PolicyView {
       if (e.fresh) s[kTicket] = max_of(s[kTicket], e.g);
       s[kLogp] = e.logp;
       s[kStep] = static_cast<double>(t);
-      s[kKey] = e.head + s[kTicket];
-      heaps().rekey(j);
+      const double key = e.head + s[kTicket];
+      if (key != s[kKey]) {  // (an unchanged key keeps its place: the weakest stays the weakest)
+        s[kKey] = key;
+        heaps().rekey(j);
+      }
       leaf_set(j, leaf(j));
     }
   }
