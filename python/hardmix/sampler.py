@@ -771,18 +771,21 @@ class ReplaySampler(BatchSampler):
     def _value_error(self, C: int | None, losses=None, margins=None, classes=None, priorities=None) -> str | None:
         """What is wrong with an update's values (host tensors), or None."""
         cfg = self.config
-        if classes is not None:
-            ranges = [(C, f"[0, {C}) (logits has {C} classes)")] if C is not None else []
-            if cfg.num_classes > 0:
-                ranges.append((cfg.num_classes, f"[0, num_classes={cfg.num_classes})"))
-            if not ranges:  # (classes index per-class tables: stats() holds a histogram of them)
-                ranges.append((CLASS_LIMIT, f"[0, {CLASS_LIMIT}) (the limit without logits or num_classes: "
-                                            f"pass num_classes for more classes)"))
-            lo, top = (int(v) for v in torch.aminmax(classes)) if classes.numel() else (0, -1)
-            for hi, text in ranges:
-                if lo < 0 or top >= hi:  # (one pass when all is well; the first bad one named)
-                    k = int(((classes < 0) | (classes >= hi)).nonzero()[0])
-                    return f"targets[{k}] = {int(classes[k])} is out of range {text}"
+        if classes is not None and classes.numel():
+            lo, top = (int(v) for v in torch.aminmax(classes))
+            limit = C if C is not None else cfg.num_classes if cfg.num_classes > 0 else CLASS_LIMIT
+            if lo < 0 or top >= limit or (cfg.num_classes > 0 and top >= cfg.num_classes):
+                # (one pass when all is well; the first bad one named)
+                ranges = [(C, f"[0, {C}) (logits has {C} classes)")] if C is not None else []
+                if cfg.num_classes > 0:
+                    ranges.append((cfg.num_classes, f"[0, num_classes={cfg.num_classes})"))
+                if not ranges:  # (classes index per-class tables: stats() holds a histogram of them)
+                    ranges.append((CLASS_LIMIT, f"[0, {CLASS_LIMIT}) (the limit without logits or num_classes: "
+                                                f"pass num_classes for more classes)"))
+                for hi, text in ranges:
+                    if lo < 0 or top >= hi:
+                        k = int(((classes < 0) | (classes >= hi)).nonzero()[0])
+                        return f"targets[{k}] = {int(classes[k])} is out of range {text}"
         if priorities is not None:
             neg = (priorities < 0).nonzero()
             if neg.numel():
@@ -1188,7 +1191,8 @@ class ReplaySampler(BatchSampler):
                 return _ops.margin(logits, targets).to(where)
             except (RuntimeError, NotImplementedError):  # no CUDA kernels in this build
                 pass
-        return _ops.margin(logits.to("cpu"), targets_host.to("cpu")).to(where)
+        out = _ops.margin(logits.cpu(), targets_host.cpu())
+        return out if where.type == "cpu" else out.to(where)
 
     def _validate(self, indices, losses, logits, targets, priorities) -> dict:
         idx = self._as_index_tensor("update", indices)
@@ -1224,7 +1228,7 @@ class ReplaySampler(BatchSampler):
                 raise ValueError(f"update: {name} must have shape [B={B}], got {list(x.shape)}")
             if x.dtype not in kinds:
                 raise TypeError(f"update: {name} must have dtype {' or '.join(map(str, kinds))}, got {x.dtype}")
-            return x.detach().to("cpu") if host_checks else x.detach()
+            return x.detach().cpu() if host_checks else x.detach()
 
         cfg = self.config
         loss = vec("losses", losses, LOSS_DTYPES)
@@ -1248,7 +1252,7 @@ class ReplaySampler(BatchSampler):
             elif host_checks and (what := self._value_error(None, classes=tgt)):
                 raise ValueError("update: " + what)
             # (a copy, as of the losses: applied replay_lag batches later, the caller may reuse its buffers)
-            classes = tgt.to(torch.int64, copy=True)
+            classes = tgt.clone() if tgt.dtype == torch.int64 else tgt.long()
         elif logits is not None:
             raise ValueError("update: logits need targets (pass both, or targets alone for classes)")
         if cfg.score == "margin" and margins is None:
