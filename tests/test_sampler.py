@@ -445,6 +445,29 @@ def test_background_work_gives_the_same_run(lag, workers, resume_at, always_hand
     assert any(float(w.max()) != 1.0 for w in piped["weights"])  # (replay weights were in play)
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_an_error_found_in_an_applied_update_reaches_the_next_batch(background, always_hand_over):
+    """Bad input found when an update was applied (here: restored with the
+    state) is raised by the next batch whether or not the worker applied it
+    and would have drawn that batch."""
+    def make():
+        return hardmix.ReplaySampler(100, batch_size=10, capacity=20, replay_fraction=0.3, replay_lag=1, seed=1,
+                                     background=background)
+
+    s = make()
+    it = iter(s)
+    for _ in range(3):
+        feed(s, next(it))
+    held = next(it)  # (saved while the loop holds a batch: its update comes after the restore)
+    state = s.state_dict()
+    state["errors"] = ["boom"]
+    s = make()
+    s.load_state_dict(state)
+    feed(s, held)  # (the worker may now apply updates and draw the next batch)
+    with pytest.raises(ValueError, match="boom"):
+        next(iter(s))
+
+
 def test_copies_go_on_alike_and_background_threads_end_with_their_samplers(always_hand_over):
     """pickle and deepcopy take the state as the next call sees it (after the
     background work), copies go on alike, and no worker thread outlives its

@@ -1036,14 +1036,19 @@ class ReplaySampler(BatchSampler):
         return self._received % 64 == 0 or w.waited_seconds <= 0.5 * w.job_seconds
 
     def _to_prepare(self) -> bool:
-        """Whether the next new batch can be made now and is not made yet."""
-        if self._again or self._batch >= len(self._plan.fresh) or self._received < self._due():
+        """Whether the next new batch can be made now and is not made yet
+        (not while bad input found in applied updates waits to be raised by
+        the next batch: _make_batch raises it on the training thread)."""
+        if (self._again or self._errors or self._batch >= len(self._plan.fresh)
+                or self._received < self._due()):
             return False
         return self._prepared is None or self._prepared[0] != self._position()
 
     def _position(self) -> tuple:
-        """What the next new batch depends on: the plan, where the epoch is, the engine and its step."""
-        return (id(self._plan), self._batch, self._yielded, id(self._engine), self._engine.step)
+        """What the next new batch depends on within one plan and engine (a
+        new plan or engine drops the prepared batch): where the epoch is and
+        the updates applied."""
+        return (self._batch, self._yielded, self._engine.step)
 
     def _advance(self) -> None:
         """The worker's job: apply the updates the next draw needs, then make
@@ -1105,6 +1110,7 @@ class ReplaySampler(BatchSampler):
         if config != self.config:
             self.config = config
             self._engine = self._rebuilt(self._engine, config)
+            self._prepared = None  # (made by the engine replaced)
             self._checkpoints.drop()
         self._classes = C
         if self.store_logits:
