@@ -419,12 +419,15 @@ def always_hand_over(monkeypatch):
     monkeypatch.setattr(hardmix.ReplaySampler, "_handover_pays", lambda self: True)
 
 
-@pytest.mark.parametrize("lag,workers,resume_at", [(0, 0, None), (1, 0, None), (3, 0, 10), (None, 2, 17)])
-def test_background_work_gives_the_same_run(lag, workers, resume_at, always_hand_over, monkeypatch):
+@pytest.mark.parametrize("lag,workers,resume_at,hand_over", [(0, 0, None, "always"), (1, 0, None, "always"),
+                                                             (3, 0, 10, "always"), (None, 2, 17, "always"),
+                                                             (1, 0, 10, "at random")])
+def test_background_work_gives_the_same_run(lag, workers, resume_at, hand_over, monkeypatch):
     """background=True (the engine's work on a worker thread between the
     sampler's calls) and background=False give the same batches, weights,
     stats and reservoir, bit for bit, with rewinds, DataLoader workers and a
-    restore."""
+    restore; also when hand-overs come and go (they are adaptive)."""
+    import random
     import threading
 
     inline = _trace(False, lag, workers, resume_at)
@@ -435,14 +438,43 @@ def test_background_work_gives_the_same_run(lag, workers, resume_at, always_hand
         made.append(threading.current_thread().name)
         return make(self)
 
+    coin = random.Random(5)
+    monkeypatch.setattr(hardmix.ReplaySampler, "_handover_pays",
+                        (lambda self: True) if hand_over == "always" else (lambda self: coin.random() < 0.5))
     monkeypatch.setattr(hardmix.ReplaySampler, "_make_batch", counted)
     piped = _trace(True, lag, workers, resume_at)
-    assert made.count("hardmix-worker") > len(made) // 2  # (most batches were made on the worker)
+    on_worker = made.count("hardmix-worker")
+    if hand_over == "always":
+        assert on_worker > len(made) // 2  # (most batches were made on the worker)
+    else:
+        assert len(made) // 8 < on_worker < len(made) - len(made) // 8  # (some on each thread)
     assert inline["batches"] == piped["batches"] and len(inline["batches"]) > 40
     assert all(torch.equal(a, b) for a, b in zip(inline["weights"], piped["weights"]))
     assert inline["stats"] == piped["stats"]
     assert all(torch.equal(inline["members"][k], piped["members"][k]) for k in inline["members"])
     assert any(float(w.max()) != 1.0 for w in piped["weights"])  # (replay weights were in play)
+
+
+def test_hand_over_stops_while_it_only_makes_the_next_call_wait():
+    """The worker gets the engine's work only while the last hand-over did not
+    make the training thread wait more than half the job's CPU time; it is
+    tried again every 64 updates."""
+    s = hardmix.ReplaySampler(1000, batch_size=10, capacity=20, replay_fraction=0.3, replay_lag=1, seed=1)
+    it = iter(s)
+    while s._received % 64 != 63:
+        feed(s, next(it))
+    w = s._worker
+    w.wait()
+    w.job_seconds, w.waited_seconds = 1e-3, 6e-4  # (as if the caller waited 0.6 ms for a 1 ms job)
+    assert not s._handover_pays() and not s._kick()
+    w.waited_seconds = 4e-4
+    assert s._handover_pays()
+    w.waited_seconds = 6e-4
+    feed(s, next(it))  # the 64th update: tried again whatever the last wait
+    w.wait()
+    assert s._received % 64 == 0
+    w.job_seconds, w.waited_seconds = 1e-3, 6e-4
+    assert s._handover_pays()
 
 
 @pytest.mark.parametrize("background", [False, True])

@@ -17,13 +17,14 @@ from hardmix.checkpoint_log import CheckpointLog
 from hardmix.engine import STATE_TENSORS
 from hardmix.inputs import INDEX_DTYPES
 from hardmix.plan import EpochPlan
+from hardmix.update_queue import UpdateQueue
 
 
 def plain(v):
     """v (tensors, containers, scalars) as plain, comparable values."""
     if isinstance(v, torch.Tensor):
         return ("tensor", str(v.dtype), tuple(v.shape), v.tolist())
-    if isinstance(v, (list, tuple, collections.deque)):
+    if isinstance(v, (list, tuple, collections.deque, UpdateQueue)):  # (the queue: its entries)
         return [plain(x) for x in v]
     if isinstance(v, dict):
         return {k: plain(x) for k, x in v.items()}
