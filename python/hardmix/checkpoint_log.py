@@ -16,7 +16,7 @@ what it received (:meth:`append`), when its engine was replaced
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 
 class CheckpointLog:
@@ -56,7 +56,7 @@ class CheckpointLog:
         self.base, self.log = None, None
 
     def snapshot(self, frontier: int, copy_engine: Callable[[], dict], step: int, received: int,
-                 pending: list) -> tuple[dict, int, int, list]:
+                 pending: Iterable[dict]) -> tuple[dict, int, int, list]:
         """(base, start, dynamics, log) for a state whose updates reach
         ``frontier``: the current base and log, or a new base
         (``copy_engine()``, the engine at update ``step``, with ``received``

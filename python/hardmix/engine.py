@@ -94,7 +94,7 @@ def host_filled(shape: tuple[int, ...], dtype: torch.dtype, fill: float) -> torc
     the policy reads the N-sized state at a random row per example and step,
     and with 4 KiB pages nearly every such read also misses the TLB.
     Elsewhere (or where the kernel refuses the advice) an ordinary tensor."""
-    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes >= _HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             buf = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -495,8 +495,6 @@ class Engine:
         if self._stream is not None and exclude.is_cuda:  # made on the caller's stream
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
             exclude.record_stream(self._stream)
-        if self.device.type == "cpu":
-            return self._draw_host(m, exclude, facts)
         with self.on_stream():
             out = torch.empty(m + 1, dtype=torch.int64, device=self.device)
             got = torch.empty(exclude.numel() + m + 1, dtype=torch.float64, device=self.device) if facts else None
@@ -511,15 +509,6 @@ class Engine:
                 got = None if got is None else got.cpu()
                 self.check()
         members = out[: int(out[m])]
-        return (members, got) if facts else members
-
-    def _draw_host(self, m: int, exclude: torch.Tensor, facts: bool = True):
-        """:meth:`draw` on the CPU, for an int64 CPU ``exclude`` (the op checks its values)."""
-        out = torch.empty(m + 1, dtype=torch.int64)
-        got = torch.empty(exclude.numel() + m + 1, dtype=torch.float64) if facts else None
-        torch.ops.hardmix.policy_draw(self.tree, self.slots, self.pos, self.counters, self.config_vector,
-                                      self._seed, exclude, out, got)
-        members = out[: out[m].item()]
         return (members, got) if facts else members
 
     # --- inspection --------------------------------------------------------

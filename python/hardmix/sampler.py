@@ -214,10 +214,11 @@ class ReplaySampler(BatchSampler):
             that comes ``replay_lag`` batches later on a background thread,
             while the training loop goes on (the next sampler call waits for
             it). The batches, weights and reservoir are the same bit for bit
-            either way. In one process with the state on the CPU and host
-            inputs; elsewhere the work runs in ``update()`` and the next batch,
-            and so it does while handing it over only makes the next call wait
-            (see docs/lag.md).
+            either way. Only in one process, with the state on the CPU, host
+            inputs, no ``store_logits`` and the lag known (after the first
+            update); elsewhere, and while handing the work over only makes
+            the next call wait for it, the work runs in ``update()`` and the
+            next batch (see docs/lag.md).
         **policy: the policy's knobs, as :class:`hardmix.PolicyConfig` takes
             them (``score``, ``alpha``, ``lam``, ``gamma``, ``graduation``,
             ``max_wrong``, ``class_quotas``, ``num_classes``,
@@ -625,7 +626,7 @@ class ReplaySampler(BatchSampler):
         fill = self._fill(g, m - replay.numel(), fresh, drawn, plan.pools[plan.where[j][0]])
         indices = torch.cat([fresh, replay, fill])
         rec = {"g": g, "indices": indices, "fresh": f, "replay": int(replay.numel()), "fill": int(fill.numel()),
-               "m": m, **self._draw_facts(indices, fresh_all, drawn, facts)}
+               "m": m, **self._draw_facts(indices, fresh_all, drawn, facts, m)}
         if self._logits is not None:  # the replayed members' logits at admission, as of this draw
             slots = self._engine.slots_of(replay)
             rec["stored"] = self._logits[slots]  # (indexing copies)
@@ -657,7 +658,7 @@ class ReplaySampler(BatchSampler):
         return torch.tensor(out, dtype=torch.int64)
 
     def _draw_facts(self, indices: torch.Tensor, fresh_all: torch.Tensor, drawn: torch.Tensor,
-                    facts: torch.Tensor | None) -> dict:
+                    facts: torch.Tensor | None, m: int) -> dict:
         """What the batch's importance weights need from the reservoir it was
         drawn from, out of the draw's ``facts`` (Engine.draw; None: no
         replay, so no weight matters), plus O(R) with a restricted fresh
@@ -669,7 +670,7 @@ class ReplaySampler(BatchSampler):
         if facts is None:
             w, drawn_w, eligible = torch.zeros(B, dtype=torch.float64), torch.zeros(0, dtype=torch.float64), 0.0
         else:
-            m = (facts.numel() - 1 - E) // W  # this rank's replay part: facts of the drawn, 0 past n
+            # (facts of all W * m drawn, 0 past n; this rank's replay part is m of them)
             drawn_w, eligible = facts[E : E + n], float(facts[E + W * m])
             w = facts[: E + m] if W == 1 else torch.cat([facts[r:E:W], facts[E + r * m : E + (r + 1) * m]])
             w = w[:B]  # (fill-ins, weight 0, may fall short of the replay's gap)
@@ -730,7 +731,8 @@ class ReplaySampler(BatchSampler):
             args = self._empty_entry() if error or e["indices"].numel() == 0 else e
             with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
                 self._prev_totals = eng.total_counts()
-            if eng.device.type == "cpu" and eng.shard is None and not e.get("deferred"):  # (kinds as _validate made them)
+            # (a host entry is in the op's kinds: _validate and the checkpoint checks make it so)
+            if eng.device.type == "cpu" and eng.shard is None and not e.get("deferred"):
                 eng._update_host(args["indices"], args["losses"], args["margins"], args["classes"],
                                  args["priorities"], args.get("replayed"))
                 made = None
@@ -772,20 +774,19 @@ class ReplaySampler(BatchSampler):
         """What is wrong with an update's values (host tensors), or None."""
         cfg = self.config
         if classes is not None and classes.numel():
-            lo, top = (int(v) for v in torch.aminmax(classes))
-            limit = C if C is not None else cfg.num_classes if cfg.num_classes > 0 else CLASS_LIMIT
-            if lo < 0 or top >= limit or (cfg.num_classes > 0 and top >= cfg.num_classes):
-                # (one pass when all is well; the first bad one named)
-                ranges = [(C, f"[0, {C}) (logits has {C} classes)")] if C is not None else []
-                if cfg.num_classes > 0:
-                    ranges.append((cfg.num_classes, f"[0, num_classes={cfg.num_classes})"))
-                if not ranges:  # (classes index per-class tables: stats() holds a histogram of them)
-                    ranges.append((CLASS_LIMIT, f"[0, {CLASS_LIMIT}) (the limit without logits or num_classes: "
-                                                f"pass num_classes for more classes)"))
-                for hi, text in ranges:
-                    if lo < 0 or top >= hi:
-                        k = int(((classes < 0) | (classes >= hi)).nonzero()[0])
-                        return f"targets[{k}] = {int(classes[k])} is out of range {text}"
+            # (classes index per-class tables, so without logits or num_classes: CLASS_LIMIT)
+            limits = ([(C, "logits")] if C is not None else []) + (
+                [(cfg.num_classes, "num_classes")] if cfg.num_classes > 0 else [])
+            limits = limits or [(CLASS_LIMIT, "limit")]
+            lo, top = (int(v) for v in torch.aminmax(classes))  # (one pass when all is well)
+            for hi, kind in limits:
+                if lo < 0 or top >= hi:  # (the first bad one named)
+                    k = int(((classes < 0) | (classes >= hi)).nonzero()[0])
+                    text = {"logits": f"[0, {C}) (logits has {C} classes)",
+                            "num_classes": f"[0, num_classes={hi})",
+                            "limit": f"[0, {hi}) (the limit without logits or num_classes: pass num_classes "
+                                     f"for more classes)"}[kind]
+                    return f"targets[{k}] = {int(classes[k])} is out of range {text}"
         if priorities is not None:
             neg = (priorities < 0).nonzero()
             if neg.numel():
@@ -1010,9 +1011,9 @@ class ReplaySampler(BatchSampler):
     def _kick(self) -> bool:
         """Hands the engine's next work to the worker: the updates the next
         batch's draw needs, then that draw (_advance). False if it cannot
-        run there (one process, state on the CPU, host inputs only), if
-        there is nothing to do, or while hand-overs do not pay
-        (_handover_pays)."""
+        run there (see ``background``: one process, state on the CPU, no
+        store_logits, the lag known, host inputs only), if there is nothing
+        to do, or while hand-overs do not pay (_handover_pays)."""
         eng = self._engine
         if not (self.background and self.num_replicas == 1 and not self.shard_table and not self.store_logits
                 and eng.device.type == "cpu" and self.replay_lag is not None):
@@ -1197,8 +1198,7 @@ class ReplaySampler(BatchSampler):
                 return _ops.margin(logits, targets).to(where)
             except (RuntimeError, NotImplementedError):  # no CUDA kernels in this build
                 pass
-        out = _ops.margin(logits.cpu(), targets_host.cpu())
-        return out if where.type == "cpu" else out.to(where)
+        return _ops.margin(logits.cpu(), targets_host.cpu()).to(where)
 
     def _validate(self, indices, losses, logits, targets, priorities) -> dict:
         idx = self._as_index_tensor("update", indices)
