@@ -19,7 +19,8 @@
 // element at a time (row_margin_scalar).
 //
 // rows_margin_* (margin.cpp) are compiled once per instruction set (x86-64:
-// AVX-512F, AVX2, SSE2) and the best one the CPU supports is picked at run time.
+// AVX-512F, AVX2, SSE2; the first two with F16C for float16) and the best one
+// the CPU supports is picked at run time.
 #pragma once
 
 #include <cstdint>
@@ -187,15 +188,16 @@ struct LoadF16C : LoadF16 {
 };
 #endif
 
-// Widens n <= block elements into buf, pads it to `block` with the lowest
-// finite float, and masks element `skip` (an index into the block, or -1) the
-// same way. Padding with a finite value keeps the all-finite test meaningful;
-// it cannot change the maximum of a row whose other entries are all finite.
+// Whether L widens a whole block at once (L::load_block) or one element at a time.
 template <class L, class = void>
 struct HasBlockLoad : std::false_type {};
 template <class L>
 struct HasBlockLoad<L, std::void_t<decltype(&L::load_block)>> : std::true_type {};
 
+// Widens n <= block elements into buf, pads it to `block` with the lowest
+// finite float, and masks element `skip` (an index into the block, or -1) the
+// same way. Padding with a finite value keeps the all-finite test meaningful;
+// it cannot change the maximum of a row whose other entries are all finite.
 template <class L>
 HM_ALWAYS_INLINE void stage(const typename L::storage* p, int64_t n,
                             int64_t block, int64_t skip, float* buf) {

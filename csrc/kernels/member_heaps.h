@@ -118,9 +118,9 @@ struct MemberHeaps {
         if (first >= n) break;
         for (int64_t q = 0; q < kArity; ++q) {  // the grandchildren: the next level's loads, early
           const int64_t gc = kArity * (first + q) + 1;
-          if (gc < n) {
+          if (gc < n) {  // (its up to 4 entries span up to 2 cache lines)
             HM_PREFETCH(heap + 2 * gc, 0);
-            HM_PREFETCH(heap + 2 * gc + 7, 0);
+            HM_PREFETCH(heap + 2 * min_of(gc + kArity - 1, n - 1), 0);
           }
         }
         int64_t c = first;

@@ -55,7 +55,7 @@
 namespace hardmix {
 namespace policy {
 
-constexpr int64_t kPrefetch = 32;  // entries ahead whose table row is prefetched
+constexpr int64_t kPrefetch = 32;  // entries ahead whose rows and slots are prefetched
 
 struct Config {
   double alpha, lam, gamma, ema_beta, graduation, forget_boost;
@@ -163,11 +163,7 @@ struct UpdateScratch {
 
 // The class tally: an open-addressing table of a power of two >= 2B (and >= 2)
 // entries, so at most half full.
-HM_FN inline int64_t tally_cap(int64_t B) {
-  int64_t cap = 2;
-  while (cap < 2 * B) cap *= 2;
-  return cap;
-}
+HM_FN inline int64_t tally_cap(int64_t B) { return pow2_at_least(2 * B, 2); }
 
 HM_FN inline int64_t update_scratch_bytes(int64_t B) {
   return B * static_cast<int64_t>(sizeof(Entry) + 4 * sizeof(int64_t)) +
@@ -191,11 +187,7 @@ HM_FN inline UpdateScratch carve_update(void* buf, int64_t B) {
 
 // The draw's set of excluded and drawn indices: open addressing, a power of
 // two >= 16 and >= 2 (E + m) slots.
-HM_FN inline int64_t draw_set_cap(int64_t E, int64_t m) {
-  int64_t cap = 16;
-  while (cap < 2 * (E + m)) cap *= 2;
-  return cap;
-}
+HM_FN inline int64_t draw_set_cap(int64_t E, int64_t m) { return pow2_at_least(2 * (E + m), 16); }
 
 HM_FN inline int64_t draw_scratch_bytes(int64_t E, int64_t m) {
   return draw_set_cap(E, m) * 8 + (E + m) * 8 + (E + m) * 4 + m * 4 + 8;
@@ -241,18 +233,14 @@ struct PolicyView {
   HM_FN int64_t heap_class(double cls) const { return heaps().heap_class(cls); }
   HM_FN int64_t& count(int64_t hc) const { return heaps().count(hc); }
 
-  // update()'s membership pass writes leaves without their sums (leaf_set
-  // lists them in `dirty`, at most one per batch entry: B-sized scratch);
-  // SumTree::fix recomputes the sums once when the pass ends. Elsewhere
-  // leaf_set is SumTree::set.
+  // update()'s membership pass (the only writer of leaves besides the draw's
+  // rejections and the rebuilds) writes leaves without their sums: leaf_set
+  // lists them in `dirty` (at most one per batch entry: B-sized scratch) and
+  // SumTree::fix recomputes the sums once when the pass ends.
   int64_t* dirty = nullptr;
   int64_t n_dirty = 0;
 
   HM_FN void leaf_set(int32_t j, double w) {
-    if (dirty == nullptr) {
-      sums().set(j, w);
-      return;
-    }
     tree[P + j] = w;
     dirty[n_dirty++] = P + j;
   }
@@ -421,7 +409,12 @@ struct PolicyView {
     const int64_t win_n = counters[kWindowCount];
 
     const UpdateScratch sc = carve_update(scratch, in.B);
-    build_tally(in, sc.tally);
+    // (sharded, the owners ran the dynamics, which alone read the tally)
+    if (sharded()) {
+      tally = ClassCounts{};
+    } else {
+      build_tally(in, sc.tally);
+    }
     Entry* entries = sc.entries;
     for (int64_t b = 0; b < in.B; ++b) entries[b] = Entry{};
     const int64_t* last = nullptr;  // sharded: each entry's last position of its index in the batch
@@ -729,7 +722,7 @@ struct PolicyView {
       double w = 0.0;
       if (facts != nullptr) {
         const int32_t j = pos_get(exclude[k]);
-        w = j >= 0 ? tree[P + j] : 0.0;
+        w = j >= 0 ? sums().leaf(j) : 0.0;
         facts[k] = w;
       }
       if (set[h] != exclude[k]) excluded += w;  // (an index given twice counts once)
@@ -745,25 +738,25 @@ struct PolicyView {
     // loads are independent, so their cache misses overlap. From the first
     // rejection on, picks are made one by one on the changed tree. Either
     // way each pick is the descent of the same x in the same tree.
-    const double total0 = tree[1];
+    const double total0 = sums().total();
     if (total0 > 0) sums().find_many(m, [&](int64_t r) { return pick_x(static_cast<uint64_t>(r), total0); }, ahead);
     bool changed = false;
     int64_t n = 0;
     for (uint64_t r = 0; n < m; ++r) {
-      const double total = tree[1];
+      const double total = sums().total();
       if (!(total > 0)) break;
       const int32_t j = changed || r >= static_cast<uint64_t>(m) ? sums().find(pick_x(r, total)) : ahead[r];
       const int64_t index = static_cast<int64_t>(slot(j)[kIndex]);
       const int64_t h = slot_of(index);
       if (set[h] == index) {  // excluded or drawn already
-        saved[n_zeroed] = tree[P + j];
+        saved[n_zeroed] = sums().leaf(j);
         sums().set(j, 0.0);
         zeroed[n_zeroed++] = j;
         changed = true;
         continue;
       }
       set[h] = index;
-      if (facts != nullptr) facts[E + n] = tree[P + j];
+      if (facts != nullptr) facts[E + n] = sums().leaf(j);
       out[n++] = index;
     }
     for (int64_t k = n_zeroed - 1; k >= 0; --k) sums().set(zeroed[k], saved[k]);

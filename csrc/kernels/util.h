@@ -1,31 +1,22 @@
-// Device-safe basics of the policy's structures: the host/device qualifier,
-// min/max/swap, a finiteness test and a heap sort (no std:: algorithm).
+// Device-safe basics of the policy's structures: min/max/swap, a finiteness
+// test, powers of two and a heap sort (no std:: algorithm).
 #pragma once
 
 #include <cstdint>
 
-// Every function of the policy's headers runs on the host (the CPU ops) and,
-// compiled by nvcc, on the device (one thread runs a step: the policy is
-// sequential by nature; csrc/cuda/policy.cu). So the code uses no std::
-// algorithm, container or math function: sorting and selection are the heap
-// sort below, scratch memory comes from the caller, and logarithms and
-// exponentials are rng.h's own (+ - * / only), which is what makes CPU, CUDA
-// and the Python reference agree to the bit.
-#if defined(__CUDACC__)
-#define HM_FN __host__ __device__
-#else
-#define HM_FN
-#endif
-#if defined(__CUDA_ARCH__)
-#define HM_PREFETCH(p, rw) ((void)0)
-#else
-#define HM_PREFETCH(p, rw) __builtin_prefetch((p), (rw))
-#endif
+#include "common.h"
 
 namespace hardmix {
 namespace policy {
 
 constexpr double kInf = __builtin_huge_val();
+
+// The least power of two >= n and >= least.
+HM_FN inline int64_t pow2_at_least(int64_t n, int64_t least = 1) {
+  int64_t p = least;
+  while (p < n) p *= 2;
+  return p;
+}
 
 // Exactly std::isfinite: x - x is 0 for finite x, NaN for inf and NaN.
 HM_FN inline bool finite(double x) { return x - x == 0; }

@@ -31,7 +31,9 @@ inline double tau(const double* drawn, int64_t n_drawn, int64_t m_all, double el
 // out[b] = scale / (fresh_b + (n - fresh_b) * rho_b) for b < keep, 0 after
 // (fill-ins count for nothing), with rho_b = 1 - exp(-w[b] * tau) (w[b] > 0
 // when tau is inf), fresh_b = f_all * in_fresh[b] (in_fresh null: f_all).
-// A NaN or +inf weight becomes 0.
+// A NaN or +inf value becomes 0 and -inf the lowest double before the
+// narrowing to float (as torch.nan_to_num then .float() do), so a value
+// beyond float's range narrows to +-inf.
 inline void batch(const double* w, int64_t B, double t, const uint8_t* in_fresh, double n, double f_all,
                   double scale, int64_t keep, float* out) {
   for (int64_t b = 0; b < B; ++b) {

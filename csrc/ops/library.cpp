@@ -143,7 +143,7 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   tally), then that row into rows[b]; other rows[b] are not written.
   //   Inputs as for policy_update (indices in [0, N) of the whole dataset);
   //   rows f64 [B, 8] CPU contiguous (mutated). Checks run before any write.
-  //   Deterministic. Cost: O(B log B).
+  //   Deterministic. Cost: O(B).
   m.def(
       "policy_dynamics(Tensor(a!) table, Tensor config, int t, Tensor indices, "
       "Tensor losses, Tensor? margins, Tensor? classes, Tensor? priorities, Tensor(b!) rows) -> ()");

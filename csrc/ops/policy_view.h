@@ -34,12 +34,6 @@ inline int64_t rows_of(const char* op, const char* name, const Tensor& t, int64_
   return t.size(0);
 }
 
-inline int64_t pow2_at_least(int64_t n) {
-  int64_t p = 1;
-  while (p < n) p *= 2;
-  return p;
-}
-
 // The config vector, with the table's shape checked against its sharding:
 // [N, 8] unsharded; sharded (world W, rank r) the rows i // W of the indices
 // i = r (mod W) in [0, N): [(N - r + W - 1) // W, 8].
@@ -85,14 +79,14 @@ pk::PolicyView view(const char* op, Place place, const Tensor& table, const Tens
   v.N = v.cfg.world ? v.cfg.num_examples : table.size(0);
   v.R = rows_of(op, "slots", slots, pk::kSlotFields);
   v.K = rows_of(op, "classes", classes, 2);
-  const int64_t pos_n = v.cfg.world ? 2 * pow2_at_least(v.R) : v.N;
+  const int64_t pos_n = v.cfg.world ? 2 * pk::pow2_at_least(v.R) : v.N;
   HM_CHECK(pos.dim() == 1 && pos.size(0) == pos_n, op, ": state pos must have shape [", pos_n,
            "], got ", detail::shape_str(pos));
   HM_CHECK(rows_of(op, "links", links, pk::kLinkFields) == v.R && free.numel() == v.R &&
                rows_of(op, "heap", heap, 2) == v.R && v.R >= 1,
            op, ": state links/heap/free do not match R = ", v.R);
   v.P = tree.numel() / 2;
-  HM_CHECK(tree.numel() % 2 == 0 && v.P == pow2_at_least(v.R), op,
+  HM_CHECK(tree.numel() % 2 == 0 && v.P == pk::pow2_at_least(v.R), op,
            ": state tree must have 2P entries, P the least power of two >= R = ", v.R, ", got ",
            tree.numel());
   v.W = window.numel();
@@ -147,7 +141,7 @@ pk::PolicyView draw_view(const char* op, Place place, const Tensor& tree, const 
   v.cfg = pk::Config::from(config.const_data_ptr<double>(), static_cast<uint64_t>(seed));
   v.N = examples_of(v.cfg, pos);
   v.R = rows_of(op, "slots", slots, pk::kSlotFields);
-  v.P = pow2_at_least(v.R);
+  v.P = pk::pow2_at_least(v.R);
   HM_CHECK(tree.numel() == 2 * v.P, op, ": state tree does not match R = ", v.R);
   v.tree = tree.mutable_data_ptr<double>();
   v.slots = slots.mutable_data_ptr<double>();
@@ -167,7 +161,7 @@ pk::PolicyView find_view(const char* op, Place place, const Tensor& pos, const T
   pk::PolicyView v{};
   v.cfg = pk::Config::from(config.const_data_ptr<double>(), 0);
   v.R = rows_of(op, "slots", slots, pk::kSlotFields);
-  v.P = pow2_at_least(v.R);
+  v.P = pk::pow2_at_least(v.R);
   v.N = examples_of(v.cfg, pos);
   HM_CHECK(pos.numel() == (v.cfg.world ? 2 * v.P : v.N), op, ": state pos does not match slots");
   v.pos = pos.mutable_data_ptr<int32_t>();
