@@ -400,3 +400,15 @@ def test_large_state_lies_in_huge_page_memory_and_steps_alike():
         assert torch.equal(*drawn)
     for name in STATE_TENSORS:
         assert torch.equal(getattr(advised, name), getattr(plain, name)), name
+
+
+def test_without_huge_page_advice_the_state_is_an_ordinary_tensor(monkeypatch):
+    """Where mmap cannot advise huge pages (not Linux), host_filled falls back to torch.full."""
+    import mmap
+
+    from hardmix.engine import host_filled
+
+    monkeypatch.delattr(mmap, "MADV_HUGEPAGE", raising=False)
+    t = host_filled((600_000,), torch.int32, -1)
+    assert t.dtype == torch.int32 and t.shape == (600_000,) and bool((t == -1).all())
+    assert t.untyped_storage().nbytes() == 600_000 * 4  # (no alignment slack: not an mmap)

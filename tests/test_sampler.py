@@ -511,23 +511,23 @@ def test_copies_go_on_alike_and_background_threads_end_with_their_samplers(alway
     def workers():
         return [t for t in threading.enumerate() if t.name == "hardmix-worker"]
 
-    before = len(workers())
+    before = set(workers())
 
     def run():
         s = hardmix.ReplaySampler(100, batch_size=10, capacity=20, replay_fraction=0.3, replay_lag=2, seed=1)
         it = iter(s)
         for _ in range(5):
             feed(s, next(it))  # (the work after each call runs in the background)
-        assert len(workers()) > before
+        assert set(workers()) - before
         copies = [s, copy.deepcopy(s), pickle.loads(pickle.dumps(s))]
-        return [run_epochs(c, 2) for c in copies]
+        return [run_epochs(c, 2) for c in copies], set(workers()) - before
 
-    first, *others = run()
+    (first, *others), mine = run()
     assert all(o == first for o in others) and len(first[0][1]) > 5
     gc.collect()
-    for t in workers()[before:]:
+    for t in mine:  # (this test's threads: the samplers and copies are gone)
         t.join(timeout=10)
-    assert len(workers()) <= before
+        assert not t.is_alive()
 
 
 def test_no_background_thread_runs_when_iter_returns(always_hand_over):
