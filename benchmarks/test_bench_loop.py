@@ -26,7 +26,9 @@ the engine's work for the next batch runs on the sampler's background thread
 while the model trains; ``hardmix update first``: the quickstart loop with
 ``update()`` called as soon as the losses are known, before the backward pass
 (lag 0: the engine's work runs beside the backward pass and the optimizer
-step).
+step). ``hardmix lag 1 inline``: ``replay_lag=1`` with ``background=False``
+(the engine's work in the sampler's calls), so that the lag-1 row shows what
+the background thread itself gives.
 """
 
 import pytest
@@ -74,8 +76,9 @@ def _prepare(variant, warm):
             opt.zero_grad()
 
     else:
-        lag = 1 if variant == "hardmix lag 1" else None
-        sampler = hardmix.ReplaySampler(N, batch_size=B, capacity=8192, replay_fraction=0.25, seed=0, replay_lag=lag)
+        lag = 1 if variant.startswith("hardmix lag 1") else None
+        sampler = hardmix.ReplaySampler(N, batch_size=B, capacity=8192, replay_fraction=0.25, seed=0, replay_lag=lag,
+                                        background=not variant.endswith("inline"))
         loader = DataLoader(hardmix.WithIndex(ds), batch_sampler=sampler)
         batches = batches_forever(loader)
 
@@ -99,7 +102,8 @@ def _prepare(variant, warm):
 
 
 # order of the tests: rep 0 of both variants, then rep 1, ...
-@pytest.mark.parametrize("variant", ["plain", "hardmix", "hardmix lag 1", "hardmix update first"])
+@pytest.mark.parametrize("variant", ["plain", "hardmix", "hardmix lag 1", "hardmix lag 1 inline",
+                                     "hardmix update first"])
 @pytest.mark.parametrize("rep", range(REPS))
 def test_loop(benchmark, tag, smoke, prepared, variant, rep):
     if variant not in prepared:
