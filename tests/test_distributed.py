@@ -300,7 +300,7 @@ def _run_bad(rank, world, path, out):
 
 def test_bad_input_on_one_rank_fails_on_all_without_a_hang(tmp_path):
     r0, r1 = _spawn(_run_bad, 2, tmp_path)
-    assert r1["msg"].startswith("ValueError: update: losses must have shape [B=")
+    assert r1["msg"].startswith("ValueError: update: losses has ")
     assert r0["msg"] == ("RuntimeError: ReplaySampler.update: rank(s) [1] passed bad input (see their errors); "
                          "nothing was changed on any rank")
     assert r0["unchanged"] and r1["unchanged"] and r0["received"] == r1["received"] == 1

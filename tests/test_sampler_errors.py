@@ -68,7 +68,7 @@ UPDATE_CASES = {
                              ValueError, r"indices\[7\] = 40 is out of range \[0, 40\)"),
     "indices negative": (lambda s, b: s.update(torch.cat([torch.tensor([-1]), b[1:]]), loss(b)),
                          ValueError, r"indices\[0\] = -1 is out of range"),
-    "indices float": (lambda s, b: s.update(b.float(), loss(b)), TypeError, "integer dtype, got torch.float32"),
+    "indices float": (lambda s, b: s.update(b.float(), loss(b)), TypeError, r"indices must have dtype torch.int64 or .* got torch.float32"),
     "indices 2-D": (lambda s, b: s.update(b.view(2, -1), loss(b)), ValueError, r"1-D tensor \[B\], got shape \[2, 4\]"),
     "indices a list": (lambda s, b: s.update(b.tolist(), loss(b)), TypeError, "must be a torch.Tensor, got list"),
     "indices empty": (lambda s, b: s.update(b[:0], loss(b)[:0]), ValueError, "indices is empty"),
@@ -78,9 +78,9 @@ UPDATE_CASES = {
                           "not those of batch 3.*first difference at position 0"),
     "indices of another batch": (lambda s, b: s.update((b + 1) % 40, loss(b)), ValueError, "not those of batch 3"),
     "indices short": (lambda s, b: s.update(b[:-1], loss(b)[:-1]), ValueError, "got 7 indices, expected 8"),
-    "losses short": (lambda s, b: s.update(b, loss(b)[:-1]), ValueError, r"losses must have shape \[B=8\], got \[7\]"),
+    "losses short": (lambda s, b: s.update(b, loss(b)[:-1]), ValueError, r"update: losses has 7 entries but indices has 8"),
     "losses int": (lambda s, b: s.update(b, b), TypeError, "losses must have dtype .*got torch.int64"),
-    "losses 2-D": (lambda s, b: s.update(b, loss(b)[:, None]), ValueError, r"losses must have shape \[B=8\], got \[8, 1\]"),
+    "losses 2-D": (lambda s, b: s.update(b, loss(b)[:, None]), ValueError, r"update: losses must be a 1-D tensor \[B\], got shape \[8, 1\]"),
     "losses not a tensor": (lambda s, b: s.update(b, [0.0] * 8), TypeError, "losses must be a torch.Tensor, got list"),
     "losses on another device": (lambda s, b: s.update(b, loss(b).to("meta")), ValueError,
                                  "losses must be on the CPU or a CUDA device, got meta"),
@@ -102,7 +102,7 @@ UPDATE_CASES = {
     "targets float": (lambda s, b: s.update(b, loss(b), logits=torch.randn(8, 3), targets=(b % 3).float()),
                       TypeError, "targets must have dtype"),
     "targets short": (lambda s, b: s.update(b, loss(b), logits=torch.randn(8, 3), targets=b[:-1] % 3), ValueError,
-                      r"targets must have shape \[B=8\], got \[7\]"),
+                      r"update: targets has 7 entries but indices has 8"),
     "priorities without score given": (lambda s, b: s.update(b, loss(b), priorities=loss(b)), ValueError,
                                        "priorities are only taken with score='given', not 'loss'"),
 }
@@ -118,6 +118,44 @@ def test_bad_update_changes_nothing(case):
     assert freeze(s) == before
     s.update(b, loss(b))  # and the sampler goes on
     next(it)
+
+
+SHAPE_CASES = {
+    # name: the update arguments changed (a bad type, shape or dtype)
+    "indices 2-D": lambda b: dict(indices=b.view(2, -1)),
+    "indices float": lambda b: dict(indices=b.float()),
+    "indices a list": lambda b: dict(indices=b.tolist()),
+    "losses short": lambda b: dict(losses=loss(b)[:-1]),
+    "losses 2-D": lambda b: dict(losses=loss(b)[:, None]),
+    "losses int": lambda b: dict(losses=b),
+    "losses a list": lambda b: dict(losses=loss(b).tolist()),
+    "targets short": lambda b: dict(targets=(b % 3)[:-1]),
+    "targets float": lambda b: dict(targets=(b % 3).float()),
+    "logits short": lambda b: dict(logits=torch.zeros(len(b) - 1, 3)),
+    "logits 1-D": lambda b: dict(logits=torch.zeros(len(b))),
+    "logits int": lambda b: dict(logits=torch.zeros(len(b), 3, dtype=torch.int64)),
+    "logits a list": lambda b: dict(logits=torch.zeros(len(b), 3).tolist()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SHAPE_CASES))
+def test_the_sampler_and_the_engine_refuse_alike(case):
+    """One check (hardmix.inputs) for every layer above the ops: a bad
+    type, shape or dtype gets the same exception in the same words from
+    ReplaySampler.update and Engine.update."""
+    s, it, b = started()
+    args = dict(indices=b, losses=loss(b), logits=torch.randn(len(b), 3), targets=b % 3)
+    args.update(SHAPE_CASES[case](b))
+    before = freeze(s)
+    with pytest.raises((TypeError, ValueError)) as by_sampler:
+        s.update(**args)
+    assert freeze(s) == before
+    engine = hardmix.Engine(hardmix.PolicyConfig(num_examples=40, capacity=12, num_classes=3))
+    with pytest.raises((TypeError, ValueError)) as by_engine:
+        engine.update(**args)
+    assert engine.step == 0
+    assert (type(by_sampler.value), str(by_sampler.value)) == (type(by_engine.value), str(by_engine.value))
+    assert str(by_sampler.value).startswith("update: ")
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
@@ -193,7 +231,7 @@ def test_weights_of_indices_not_from_the_batch():
     before = freeze(s)
     with pytest.raises(ValueError, match="not those of batch 3"):
         s.weights(b.flip(0))
-    with pytest.raises(TypeError, match="integer dtype"):
+    with pytest.raises(TypeError, match="indices must have dtype torch.int64 or"):
         s.weights(b.double())
     assert freeze(s) == before
 

@@ -35,6 +35,7 @@ import torch
 
 from . import ops as _ops  # noqa: F401  (registers the fake kernels)
 from .config import SCORES, PolicyConfig
+from . import inputs as _inputs
 from .inputs import HALF_DTYPES, INDEX_DTYPES, LOSS_DTYPES, SCORE_DTYPES, TARGET_DTYPES
 from .layout import (
     BALANCE_COLUMNS,
@@ -118,20 +119,13 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _tensor(name: str, x, B: int | None, kinds: tuple[torch.dtype, ...],
-            device: torch.device = torch.device("cpu")) -> torch.Tensor:
+            device: torch.device = torch.device("cpu"), op: str = "") -> torch.Tensor:
     """`x` as a 1-D tensor of B entries with a dtype in `kinds`, on the CPU or
-    on ``device`` (the engine's), or a clear error."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.device.type != "cpu" and x.device != device:
-        raise ValueError(f"{name} must be on the CPU or on the engine's device {device}, got {x.device}")
-    if x.dim() != 1:
-        raise ValueError(f"{name} must be a 1-D tensor [B], got shape {list(x.shape)}")
-    if B is not None and x.shape[0] != B:
-        raise ValueError(f"{name} has {x.shape[0]} entries but indices has {B}")
-    if x.dtype not in kinds:
-        raise TypeError(f"{name} must have dtype {' or '.join(str(k) for k in kinds)}, got {x.dtype}")
-    return x
+    on ``device`` (the engine's), or a clear error (:func:`hardmix.inputs.vector`)."""
+    if isinstance(x, torch.Tensor) and x.device.type != "cpu" and x.device != device:
+        raise ValueError(f"{op + ': ' if op else ''}{name} must be on the CPU or on the engine's device {device}, "
+                         f"got {x.device}")
+    return _inputs.vector(name, x, B, kinds, op=op)
 
 
 class Engine:
@@ -312,7 +306,7 @@ class Engine:
             return None
         args = self._inputs(indices, losses, logits, targets, margins, classes, priorities, replayed)
         if (rows is None) != (self.shard is None):
-            raise ValueError("rows must be given exactly when the table is sharded "
+            raise ValueError("update: rows must be given exactly when the table is sharded "
                              f"(shard={self.shard!r}), got {'None' if rows is None else 'a tensor'}")
         if rows is None:
             torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, None)
@@ -398,8 +392,9 @@ class Engine:
         if self.shard is None:
             raise ValueError("dynamics() is for a sharded table (Engine(..., shard=(rank, world)))")
         if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-            raise ValueError(f"t must be an int >= 0, got {t!r}")
-        idx, loss, marg, cls, prio, _ = self._inputs(indices, losses, None, None, margins, classes, priorities)
+            raise ValueError(f"dynamics: t must be an int >= 0, got {t!r}")
+        idx, loss, marg, cls, prio, _ = self._inputs(indices, losses, None, None, margins, classes, priorities,
+                                                     op="dynamics")
         rows = torch.zeros(idx.numel(), len(TABLE_COLUMNS), dtype=torch.float64)
         torch.ops.hardmix.policy_dynamics(self.table, self.config_vector, t, idx, loss, marg, cls, prio, rows)
         return rows
@@ -439,36 +434,36 @@ class Engine:
         graduated, quarantined), a copy."""
         return self.counters[CTR_TOTALS].clone()
 
-    def _inputs(self, indices, losses, logits, targets, margins, classes, priorities, replayed=None) -> tuple:
-        """The op's batch arguments from update()'s, checked (see update)."""
+    def _inputs(self, indices, losses, logits, targets, margins, classes, priorities, replayed=None,
+                op: str = "update") -> tuple:
+        """The op's batch arguments from update()'s (or dynamics()'s: ``op``), checked (see update)."""
         dev = self.device
-        indices = _tensor("indices", indices, None, INDEX_DTYPES, dev)
+        indices = _tensor("indices", indices, None, INDEX_DTYPES, dev, op)
         B = indices.shape[0]
-        losses = _tensor("losses", losses, B, LOSS_DTYPES, dev)
+        losses = _tensor("losses", losses, B, LOSS_DTYPES, dev, op)
         if logits is not None or targets is not None:
             if logits is None or targets is None:
-                raise ValueError("logits and targets go together: pass both or neither")
+                raise ValueError(f"{op}: logits and targets go together: pass both or neither")
             if margins is not None:
-                raise ValueError("pass margins or logits/targets, not both")
-            targets = _tensor("targets", targets, B, TARGET_DTYPES, dev)
-            if logits.dim() != 2 or logits.shape[0] != B:
-                raise ValueError(f"logits must have shape [B={B}, C], got {list(logits.shape)}")
+                raise ValueError(f"{op}: pass margins or logits/targets, not both")
+            targets = _tensor("targets", targets, B, TARGET_DTYPES, dev, op)
+            _inputs.logits(logits, B, op)
             if logits.device != targets.device:
-                raise ValueError(f"logits and targets must be on one device, got {logits.device} and "
+                raise ValueError(f"{op}: logits and targets must be on one device, got {logits.device} and "
                                  f"{targets.device}")
             margins = _ops.margin(logits.detach(), targets)
             if classes is None:
                 classes = targets
         if margins is not None:
-            margins = _tensor("margins", margins, B, SCORE_DTYPES, dev)
+            margins = _tensor("margins", margins, B, SCORE_DTYPES, dev, op)
         if classes is not None:
-            classes = _tensor("classes", classes, B, TARGET_DTYPES, dev).long()
+            classes = _tensor("classes", classes, B, TARGET_DTYPES, dev, op).long()
         if priorities is None and self.score_fn is not None:
             priorities = torch.as_tensor(self.score_fn(indices, losses, margins))
         if priorities is not None:
-            priorities = _tensor("priorities", priorities, B, SCORE_DTYPES, dev)
+            priorities = _tensor("priorities", priorities, B, SCORE_DTYPES, dev, op)
         if replayed is not None:
-            replayed = _tensor("replayed", replayed, B, (torch.bool,), dev)
+            replayed = _tensor("replayed", replayed, B, (torch.bool,), dev, op)
         if losses.dtype in HALF_DTYPES:
             losses = losses.float()
         args = (indices.long(), losses.detach(), None if margins is None else margins.detach(), classes,
@@ -489,9 +484,9 @@ class Engine:
         members drawn) and the eligible weight (the total less the distinct
         excluded members')."""
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
-            raise ValueError(f"m must be an int >= 0, got {m!r}")
+            raise ValueError(f"draw: m must be an int >= 0, got {m!r}")
         exclude = _NO_INDICES if exclude is None else _tensor("exclude", exclude, None, INDEX_DTYPES,
-                                                               self.device).long()
+                                                               self.device, "draw").long()
         if self._stream is not None and exclude.is_cuda:  # made on the caller's stream
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
             exclude.record_stream(self._stream)

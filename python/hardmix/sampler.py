@@ -79,7 +79,8 @@ from .checkpoint import check_state
 from .checkpoint_log import CheckpointLog
 from .config import STREAM_FILL, PolicyConfig
 from .engine import Engine, to_device
-from .inputs import HALF_DTYPES, INDEX_DTYPES, LOGIT_DTYPES, LOSS_DTYPES, SCORE_DTYPES, TARGET_DTYPES
+from . import inputs as _inputs
+from .inputs import CLASS_LIMIT, HALF_DTYPES, INDEX_DTYPES, LOSS_DTYPES, SCORE_DTYPES, TARGET_DTYPES
 from .schedules import LinearRamp, Schedule, as_schedule
 from .update_queue import UpdateQueue
 from .worker import Worker
@@ -93,10 +94,6 @@ STATE_VERSION = 3
 # 2, an endless quarantine). ``python -m hardmix eval`` compares them with the
 # baselines (and, with ``--methods``, with one mechanism changed at a time).
 SAMPLER_DEFAULTS = {"alpha": 0.0, "lam": 0.0, "gamma": 0.0, "max_wrong": 2, "quarantine_steps": 2**31 - 1}
-
-CLASS_LIMIT = 1 << 20
-"""Targets must lie in [0, CLASS_LIMIT) when neither logits nor num_classes
-give the class count."""
 
 _MASKS: dict = {}  # (B, fresh, replay) -> the shared replayed mask of update entries (never written)
 
@@ -724,7 +721,7 @@ class ReplaySampler(BatchSampler):
                     done.synchronize()
                 e.update(host)  # the host copies, complete now (same keys; other values the same)
             checks = bool(e.get("deferred")) and eng.device.type == "cpu"
-            error = self._value_error(e.get("C"), e["losses"], e["margins"], e["classes"],
+            error = _inputs.value_error(self.config, e.get("C"), e["losses"], e["margins"], e["classes"],
                                       e["priorities"]) if checks else None
             # (an update with no examples is made for the current config: one queued before the
             # first update may predate the class count)
@@ -769,37 +766,6 @@ class ReplaySampler(BatchSampler):
         where = slots[new]
         self._logits[where] = logits[new].to(self._logits.dtype)
         self._logit_owner[where] = indices[new]
-
-    def _value_error(self, C: int | None, losses=None, margins=None, classes=None, priorities=None) -> str | None:
-        """What is wrong with an update's values (host tensors), or None."""
-        cfg = self.config
-        if classes is not None and classes.numel():
-            # (classes index per-class tables, so without logits or num_classes: CLASS_LIMIT)
-            limits = ([(C, "logits")] if C is not None else []) + (
-                [(cfg.num_classes, "num_classes")] if cfg.num_classes > 0 else [])
-            limits = limits or [(CLASS_LIMIT, "limit")]
-            lo, top = (int(v) for v in torch.aminmax(classes))  # (one pass when all is well)
-            for hi, kind in limits:
-                if lo < 0 or top >= hi:  # (the first bad one named)
-                    k = int(((classes < 0) | (classes >= hi)).nonzero()[0])
-                    text = {"logits": f"[0, {C}) (logits has {C} classes)",
-                            "num_classes": f"[0, num_classes={hi})",
-                            "limit": f"[0, {hi}) (the limit without logits or num_classes: pass num_classes "
-                                     f"for more classes)"}[kind]
-                    return f"targets[{k}] = {int(classes[k])} is out of range {text}"
-        if priorities is not None:
-            neg = (priorities < 0).nonzero()
-            if neg.numel():
-                k = int(neg[0])
-                return f"priorities[{k}] = {float(priorities[k])} is negative"
-        if cfg.nonfinite == "raise":
-            for name, v in (("losses", losses), ("margins", margins), ("priorities", priorities)):
-                if v is not None:
-                    bad = (~torch.isfinite(v)).nonzero()
-                    if bad.numel():
-                        k = int(bad[0])
-                        return f"{name}[{k}] = {float(v[k])} is not finite (nonfinite='raise')"
-        return None
 
     def _expected(self, name: str, indices: torch.Tensor) -> dict:
         """The record of the batch these indices must belong to, or a clear error
@@ -850,13 +816,7 @@ class ReplaySampler(BatchSampler):
 
     @staticmethod
     def _as_index_tensor(name: str, indices) -> torch.Tensor:
-        if not isinstance(indices, torch.Tensor):
-            raise TypeError(f"{name}: indices must be a torch.Tensor, got {type(indices).__name__}")
-        if indices.dtype not in INDEX_DTYPES:
-            raise TypeError(f"{name}: indices must have an integer dtype, got {indices.dtype}")
-        if indices.dim() != 1:
-            raise ValueError(f"{name}: indices must be a 1-D tensor [B], got shape {list(indices.shape)}")
-        return indices.long()
+        return _inputs.vector("indices", indices, None, INDEX_DTYPES, op=name).long()
 
     @torch.compiler.disable
     def weights(self, indices: torch.Tensor) -> torch.Tensor:
@@ -1228,13 +1188,8 @@ class ReplaySampler(BatchSampler):
         host_checks = not deferred
 
         def vec(name: str, x, kinds) -> torch.Tensor:
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"update: {name} must be a torch.Tensor, got {type(x).__name__}")
-            if x.dim() != 1 or x.shape[0] != B:
-                raise ValueError(f"update: {name} must have shape [B={B}], got {list(x.shape)}")
-            if x.dtype not in kinds:
-                raise TypeError(f"update: {name} must have dtype {' or '.join(map(str, kinds))}, got {x.dtype}")
-            return x.detach().cpu() if host_checks else x.detach()
+            x = _inputs.vector(name, x, B, kinds, op="update").detach()
+            return x.cpu() if host_checks else x
 
         cfg = self.config
         loss = vec("losses", losses, LOSS_DTYPES)
@@ -1243,19 +1198,13 @@ class ReplaySampler(BatchSampler):
         if targets is not None:
             tgt = vec("targets", targets, TARGET_DTYPES)
             if logits is not None:
-                if not isinstance(logits, torch.Tensor):
-                    raise TypeError(f"update: logits must be a torch.Tensor, got {type(logits).__name__}")
-                if logits.dim() != 2 or logits.shape[0] != B:
-                    raise ValueError(f"update: logits must have shape [B={B}, C], got {list(logits.shape)}")
-                if logits.dtype not in LOGIT_DTYPES:
-                    raise TypeError(f"update: logits must have dtype float32, float16 or bfloat16, got "
-                                    f"{logits.dtype}")
+                _inputs.logits(logits, B, op="update")
                 C = logits.shape[1]
-                if host_checks and (what := self._value_error(C, classes=tgt)):  # (before the margin op)
+                if host_checks and (what := _inputs.value_error(self.config, C, classes=tgt)):  # (before the margin op)
                     raise ValueError("update: " + what)
                 where = logits.device if deferred else self._engine.device
                 margins = self._margins(logits.detach(), targets.detach(), tgt, where)
-            elif host_checks and (what := self._value_error(None, classes=tgt)):
+            elif host_checks and (what := _inputs.value_error(self.config, None, classes=tgt)):
                 raise ValueError("update: " + what)
             # (a copy, as of the losses: applied replay_lag batches later, the caller may reuse its buffers)
             classes = tgt.clone() if tgt.dtype == torch.int64 else tgt.long()
@@ -1280,7 +1229,8 @@ class ReplaySampler(BatchSampler):
             prio = vec("priorities", priorities, SCORE_DTYPES).clone()
         elif priorities is not None:
             raise ValueError(f"update: priorities are only taken with score='given', not {cfg.score!r}")
-        if host_checks and (what := self._value_error(None, loss, margins, None, prio)):  # (classes: above)
+        # (classes were checked above)
+        if host_checks and (what := _inputs.value_error(self.config, None, loss, margins, None, prio)):
             raise ValueError("update: " + what)
         entry = {"indices": rec["indices"], "losses": loss, "margins": margins, "classes": classes,
                  "priorities": prio}
@@ -1501,45 +1451,44 @@ class ReplaySampler(BatchSampler):
         records = [r for r in state["batches"] if received <= r["g"] < yielded]
         if [r["g"] for r in records] != list(range(received, yielded)):
             raise ValueError("load_state_dict: the state lacks the batches yielded but not updated")
-        # Build the new iteration state on a scratch copy, then commit.
-        saved = dict(self.__dict__)
-        try:
-            self._fresh, self._next_fresh = state["fresh"], state["next_fresh"]
-            self._epoch, self._yielded = int(pos["epoch"]), yielded
-            self._epoch_start = int(pos["epoch_start"])
-            cursor = tuple(int(c) for c in pos["cursor"])
-            per = _plan.per_rank(self._plan_spec(), self._fresh)
-            if len(cursor) != 2 or cursor[0] < 0 or not 0 <= cursor[1] <= per:
-                raise ValueError(f"load_state_dict: position cursor {list(cursor)} is not [pass >= 0, position "
-                                 f"in [0, {per}]]")
-            self._set_plan(self._make_plan(self._fresh, self._epoch_start, cursor))
-            if (list(self._plan.fresh), list(self._plan.replay)) != tuple(list(x) for x in state["plan"]):
-                raise ValueError("load_state_dict: this sampler's replay schedule (replay_fraction, warmup_steps, "
-                                 "ramp_steps) plans the epoch in progress differently from the saved one")
-            self._batch = int(pos["batch"])
-            if self._epoch_start + self._batch != yielded or self._batch > len(self._plan.fresh):
-                raise ValueError(f"load_state_dict: inconsistent position {pos}")
-            self._engine, self.config, self._classes = engine, config, classes
-            self._logits, self._logit_owner = logits, owner
-            self.replay_lag = lag if self._lag_arg is None else self._lag_arg
-            self._received = received
-            self._pending = UpdateQueue(updates)
-            self._errors = [{"error": str(m)} for m in state.get("errors", [])]
-            self._found = self._found_base = int(state.get("found", 0))
-            self._outstanding = collections.deque(dict(r) for r in records)
-            self._again = collections.deque()
-            self._last_updated = None
-            self._prev_totals = torch.as_tensor(state["prev_totals"], dtype=torch.int64).clone()
-            self._checkpoints = CheckpointLog(self._checkpoints.rebase)
-            self._hold = False
-            self._generation += 1
-            self._apply(self._due())
-            if self._requested is not None:  # set_epoch() came first (as with StatefulDataLoader)
-                if self._requested == self._epoch:
-                    self._hold = self._finished()
-                else:
-                    self._start_epoch(self._requested)
-        except Exception:
-            self.__dict__.clear()
-            self.__dict__.update(saved)
-            raise
+        # The restored state is built on a new sampler object sharing this one's
+        # settings and idle worker; this one takes its state only when all is
+        # done: a failure on the way leaves it as it was.
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new._fresh, new._next_fresh = state["fresh"], state["next_fresh"]
+        new._epoch, new._yielded = int(pos["epoch"]), yielded
+        new._epoch_start = int(pos["epoch_start"])
+        cursor = tuple(int(c) for c in pos["cursor"])
+        per = _plan.per_rank(new._plan_spec(), new._fresh)
+        if len(cursor) != 2 or cursor[0] < 0 or not 0 <= cursor[1] <= per:
+            raise ValueError(f"load_state_dict: position cursor {list(cursor)} is not [pass >= 0, position "
+                             f"in [0, {per}]]")
+        new._set_plan(new._make_plan(new._fresh, new._epoch_start, cursor))
+        if (list(new._plan.fresh), list(new._plan.replay)) != tuple(list(x) for x in state["plan"]):
+            raise ValueError("load_state_dict: this sampler's replay schedule (replay_fraction, warmup_steps, "
+                             "ramp_steps) plans the epoch in progress differently from the saved one")
+        new._batch = int(pos["batch"])
+        if new._epoch_start + new._batch != yielded or new._batch > len(new._plan.fresh):
+            raise ValueError(f"load_state_dict: inconsistent position {pos}")
+        new._engine, new.config, new._classes = engine, config, classes
+        new._logits, new._logit_owner = logits, owner
+        new.replay_lag = lag if new._lag_arg is None else new._lag_arg
+        new._received = received
+        new._pending = UpdateQueue(updates)
+        new._errors = [{"error": str(m)} for m in state.get("errors", [])]
+        new._found = new._found_base = int(state.get("found", 0))
+        new._outstanding = collections.deque(dict(r) for r in records)
+        new._again = collections.deque()
+        new._last_updated = None
+        new._prev_totals = torch.as_tensor(state["prev_totals"], dtype=torch.int64).clone()
+        new._checkpoints = CheckpointLog(new._checkpoints.rebase)
+        new._hold = False
+        new._generation += 1
+        new._apply(new._due())
+        if new._requested is not None:  # set_epoch() came first (as with StatefulDataLoader)
+            if new._requested == new._epoch:
+                new._hold = new._finished()
+            else:
+                new._start_epoch(new._requested)
+        self.__dict__.update(new.__dict__)
