@@ -29,6 +29,7 @@ from typing import Callable
 import contextlib
 import math
 import mmap
+import operator
 import struct
 
 import torch
@@ -67,6 +68,7 @@ from .state_check import check_state
 
 _INT_FIELDS = ("index", "step", "class", "admitted")  # members(): slot fields returned as int64
 _NO_INDICES = torch.empty(0, dtype=torch.int64)
+_STATE = operator.attrgetter(*STATE_TENSORS)  # (one call for the ops' eleven state arguments)
 _NO_CONTEXT = contextlib.nullcontext()  # (reusable: on_stream() of a CPU engine, every batch)
 
 
@@ -486,7 +488,9 @@ class Engine:
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise ValueError(f"draw: m must be an int >= 0, got {m!r}")
         exclude = _NO_INDICES if exclude is None else _tensor("exclude", exclude, None, INDEX_DTYPES,
-                                                               self.device, "draw").long()
+                                                               self.device, "draw")
+        if exclude.dtype != torch.int64:
+            exclude = exclude.long()
         if self._stream is not None and exclude.is_cuda:  # made on the caller's stream
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
             exclude.record_stream(self._stream)
@@ -503,14 +507,14 @@ class Engine:
                 out = out.cpu()
                 got = None if got is None else got.cpu()
                 self.check()
-        members = out[: int(out[m])]
+        members = out[: out[m].item()]
         return (members, got) if facts else members
 
     # --- inspection --------------------------------------------------------
 
     def state_tensors(self) -> tuple[torch.Tensor, ...]:
         """The state tensors, in the order of ``STATE_TENSORS`` (the ops' argument order)."""
-        return tuple(getattr(self, name) for name in STATE_TENSORS)
+        return _STATE(self)
 
     @property
     def step(self) -> int:

@@ -63,6 +63,7 @@ batches of an uninterrupted one, also under ``torchdata``'s
 from __future__ import annotations
 
 import collections
+import functools
 import sys
 import threading
 import warnings
@@ -101,6 +102,22 @@ _MASKS: dict = {}  # (B, fresh, replay) -> the shared replayed mask of update en
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _eager(method):
+    """``method`` run eagerly under ``torch.compile`` (host-side work: one
+    graph break per call, as with ``torch.compiler.disable``), and called
+    directly otherwise (that wrapper's own frame handling costs ~10 µs a
+    call, every step)."""
+    disabled = torch.compiler.disable(method)
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return disabled(*args, **kwargs)
+        return method(*args, **kwargs)
+
+    return call
 
 
 class _Warmup(Schedule):
@@ -548,13 +565,13 @@ class ReplaySampler(BatchSampler):
                     f"num_replicas and rank")
         return refusal
 
-    def _check_thread(self, what: str) -> None:
+    def _check_thread(self, method: str) -> None:
         """One thread drives a sampler: the one that iterates it. Its state
-        (the update queue, the engine) has no locks, so a call from another
-        thread is refused rather than left to race."""
+        (the update queue, the engine) has no locks, so a call of ``method``
+        from another thread is refused rather than left to race."""
         if self._thread is not None and threading.get_ident() != self._thread:
             raise RuntimeError(
-                f"ReplaySampler: {what} from another thread than the one iterating the sampler (thread "
+                f"ReplaySampler: {method}() from another thread than the one iterating the sampler (thread "
                 f"{threading.get_ident()}, not {self._thread}). A sampler is not thread-safe: iterate it and "
                 f"call update(), weights(), replayed(), stored_logits() and batch_to_update() from one thread, "
                 f"the training loop's")
@@ -621,7 +638,7 @@ class ReplaySampler(BatchSampler):
             drawn, facts = fresh[:0], None
         replay = drawn[r * m : (r + 1) * m]  # this rank's slice of the shared draw
         fill = self._fill(g, m - replay.numel(), fresh, drawn, plan.pools[plan.where[j][0]])
-        indices = torch.cat([fresh, replay, fill])
+        indices = torch.cat([fresh, replay, fill] if fill.numel() else [fresh, replay])
         rec = {"g": g, "indices": indices, "fresh": f, "replay": int(replay.numel()), "fill": int(fill.numel()),
                "m": m, **self._draw_facts(indices, fresh_all, drawn, facts, m)}
         if self._logits is not None:  # the replayed members' logits at admission, as of this draw
@@ -726,8 +743,11 @@ class ReplaySampler(BatchSampler):
             # (an update with no examples is made for the current config: one queued before the
             # first update may predate the class count)
             args = self._empty_entry() if error or e["indices"].numel() == 0 else e
-            with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
+            if eng.device.type == "cpu":
                 self._prev_totals = eng.total_counts()
+            else:
+                with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
+                    self._prev_totals = eng.total_counts()
             # (a host entry is in the op's kinds: _validate and the checkpoint checks make it so)
             if eng.device.type == "cpu" and eng.shard is None and not e.get("deferred"):
                 eng._update_host(args["indices"], args["losses"], args["margins"], args["classes"],
@@ -770,8 +790,8 @@ class ReplaySampler(BatchSampler):
     def _expected(self, name: str, indices: torch.Tensor) -> dict:
         """The record of the batch these indices must belong to, or a clear error
         (the checks after the fast path only explain the mismatch)."""
-        self._check_thread(f"{name}()")
-        host = indices.cpu()
+        self._check_thread(name)
+        host = indices if indices.is_cpu else indices.cpu()
         if self._outstanding and torch.equal(host, self._outstanding[0]["indices"]):
             return self._outstanding[0]  # the usual case; the diagnostics below explain the others
         if indices.numel() == 0:
@@ -801,7 +821,7 @@ class ReplaySampler(BatchSampler):
             f"({where}). Pass each batch's indices in the order yielded, once per batch, in order"
         )
 
-    @torch.compiler.disable  # (host-side: one graph break per call under torch.compile)
+    @_eager
     def batch_to_update(self) -> torch.Tensor:
         """The indices ``update()`` expects next: the oldest batch yielded and
         not yet updated (int64, CPU). For datasets that cannot be wrapped in
@@ -809,16 +829,17 @@ class ReplaySampler(BatchSampler):
         order (the default, ``in_order=True``) it is the batch the loop holds.
         Raises if no batch is waiting."""
         self._worker.wait()
-        self._check_thread("batch_to_update()")
+        self._check_thread("batch_to_update")
         if not self._outstanding:
             raise ValueError("batch_to_update: no batch is waiting for an update")
         return self._outstanding[0]["indices"].clone()
 
     @staticmethod
     def _as_index_tensor(name: str, indices) -> torch.Tensor:
-        return _inputs.vector("indices", indices, None, INDEX_DTYPES, op=name).long()
+        indices = _inputs.vector("indices", indices, None, INDEX_DTYPES, op=name)
+        return indices if indices.dtype == torch.int64 else indices.long()
 
-    @torch.compiler.disable
+    @_eager
     def weights(self, indices: torch.Tensor) -> torch.Tensor:
         """Importance weights for the batch about to be updated (float32 [B], on
         the device of ``indices``); does not change the sampler.
@@ -849,7 +870,7 @@ class ReplaySampler(BatchSampler):
             rec["weights"] = self._weights_of(rec, pin=self._pin and indices.device.type == "cpu")
         return to_device(rec["weights"], indices.device)
 
-    @torch.compiler.disable
+    @_eager
     def replayed(self, indices: torch.Tensor) -> torch.Tensor:
         """Which rows of the batch about to be updated were drawn from the
         reservoir: bool [B] on the device of ``indices`` (the fresh part and
@@ -861,7 +882,7 @@ class ReplaySampler(BatchSampler):
         rec = self._expected("replayed", idx)
         return to_device(self._replayed_mask(rec), indices.device)
 
-    @torch.compiler.disable
+    @_eager
     def stored_logits(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits each replayed row had when it was admitted to the
         reservoir (``store_logits=True``), for the batch about to be updated:
@@ -885,7 +906,7 @@ class ReplaySampler(BatchSampler):
             has[f : f + r] = rec["stored_ok"]
         return to_device(out, indices.device), to_device(has, indices.device)
 
-    @torch.compiler.disable
+    @_eager
     def update(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor | None = None,
                targets: torch.Tensor | None = None, *, priorities: torch.Tensor | None = None) -> None:
         """Report the losses of the oldest batch not yet updated: call it once
@@ -1087,7 +1108,7 @@ class ReplaySampler(BatchSampler):
         """With ``state_device="cuda"``: the state goes to the GPU the losses
         are on, at the first update that brings CUDA tensors, and stays
         there (one process only: checked by the constructor)."""
-        if not isinstance(losses, torch.Tensor) or losses.device.type != "cuda":
+        if not isinstance(losses, torch.Tensor) or not losses.is_cuda:
             return
         if self._engine.device.type == "cpu" and self.state_device.type == "cuda":
             self._engine.to(losses.device)  # (another GPU than state_device's: refused by _validate)
@@ -1163,11 +1184,11 @@ class ReplaySampler(BatchSampler):
     def _validate(self, indices, losses, logits, targets, priorities) -> dict:
         idx = self._as_index_tensor("update", indices)
         # (indices may stay on the host: they are only compared with the batch yielded)
-        devices = {name: t.device for name, t in
-                   (("losses", losses), ("logits", logits), ("targets", targets),
-                    ("priorities", priorities)) if isinstance(t, torch.Tensor)}
-        if isinstance(indices, torch.Tensor) and indices.device.type != "cpu":
-            devices["indices"] = indices.device
+        given = (("losses", losses), ("logits", logits), ("targets", targets), ("priorities", priorities))
+        on_host = idx.is_cpu and all(t.is_cpu for _, t in given if isinstance(t, torch.Tensor))
+        devices = {} if on_host else {name: t.device for name, t in given if isinstance(t, torch.Tensor)}
+        if not on_host and not idx.is_cpu:
+            devices["indices"] = idx.device
         state = self._engine.device
         for name, d in devices.items():
             if d.type not in ("cpu", "cuda"):
@@ -1188,8 +1209,9 @@ class ReplaySampler(BatchSampler):
         host_checks = not deferred
 
         def vec(name: str, x, kinds) -> torch.Tensor:
-            x = _inputs.vector(name, x, B, kinds, op="update").detach()
-            return x.cpu() if host_checks else x
+            x = _inputs.vector(name, x, B, kinds, op="update")
+            x = x.detach() if x.requires_grad else x
+            return x if on_host or not host_checks else x.cpu()
 
         cfg = self.config
         loss = vec("losses", losses, LOSS_DTYPES)
