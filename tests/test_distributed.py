@@ -83,8 +83,8 @@ def _loop(s, epochs, start_epoch=0, stop=None, log=None):
             idx = torch.tensor(b)
             rec = s._outstanding[-1]
             if log is not None:
-                log.append({"epoch": e, "batch": b, "fresh": b[: rec["fresh"]],
-                            "replay": b[rec["fresh"] : rec["fresh"] + rec["replay"]]})
+                log.append({"epoch": e, "batch": b, "fresh": b[: rec.fresh],
+                            "replay": b[rec.fresh : rec.fresh + rec.replay]})
             s.update(idx, loss_of[idx], logits=logits_of[idx], targets=idx % C)
             if log is not None:
                 log[-1]["digest"] = _digest(s.engine)

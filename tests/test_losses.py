@@ -66,8 +66,8 @@ def _loop(sampler, steps, C=4, start=0, log=None, stop=None, admitted_with=None)
             adm = dict(zip(members["index"].tolist(), members["admitted"].tolist()))
             if log is not None:
                 log.append((mask.clone(), stored.clone(), has.clone(), {i: adm.get(i) for i in b}))
-            assert torch.equal(mask, torch.arange(len(b)).ge(rec["fresh"]) & torch.arange(len(b)).lt(
-                rec["fresh"] + rec["replay"]))
+            assert torch.equal(mask, torch.arange(len(b)).ge(rec.fresh) & torch.arange(len(b)).lt(
+                rec.fresh + rec.replay))
             assert not bool((has & ~mask).any())
             logits = torch.sin(idx[:, None] * 0.37 + step * 0.11 + torch.arange(C)[None, :]).float()
             for k in has.nonzero().squeeze(1).tolist():

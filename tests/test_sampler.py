@@ -36,7 +36,7 @@ def run_epochs(sampler, epochs, loss_of=None, classes=None, records=None):
         batches = []
         for b in sampler:
             if records is not None:
-                records.append(dict(sampler._outstanding[-1]))
+                records.append(sampler._outstanding[-1].state())
             batches.append(b)
             feed(sampler, b, loss_of, classes)
         out.append((n, batches))
@@ -329,7 +329,7 @@ def test_replay_of_batch_g_comes_from_the_reservoir_after_g_minus_lag_updates(la
     for e in range(3):
         s.set_epoch(e)
         for b in s:
-            r = s._outstanding[-1]
+            r = s._outstanding[-1].state()
             g = r["g"]
             while eng.step < max(0, g - lag):
                 eng.update(**history[eng.step])
@@ -671,7 +671,7 @@ def test_weights_before_replay_starts_are_one_and_fill_ins_zero():
     assert w.shape == (10,) and bool((w > 0).all())
     s2 = hardmix.ReplaySampler(100, batch_size=10, capacity=20, replay_fraction=0.3, replay_lag=0)
     b = next(iter(s2))  # reservoir empty: the replay share is filled with fresh examples, weight 0
-    r = s2._outstanding[-1]
+    r = s2._outstanding[-1].state()
     assert r["fill"] == 3 and r["replay"] == 0
     assert torch.equal(s2.weights(torch.tensor(b))[7:], torch.zeros(3))
 
@@ -724,7 +724,7 @@ def test_set_fresh_streams_tasks_and_the_reservoir_keeps_old_ones():
             n = len(s)
             count = 0
             for b in s:
-                r = s._outstanding[-1]
+                r = s._outstanding[-1].state()
                 seen_fresh.append((task, r["indices"][: r["fresh"]]))
                 feed(s, b, None, classes)
                 count += 1

@@ -143,7 +143,7 @@ def test_the_update_log_is_live_until_saved_and_deepcopy_freezes_it():
     sd = s.state_dict()  # batch 4 yielded, not updated: like a StatefulDataLoader snapshot
     frozen = copy.deepcopy(sd)
     n = len(sd["updates"])
-    s.update(s._outstanding[0]["indices"].clone(), torch.ones(10, dtype=torch.float64))
+    s.update(s._outstanding[0].indices.clone(), torch.ones(10, dtype=torch.float64))
     assert len(sd["updates"]) == n + 1 and len(frozen["updates"]) == n
     # Restored from the live one, batch 4's update is there: batch 5 comes next.
     a = _sampler()

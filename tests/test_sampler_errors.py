@@ -5,14 +5,16 @@ state is compared before and after each failed call."""
 from __future__ import annotations
 
 import collections
-import math
 import copy
+import dataclasses
+import math
 
 import pytest
 import torch
 
 import hardmix
 from hardmix import schedules
+from hardmix.batch_record import BatchRecord
 from hardmix.checkpoint_log import CheckpointLog
 from hardmix.engine import STATE_TENSORS
 from hardmix.inputs import INDEX_DTYPES
@@ -32,6 +34,8 @@ def plain(v):
         return v
     if isinstance(v, (EpochPlan, CheckpointLog)):  # (the sampler's parts)
         return {"type": type(v).__name__, **{k: plain(x) for k, x in vars(v).items()}}
+    if isinstance(v, BatchRecord):  # (slots: no vars())
+        return {"type": "BatchRecord", **{f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}}
     return type(v).__name__
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .batch_record import STATE_KEYS as BATCH_KEYS
 from .inputs import LOGIT_DTYPES
 
 STEP_LIMIT = 1 << 62
@@ -156,8 +157,7 @@ def check_state(state: dict, *, num_examples: int, capacity: int, class_limit: i
         c.fail("batches", f"must be a list, got {type(batches).__name__}")
     for n, r in enumerate(batches):
         f = f"batches[{n}]"
-        c.has(r, ("g", "indices", "fresh", "replay", "fill", "m", "w", "eligible", "drawn_w", "f_all", "size_all",
-                  "n", "outside", "in_fresh"), f)
+        c.has(r, BATCH_KEYS, f)
         c.int_(r["g"], f + ".g", start)
         idx = c.indices(r["indices"], f + ".indices", N)
         B = idx.shape[0]

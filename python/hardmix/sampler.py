@@ -77,6 +77,7 @@ from . import distributed as _dist
 from . import ops as _ops
 from . import plan as _plan
 from .checkpoint import check_state
+from .batch_record import BatchRecord
 from .checkpoint_log import CheckpointLog
 from .config import STREAM_FILL, PolicyConfig
 from .engine import Engine, to_device
@@ -601,9 +602,9 @@ class ReplaySampler(BatchSampler):
         self._yielded += 1
         self._batch += 1
         self._kick()  # (with a lag, the next batch's work can run while this one trains)
-        return rec["indices"].tolist()
+        return rec.indices.tolist()
 
-    def _make_batch(self) -> dict:
+    def _make_batch(self) -> BatchRecord:
         g, L = self._yielded, self.replay_lag
         j = self._batch
         plan = self._plan
@@ -639,12 +640,12 @@ class ReplaySampler(BatchSampler):
         replay = drawn[r * m : (r + 1) * m]  # this rank's slice of the shared draw
         fill = self._fill(g, m - replay.numel(), fresh, drawn, plan.pools[plan.where[j][0]])
         indices = torch.cat([fresh, replay, fill] if fill.numel() else [fresh, replay])
-        rec = {"g": g, "indices": indices, "fresh": f, "replay": int(replay.numel()), "fill": int(fill.numel()),
-               "m": m, **self._draw_facts(indices, fresh_all, drawn, facts, m)}
+        rec = BatchRecord(g=g, indices=indices, fresh=f, replay=int(replay.numel()), fill=int(fill.numel()), m=m,
+                          **self._draw_facts(indices, fresh_all, drawn, facts, m))
         if self._logits is not None:  # the replayed members' logits at admission, as of this draw
             slots = self._engine.slots_of(replay)
-            rec["stored"] = self._logits[slots]  # (indexing copies)
-            rec["stored_ok"] = self._logit_owner[slots] == replay
+            rec.stored = self._logits[slots]  # (indexing copies)
+            rec.stored_ok = self._logit_owner[slots] == replay
         return rec
 
     def _fill(self, g: int, k: int, fresh: torch.Tensor, drawn: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
@@ -698,18 +699,18 @@ class ReplaySampler(BatchSampler):
             out["outside"] = int((~mask[index[index >= 0].long()]).sum())
         return out
 
-    def _weights_of(self, rec: dict, pin: bool = False) -> torch.Tensor:
+    def _weights_of(self, rec: BatchRecord, pin: bool = False) -> torch.Tensor:
         """The importance weights of a batch record (see :meth:`weights`):
         float32 [B] on the host (in pinned memory with ``pin``), computed by
         ``hardmix::replay_weights``."""
-        n = rec["n"]
-        w, drawn_w = rec["w"], rec["drawn_w"]
+        n = rec.n
+        w, drawn_w = rec.w, rec.drawn_w
         if w.dtype != torch.float64 or drawn_w.dtype != torch.float64:  # (a restored record may hold float32)
             w, drawn_w = w.double(), drawn_w.double()
-        out = torch.empty(rec["indices"].numel(), dtype=torch.float32, pin_memory=pin)
-        torch.ops.hardmix.replay_weights(w.contiguous(), drawn_w.contiguous(), rec["in_fresh"], rec["eligible"],
-                                         rec["m"] * self.num_replicas, rec["fresh"] + rec["replay"], n,
-                                         rec["f_all"], rec["size_all"] * n / (n + rec["outside"]), out)
+        out = torch.empty(rec.indices.numel(), dtype=torch.float32, pin_memory=pin)
+        torch.ops.hardmix.replay_weights(w.contiguous(), drawn_w.contiguous(), rec.in_fresh, rec.eligible,
+                                         rec.m * self.num_replicas, rec.fresh + rec.replay, n,
+                                         rec.f_all, rec.size_all * n / (n + rec.outside), out)
         return out
 
     # --- feedback ----------------------------------------------------------
@@ -792,7 +793,7 @@ class ReplaySampler(BatchSampler):
         (the checks after the fast path only explain the mismatch)."""
         self._check_thread(name)
         host = indices if indices.is_cpu else indices.cpu()
-        if self._outstanding and torch.equal(host, self._outstanding[0]["indices"]):
+        if self._outstanding and torch.equal(host, self._outstanding[0].indices):
             return self._outstanding[0]  # the usual case; the diagnostics below explain the others
         if indices.numel() == 0:
             raise ValueError(f"{name}: indices is empty; pass the indices of the batch (batches are never empty)")
@@ -812,12 +813,12 @@ class ReplaySampler(BatchSampler):
         if not self._outstanding:
             raise ValueError(f"{name}: no batch is waiting for an update (every yielded batch was updated)")
         rec = self._outstanding[0]  # (the fast path above: it does not match)
-        want, got = rec["indices"], host.tolist()
+        want, got = rec.indices, host.tolist()
         diff = next((k for k in range(min(len(got), want.numel())) if got[k] != int(want[k])), None)
         where = (f"first difference at position {diff}: got {got[diff]}, expected {int(want[diff])}"
                  if diff is not None else f"got {len(got)} indices, expected {want.numel()}")
         raise ValueError(
-            f"{name}: indices are not those of batch {rec['g']}, the oldest batch not yet updated "
+            f"{name}: indices are not those of batch {rec.g}, the oldest batch not yet updated "
             f"({where}). Pass each batch's indices in the order yielded, once per batch, in order"
         )
 
@@ -832,7 +833,7 @@ class ReplaySampler(BatchSampler):
         self._check_thread("batch_to_update")
         if not self._outstanding:
             raise ValueError("batch_to_update: no batch is waiting for an update")
-        return self._outstanding[0]["indices"].clone()
+        return self._outstanding[0].indices.clone()
 
     @staticmethod
     def _as_index_tensor(name: str, indices) -> torch.Tensor:
@@ -864,11 +865,11 @@ class ReplaySampler(BatchSampler):
         self._worker.wait()
         idx = self._as_index_tensor("weights", indices)
         rec = self._expected("weights", idx)
-        if "weights" not in rec:
+        if rec.weights is None:
             # (training on a GPU: host weights in pinned memory, so that
             # .to(device, non_blocking=True) does not wait for the GPU)
-            rec["weights"] = self._weights_of(rec, pin=self._pin and indices.device.type == "cpu")
-        return to_device(rec["weights"], indices.device)
+            rec.weights = self._weights_of(rec, pin=self._pin and indices.device.type == "cpu")
+        return to_device(rec.weights, indices.device)
 
     @_eager
     def replayed(self, indices: torch.Tensor) -> torch.Tensor:
@@ -896,14 +897,14 @@ class ReplaySampler(BatchSampler):
             raise ValueError("stored_logits: the sampler keeps no logits (pass store_logits=True)")
         idx = self._as_index_tensor("stored_logits", indices)
         rec = self._expected("stored_logits", idx)
-        B, f = rec["indices"].numel(), rec["fresh"]
+        B, f = rec.indices.numel(), rec.fresh
         width = self._logits.shape[1] if self._logits is not None else 0  # (C unknown before the first update)
         out = torch.zeros(B, width, dtype=torch.float32)
         has = torch.zeros(B, dtype=torch.bool)
-        if "stored" in rec:
-            r = rec["stored"].shape[0]
-            out[f : f + r] = rec["stored"]
-            has[f : f + r] = rec["stored_ok"]
+        if rec.stored is not None:
+            r = rec.stored.shape[0]
+            out[f : f + r] = rec.stored
+            has[f : f + r] = rec.stored_ok
         return to_device(out, indices.device), to_device(has, indices.device)
 
     @_eager
@@ -982,7 +983,7 @@ class ReplaySampler(BatchSampler):
             copy = self._to_host(entry)
         self._pin = self._pin or (isinstance(losses, torch.Tensor) and losses.is_cuda)
         rec = self._outstanding.popleft()
-        self._last_updated = rec["indices"]
+        self._last_updated = rec.indices
         self._receive(entry, ready, copy)
         if not self._kick():
             self._apply(self._yielded - self.replay_lag, wait=False)
@@ -1046,10 +1047,10 @@ class ReplaySampler(BatchSampler):
         self._prepared = (self._position(), rec)
 
     @staticmethod
-    def _replayed_mask(rec: dict, shared: bool = False) -> torch.Tensor:
+    def _replayed_mask(rec: BatchRecord, shared: bool = False) -> torch.Tensor:
         """The rows of a batch drawn from the reservoir (bool [B]); with
         ``shared``, one read-only tensor per shape (update entries)."""
-        key = (rec["indices"].numel(), rec["fresh"], rec["replay"])
+        key = (rec.indices.numel(), rec.fresh, rec.replay)
         mask = _MASKS.get(key) if shared else None
         if mask is None:
             mask = torch.zeros(key[0], dtype=torch.bool)
@@ -1254,7 +1255,7 @@ class ReplaySampler(BatchSampler):
         # (classes were checked above)
         if host_checks and (what := _inputs.value_error(self.config, None, loss, margins, None, prio)):
             raise ValueError("update: " + what)
-        entry = {"indices": rec["indices"], "losses": loss, "margins": margins, "classes": classes,
+        entry = {"indices": rec.indices, "losses": loss, "margins": margins, "classes": classes,
                  "priorities": prio}
         if self.store_logits:  # (a copy: applied later, the caller may reuse its buffers)
             entry["logits"] = logits.detach().to(torch.float32 if host_checks else logits.dtype, copy=True)
@@ -1364,7 +1365,7 @@ class ReplaySampler(BatchSampler):
             "plan": (self._plan.fresh, self._plan.replay),
             "fresh": self._fresh,
             "next_fresh": self._next_fresh,
-            "batches": [dict(r) for r in (*self._outstanding, *self._again)],
+            "batches": [r.state() for r in (*self._outstanding, *self._again)],
             "engine": base,
             "updates_start": start,
             "dynamics_until": dynamics,
@@ -1500,7 +1501,7 @@ class ReplaySampler(BatchSampler):
         new._pending = UpdateQueue(updates)
         new._errors = [{"error": str(m)} for m in state.get("errors", [])]
         new._found = new._found_base = int(state.get("found", 0))
-        new._outstanding = collections.deque(dict(r) for r in records)
+        new._outstanding = collections.deque(BatchRecord.from_state(r) for r in records)
         new._again = collections.deque()
         new._last_updated = None
         new._prev_totals = torch.as_tensor(state["prev_totals"], dtype=torch.int64).clone()
