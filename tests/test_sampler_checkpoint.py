@@ -326,3 +326,22 @@ def test_sharded_table_runs_and_resumes_as_the_whole_table(full, stop):
     for k in ("index", "priority", "step", "cls", "admitted"):
         assert torch.equal(rest["members"][k], full["members"][k]), k
     assert torch.equal(rest["table"], whole["table"])  # every example's dynamics, as uninterrupted
+
+
+def test_a_restored_batch_weighs_its_examples_from_its_draw():
+    """The weights of a batch yielded before the checkpoint come from the
+    record's draw facts after a restore: a weights entry in the saved record
+    (which older checkpoints held) is not taken as it is."""
+    s = _sampler()
+    it = iter(s)
+    for _ in range(5):
+        _step(s, it)
+    b = torch.tensor(next(it))
+    want = s.weights(b)
+    assert bool((want[7:] != 1).any())  # (replayed examples weigh other than 1)
+    sd = copy.deepcopy(s.state_dict())
+    for r in sd["batches"]:
+        r["weights"] = torch.full((10,), 1e6)
+    t = _sampler()
+    t.load_state_dict(sd)
+    assert torch.equal(t.weights(b), want)
