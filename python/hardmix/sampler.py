@@ -637,7 +637,7 @@ class ReplaySampler(BatchSampler):
             drawn, facts = self._engine.draw(m * W, exclude=fresh_all, facts=True)
         else:
             drawn, facts = fresh[:0], None
-        replay = drawn[r * m : (r + 1) * m]  # this rank's slice of the shared draw
+        replay = drawn if W == 1 else drawn[r * m : (r + 1) * m]  # this rank's slice of the shared draw
         fill = self._fill(g, m - replay.numel(), fresh, drawn, plan.pools[plan.where[j][0]])
         indices = torch.cat([fresh, replay, fill] if fill.numel() else [fresh, replay])
         rec = BatchRecord(g=g, indices=indices, fresh=f, replay=int(replay.numel()), fill=int(fill.numel()), m=m,
@@ -686,9 +686,9 @@ class ReplaySampler(BatchSampler):
             w, drawn_w, eligible = torch.zeros(B, dtype=torch.float64), torch.zeros(0, dtype=torch.float64), 0.0
         else:
             # (facts of all W * m drawn, 0 past n; this rank's replay part is m of them)
-            drawn_w, eligible = facts[E : E + n], float(facts[E + W * m])
-            w = facts[: E + m] if W == 1 else torch.cat([facts[r:E:W], facts[E + r * m : E + (r + 1) * m]])
-            w = w[:B]  # (fill-ins, weight 0, may fall short of the replay's gap)
+            drawn_w, eligible = facts[E : E + n], facts[E + W * m].item()
+            # (B: fill-ins, weight 0, may fall short of the replay's gap)
+            w = facts[: min(E + m, B)] if W == 1 else torch.cat([facts[r:E:W], facts[E + r * m : E + (r + 1) * m]])[:B]
         out = {"w": w, "eligible": eligible, "drawn_w": drawn_w,
                "f_all": int(E), "size_all": int(B) * W, "n": self._plan.n, "outside": 0, "in_fresh": None}
         if self._plan.mask is not None:
