@@ -794,6 +794,45 @@ def test_update_under_no_grad_and_compile():
     assert b1 == b2 and torch.equal(r1, r2)
 
 
+def test_compiled_steps_compile_no_more_frames_than_with_compiler_disable(monkeypatch):
+    """The sampler's methods run eagerly in a torch.compile'd step, each
+    call a graph break, and Dynamo compiles no frame of theirs: as many
+    frames as when they are wrapped by torch.compiler.disable itself (their
+    wrapper skips that one's cost outside compiled code), with indices and
+    targets of changing dtypes."""
+    from torch._dynamo.utils import counters
+
+    def frames(wrap):
+        torch._dynamo.reset()
+        counters.clear()
+        with monkeypatch.context() as m:
+            for name in ("update", "weights", "replayed", "stored_logits", "batch_to_update"):
+                m.setattr(hardmix.ReplaySampler, name, wrap(getattr(hardmix.ReplaySampler, name).__wrapped__))
+            torch.manual_seed(0)
+            s = hardmix.ReplaySampler(64, batch_size=8, capacity=16, replay_lag=0, replay_fraction=0.25,
+                                      store_logits=True)
+            model = torch.nn.Linear(3, 2)
+            x, y = torch.randn(64, 3), torch.arange(64) % 2
+
+            def step(idx, kind):
+                logits = model(x[idx])
+                losses = torch.nn.functional.cross_entropy(logits, y[idx], reduction="none")
+                w = s.weights(idx)
+                s.replayed(idx), s.stored_logits(idx), s.batch_to_update()
+                s.update(idx, losses.detach(), logits=logits.detach(), targets=y[idx].to(kind))
+                return (losses * w).mean()
+
+            step = torch.compile(step, backend="eager")
+            for k, b in enumerate(b for e in range(2) for b in s):
+                with torch.no_grad():
+                    step(torch.tensor(b, dtype=torch.int64 if k % 2 else torch.int32),
+                         torch.int64 if k % 3 else torch.int32)
+        return dict(counters["frames"])
+
+    ours = frames(hardmix.sampler._eager)
+    assert ours == frames(torch.compiler.disable) and ours["total"] > 0
+
+
 @pytest.mark.parametrize("state_device", ["cpu", "cuda"])
 def test_inputs_on_any_device(device, state_device):
     """update/weights take tensors on the training device; the state stays on

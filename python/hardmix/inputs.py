@@ -4,8 +4,8 @@ checkpoint checks), so that no two of them accept different things or say
 it differently: the dtypes each input may have, its shape (:func:`vector`,
 :func:`logits`) and the value checks an update makes before it is queued
 (:func:`value_error`). Narrower integers and half floats are widened
-exactly before the ops. The ops check again (they are public too) in the
-same words."""
+exactly before the ops. The ops check again (they are public too), in
+their own words for dtypes (C++ names: "Float", "Long")."""
 
 from __future__ import annotations
 

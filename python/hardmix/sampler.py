@@ -106,18 +106,26 @@ def _is_int(v) -> bool:
 
 
 def _eager(method):
-    """``method`` run eagerly under ``torch.compile`` (host-side work: one
-    graph break per call, as with ``torch.compiler.disable``), and called
-    directly otherwise (that wrapper's own frame handling costs ~10 µs a
-    call, every step)."""
+    """``method`` run eagerly under ``torch.compile``, as with
+    ``torch.compiler.disable`` (host-side work: one graph break per call),
+    and called directly otherwise (that wrapper's own frame handling costs
+    ~10 µs a call, every step). Where this torch lacks the two Dynamo hooks
+    used, the plain ``torch.compiler.disable`` wrapper."""
     disabled = torch.compiler.disable(method)
+    try:
+        from torch._C._dynamo.eval_frame import get_eval_frame_callback
+        from torch._dynamo.eval_frame import skip_code
+    except ImportError:  # pragma: no cover - another torch
+        return disabled
 
     @functools.wraps(method)
     def call(*args, **kwargs):
-        if torch.compiler.is_compiling():
+        # (in a compiled region, also in the eager code after a graph break: the disabled method)
+        if torch.compiler.is_compiling() or get_eval_frame_callback() is not None:
             return disabled(*args, **kwargs)
         return method(*args, **kwargs)
 
+    skip_code(call.__code__)  # (Dynamo never compiles this frame: calling it breaks the graph)
     return call
 
 
@@ -740,7 +748,7 @@ class ReplaySampler(BatchSampler):
                 e.update(host)  # the host copies, complete now (same keys; other values the same)
             checks = bool(e.get("deferred")) and eng.device.type == "cpu"
             error = _inputs.value_error(self.config, e.get("C"), e["losses"], e["margins"], e["classes"],
-                                      e["priorities"]) if checks else None
+                                        e["priorities"]) if checks else None
             # (an update with no examples is made for the current config: one queued before the
             # first update may predate the class count)
             args = self._empty_entry() if error or e["indices"].numel() == 0 else e
@@ -788,7 +796,7 @@ class ReplaySampler(BatchSampler):
         self._logits[where] = logits[new].to(self._logits.dtype)
         self._logit_owner[where] = indices[new]
 
-    def _expected(self, name: str, indices: torch.Tensor) -> dict:
+    def _expected(self, name: str, indices: torch.Tensor) -> BatchRecord:
         """The record of the batch these indices must belong to, or a clear error
         (the checks after the fast path only explain the mismatch)."""
         self._check_thread(name)
@@ -1212,7 +1220,7 @@ class ReplaySampler(BatchSampler):
         def vec(name: str, x, kinds) -> torch.Tensor:
             x = _inputs.vector(name, x, B, kinds, op="update")
             x = x.detach() if x.requires_grad else x
-            return x if on_host or not host_checks else x.cpu()
+            return x if x.is_cpu or not host_checks else x.cpu()  # (also a score_fn's priorities)
 
         cfg = self.config
         loss = vec("losses", losses, LOSS_DTYPES)
