@@ -68,7 +68,7 @@ from .state_check import check_state
 
 _INT_FIELDS = ("index", "step", "class", "admitted")  # members(): slot fields returned as int64
 _NO_INDICES = torch.empty(0, dtype=torch.int64)
-_STATE = operator.attrgetter(*STATE_TENSORS)  # (one call for the ops' eleven state arguments)
+_STATE = operator.attrgetter(*STATE_TENSORS)  # (the ops' state arguments in one call)
 _NO_CONTEXT = contextlib.nullcontext()  # (reusable: on_stream() of a CPU engine, every batch)
 
 

@@ -108,9 +108,10 @@ def _is_int(v) -> bool:
 def _eager(method):
     """``method`` run eagerly under ``torch.compile``, as with
     ``torch.compiler.disable`` (host-side work: one graph break per call),
-    and called directly otherwise (that wrapper's own frame handling costs
-    ~10 µs a call, every step). Where this torch lacks the two Dynamo hooks
-    used, the plain ``torch.compiler.disable`` wrapper."""
+    and called directly otherwise (that wrapper switches Dynamo's frame
+    handling off and on around every call, every step). Where this torch
+    lacks the two Dynamo hooks used, the plain ``torch.compiler.disable``
+    wrapper."""
     disabled = torch.compiler.disable(method)
     try:
         from torch._C._dynamo.eval_frame import get_eval_frame_callback
@@ -752,11 +753,8 @@ class ReplaySampler(BatchSampler):
             # (an update with no examples is made for the current config: one queued before the
             # first update may predate the class count)
             args = self._empty_entry() if error or e["indices"].numel() == 0 else e
-            if eng.device.type == "cpu":
+            with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
                 self._prev_totals = eng.total_counts()
-            else:
-                with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
-                    self._prev_totals = eng.total_counts()
             # (a host entry is in the op's kinds: _validate and the checkpoint checks make it so)
             if eng.device.type == "cpu" and eng.shard is None and not e.get("deferred"):
                 eng._update_host(args["indices"], args["losses"], args["margins"], args["classes"],
