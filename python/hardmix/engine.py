@@ -120,16 +120,6 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
-def _tensor(name: str, x, B: int | None, kinds: tuple[torch.dtype, ...],
-            device: torch.device = torch.device("cpu"), op: str = "") -> torch.Tensor:
-    """`x` as a 1-D tensor of B entries with a dtype in `kinds`, on the CPU or
-    on ``device`` (the engine's), or a clear error (:func:`hardmix.inputs.vector`)."""
-    if isinstance(x, torch.Tensor) and x.device.type != "cpu" and x.device != device:
-        raise ValueError(f"{op + ': ' if op else ''}{name} must be on the CPU or on the engine's device {device}, "
-                         f"got {x.device}")
-    return _inputs.vector(name, x, B, kinds, op=op)
-
-
 class Engine:
     """The policy's state and its per-step operations, on native ops.
 
@@ -440,15 +430,15 @@ class Engine:
                 op: str = "update") -> tuple:
         """The op's batch arguments from update()'s (or dynamics()'s: ``op``), checked (see update)."""
         dev = self.device
-        indices = _tensor("indices", indices, None, INDEX_DTYPES, dev, op)
+        indices = _inputs.vector("indices", indices, None, INDEX_DTYPES, op, dev)
         B = indices.shape[0]
-        losses = _tensor("losses", losses, B, LOSS_DTYPES, dev, op)
+        losses = _inputs.vector("losses", losses, B, LOSS_DTYPES, op, dev)
         if logits is not None or targets is not None:
             if logits is None or targets is None:
                 raise ValueError(f"{op}: logits and targets go together: pass both or neither")
             if margins is not None:
                 raise ValueError(f"{op}: pass margins or logits/targets, not both")
-            targets = _tensor("targets", targets, B, TARGET_DTYPES, dev, op)
+            targets = _inputs.vector("targets", targets, B, TARGET_DTYPES, op, dev)
             _inputs.logits(logits, B, op)
             if logits.device != targets.device:
                 raise ValueError(f"{op}: logits and targets must be on one device, got {logits.device} and "
@@ -457,15 +447,15 @@ class Engine:
             if classes is None:
                 classes = targets
         if margins is not None:
-            margins = _tensor("margins", margins, B, SCORE_DTYPES, dev, op)
+            margins = _inputs.vector("margins", margins, B, SCORE_DTYPES, op, dev)
         if classes is not None:
-            classes = _tensor("classes", classes, B, TARGET_DTYPES, dev, op).long()
+            classes = _inputs.vector("classes", classes, B, TARGET_DTYPES, op, dev).long()
         if priorities is None and self.score_fn is not None:
             priorities = torch.as_tensor(self.score_fn(indices, losses, margins))
         if priorities is not None:
-            priorities = _tensor("priorities", priorities, B, SCORE_DTYPES, dev, op)
+            priorities = _inputs.vector("priorities", priorities, B, SCORE_DTYPES, op, dev)
         if replayed is not None:
-            replayed = _tensor("replayed", replayed, B, (torch.bool,), dev, op)
+            replayed = _inputs.vector("replayed", replayed, B, (torch.bool,), op, dev)
         if losses.dtype in HALF_DTYPES:
             losses = losses.float()
         args = (indices.long(), losses.detach(), None if margins is None else margins.detach(), classes,
@@ -487,8 +477,8 @@ class Engine:
         excluded members')."""
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise ValueError(f"draw: m must be an int >= 0, got {m!r}")
-        exclude = _NO_INDICES if exclude is None else _tensor("exclude", exclude, None, INDEX_DTYPES,
-                                                               self.device, "draw")
+        exclude = _NO_INDICES if exclude is None else _inputs.vector("exclude", exclude, None, INDEX_DTYPES,
+                                                                      "draw", self.device)
         if exclude.dtype != torch.int64:
             exclude = exclude.long()
         if self._stream is not None and exclude.is_cuda:  # made on the caller's stream

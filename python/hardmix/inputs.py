@@ -38,12 +38,16 @@ def _where(op: str) -> str:
     return f"{op}: " if op else ""
 
 
-def vector(name: str, x, B: int | None, kinds: tuple[torch.dtype, ...], op: str = "") -> torch.Tensor:
+def vector(name: str, x, B: int | None, kinds: tuple[torch.dtype, ...], op: str = "",
+           device: torch.device | None = None) -> torch.Tensor:
     """``x`` itself when it is a 1-D tensor of ``B`` entries (any length for
-    None) with a dtype in ``kinds``; else a TypeError or ValueError naming
-    ``name`` (after ``op: ``) and what it got."""
+    None) with a dtype in ``kinds`` (and, with ``device``, on the CPU or on
+    that device); else a TypeError or ValueError naming ``name`` (after
+    ``op: ``) and what it got."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{_where(op)}{name} must be a torch.Tensor, got {type(x).__name__}")
+    if device is not None and not x.is_cpu and x.device != device:
+        raise ValueError(f"{_where(op)}{name} must be on the CPU or on the engine's device {device}, got {x.device}")
     if x.dim() != 1:
         raise ValueError(f"{_where(op)}{name} must be a 1-D tensor [B], got shape {list(x.shape)}")
     if B is not None and x.shape[0] != B:

@@ -1193,8 +1193,9 @@ class ReplaySampler(BatchSampler):
         # (indices may stay on the host: they are only compared with the batch yielded)
         given = (("losses", losses), ("logits", logits), ("targets", targets), ("priorities", priorities))
         on_host = idx.is_cpu and all(t.is_cpu for _, t in given if isinstance(t, torch.Tensor))
+        # (off the host: every tensor's device, to check they agree)
         devices = {} if on_host else {name: t.device for name, t in given if isinstance(t, torch.Tensor)}
-        if not on_host and not idx.is_cpu:
+        if not idx.is_cpu:
             devices["indices"] = idx.device
         state = self._engine.device
         for name, d in devices.items():
