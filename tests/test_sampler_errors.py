@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import hardmix
+import hardmix.intake
 from hardmix import schedules
 from hardmix.batch_record import BatchRecord
 from hardmix.checkpoint_log import CheckpointLog
@@ -391,8 +392,8 @@ def deferring(s: hardmix.ReplaySampler, monkeypatch, done: bool = False, on_devi
             entry.update({k: v.to("meta") for k, v in entry.items() if isinstance(v, torch.Tensor)})
         return copies[-1], host
 
-    monkeypatch.setattr(s, "_defers", lambda devices: True)
-    monkeypatch.setattr(s, "_to_host", to_host)
+    monkeypatch.setattr(hardmix.intake, "defers", lambda devices, allowed: True)
+    monkeypatch.setattr(hardmix.intake, "to_host", to_host)
     return copies
 
 
@@ -559,7 +560,7 @@ def test_update_changes_nothing_when_the_copy_fails_to_start(monkeypatch):
     def failing(entry):
         raise RuntimeError("CUDA error: out of memory (pinned)")
 
-    monkeypatch.setattr(s, "_to_host", failing)
+    monkeypatch.setattr(hardmix.intake, "to_host", failing)
     before = freeze(s)
     with pytest.raises(RuntimeError, match="out of memory"):
         s.update(b, loss(b))

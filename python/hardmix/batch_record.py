@@ -3,7 +3,8 @@ indices against, and what ``weights()`` needs (the facts of the replay draw
 that made it), from the draw until the batch's update arrives. A checkpoint
 holds the records of the batches yielded and not updated as plain dicts
 (:meth:`BatchRecord.state`); :meth:`BatchRecord.from_state` reads one back
-once :mod:`hardmix.checkpoint` has validated it.
+once :mod:`hardmix.checkpoint` has validated it. The weights are computed
+from the facts (:meth:`BatchRecord.importance_weights`) when first asked for.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ class BatchRecord:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _OPTIONAL}
         if self.stored is not None:
             out.update(stored=self.stored, stored_ok=self.stored_ok)
+        return out
+
+    def importance_weights(self, num_replicas: int, pin: bool = False) -> torch.Tensor:
+        """The batch's importance weights (see ReplaySampler.weights) from the
+        draw's facts: float32 [B] on the host (in pinned memory with
+        ``pin``), computed by ``hardmix::replay_weights``."""
+        n = self.n
+        w, drawn_w = self.w, self.drawn_w
+        if w.dtype != torch.float64 or drawn_w.dtype != torch.float64:  # (a restored record may hold float32)
+            w, drawn_w = w.double(), drawn_w.double()
+        out = torch.empty(self.indices.numel(), dtype=torch.float32, pin_memory=pin)
+        torch.ops.hardmix.replay_weights(w.contiguous(), drawn_w.contiguous(), self.in_fresh, self.eligible,
+                                         self.m * num_replicas, self.fresh + self.replay, n,
+                                         self.f_all, self.size_all * n / (n + self.outside), out)
         return out
 
     @classmethod

@@ -74,15 +74,16 @@ import torch
 from torch.utils.data import BatchSampler, Sampler
 
 from . import distributed as _dist
-from . import ops as _ops
+from . import draws as _draws
+from . import intake as _intake
 from . import plan as _plan
 from .checkpoint import check_state
 from .batch_record import BatchRecord
 from .checkpoint_log import CheckpointLog
-from .config import STREAM_FILL, PolicyConfig
+from .config import PolicyConfig
 from .engine import Engine, to_device
 from . import inputs as _inputs
-from .inputs import CLASS_LIMIT, HALF_DTYPES, INDEX_DTYPES, LOSS_DTYPES, SCORE_DTYPES, TARGET_DTYPES
+from .inputs import CLASS_LIMIT, INDEX_DTYPES
 from .schedules import LinearRamp, Schedule, as_schedule
 from .update_queue import UpdateQueue
 from .worker import Worker
@@ -422,7 +423,7 @@ class ReplaySampler(BatchSampler):
         self._outstanding.clear()
         self._again.clear()
         while self._received < self._yielded:
-            self._receive(self._empty_entry())
+            self._receive(_intake.empty_entry(self.config, self.shard_table))
         self._epoch, self._fresh, self._next_fresh = epoch, fresh, None
         self._epoch_start, self._batch, self._hold = start, 0, False
         self._set_plan(plan)
@@ -615,11 +616,6 @@ class ReplaySampler(BatchSampler):
 
     def _make_batch(self) -> BatchRecord:
         g, L = self._yielded, self.replay_lag
-        j = self._batch
-        plan = self._plan
-        f, m = plan.fresh[j], plan.replay[j]
-        off = plan.offset[j]
-        fresh = plan.order[off : off + f]
         need = 0 if L is None else max(0, g - L)  # (L unknown: no update has arrived yet)
         if self._received < need:
             skip = (" No update() has arrived since this iteration began: if something consumes batches "
@@ -640,93 +636,14 @@ class ReplaySampler(BatchSampler):
             raise ValueError(f"update: {errors[0]['error']}{more}")
         if self._engine.step != need:  # pragma: no cover - an invariant, not user input
             raise RuntimeError(f"ReplaySampler: internal error: engine at update {self._engine.step}, need {need}")
-        W, r = self.num_replicas, self.rank
-        fresh_all = plan.grid[off : off + f].reshape(-1) if W > 1 else fresh
-        if m > 0:
-            drawn, facts = self._engine.draw(m * W, exclude=fresh_all, facts=True)
-        else:
-            drawn, facts = fresh[:0], None
-        replay = drawn if W == 1 else drawn[r * m : (r + 1) * m]  # this rank's slice of the shared draw
-        fill = self._fill(g, m - replay.numel(), fresh, drawn, plan.pools[plan.where[j][0]])
-        indices = torch.cat([fresh, replay, fill] if fill.numel() else [fresh, replay])
-        rec = BatchRecord(g=g, indices=indices, fresh=f, replay=int(replay.numel()), fill=int(fill.numel()), m=m,
-                          **self._draw_facts(indices, fresh_all, drawn, facts, m))
-        if self._logits is not None:  # the replayed members' logits at admission, as of this draw
-            slots = self._engine.slots_of(replay)
-            rec.stored = self._logits[slots]  # (indexing copies)
-            rec.stored_ok = self._logit_owner[slots] == replay
-        return rec
-
-    def _fill(self, g: int, k: int, fresh: torch.Tensor, drawn: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
-        """k distinct examples of ``pool`` (this rank's part of the pass) outside the batch and
-        the whole replay draw, uniformly at random (when the reservoir holds
-        fewer than m eligible members): O(B) per 64 candidates, and O(n) only
-        when fewer than k of the n could be left."""
-        if k <= 0:
-            return fresh[:0]
-        n = pool.numel()
-        taken = set(fresh.tolist()) | set(drawn.tolist())
-        if n - len(taken) < k:  # maybe fewer than k left: count them
-            k = min(k, len(set(pool.tolist()) - taken))
-        out: list[int] = []
-        r = 0
-        while len(out) < k:
-            u = _ops.uniform(64, self.seed, g, STREAM_FILL, offset=(self.rank << 40) + r)
-            r += 64
-            for i in pool[(u * n).long().clamp_(max=n - 1)].tolist():
-                if i not in taken:
-                    taken.add(i)
-                    out.append(i)
-                    if len(out) == k:
-                        break
-        return torch.tensor(out, dtype=torch.int64)
-
-    def _draw_facts(self, indices: torch.Tensor, fresh_all: torch.Tensor, drawn: torch.Tensor,
-                    facts: torch.Tensor | None, m: int) -> dict:
-        """What the batch's importance weights need from the reservoir it was
-        drawn from, out of the draw's ``facts`` (Engine.draw; None: no
-        replay, so no weight matters), plus O(R) with a restricted fresh
-        set; the weights themselves are computed when asked for
-        (:meth:`_weights_of`). With several ranks the view is global: all
-        ranks' batches form one batch (DDP averages over them)."""
-        W, r = self.num_replicas, self.rank
-        B, E, n = indices.numel(), fresh_all.numel(), drawn.numel()
-        if facts is None:
-            w, drawn_w, eligible = torch.zeros(B, dtype=torch.float64), torch.zeros(0, dtype=torch.float64), 0.0
-        else:
-            # (facts of all W * m drawn, 0 past n; this rank's replay part is m of them)
-            drawn_w, eligible = facts[E : E + n], facts[E + W * m].item()
-            # (B: fill-ins, weight 0, may fall short of the replay's gap)
-            w = facts[: min(E + m, B)] if W == 1 else torch.cat([facts[r:E:W], facts[E + r * m : E + (r + 1) * m]])[:B]
-        out = {"w": w, "eligible": eligible, "drawn_w": drawn_w,
-               "f_all": int(E), "size_all": int(B) * W, "n": self._plan.n, "outside": 0, "in_fresh": None}
-        if self._plan.mask is not None:
-            eng, mask = self._engine, self._plan.mask
-            out["in_fresh"] = mask[indices]
-            with eng.on_stream():
-                index = eng.slot_field("index").cpu()
-            out["outside"] = int((~mask[index[index >= 0].long()]).sum())
-        return out
-
-    def _weights_of(self, rec: BatchRecord, pin: bool = False) -> torch.Tensor:
-        """The importance weights of a batch record (see :meth:`weights`):
-        float32 [B] on the host (in pinned memory with ``pin``), computed by
-        ``hardmix::replay_weights``."""
-        n = rec.n
-        w, drawn_w = rec.w, rec.drawn_w
-        if w.dtype != torch.float64 or drawn_w.dtype != torch.float64:  # (a restored record may hold float32)
-            w, drawn_w = w.double(), drawn_w.double()
-        out = torch.empty(rec.indices.numel(), dtype=torch.float32, pin_memory=pin)
-        torch.ops.hardmix.replay_weights(w.contiguous(), drawn_w.contiguous(), rec.in_fresh, rec.eligible,
-                                         rec.m * self.num_replicas, rec.fresh + rec.replay, n,
-                                         rec.f_all, rec.size_all * n / (n + rec.outside), out)
-        return out
+        return _draws.make_batch(self._plan, self._batch, g, self._engine, self.seed, self.rank, self.num_replicas,
+                                 self._logits, self._logit_owner)
 
     # --- feedback ----------------------------------------------------------
 
     def _apply(self, upto: int, wait: bool = True) -> None:
         """Apply queued updates until the engine has seen ``upto`` of them,
-        waiting for GPU inputs still being copied (_to_host), or with
+        waiting for GPU inputs still being copied (intake.to_host), or with
         ``wait=False`` stopping at the first such update.
 
         Deferred updates (GPU inputs, values unchecked) are checked here when
@@ -739,33 +656,16 @@ class ReplaySampler(BatchSampler):
         eng = self._engine
         while self._pending and eng.step < upto:
             queued = self._pending.front()
-            e, copy = queued.entry, queued.copy
-            if copy is not None:
-                done, host = copy
-                if not done.query():
-                    if not wait:
-                        break
-                    done.synchronize()
-                e.update(host)  # the host copies, complete now (same keys; other values the same)
+            if not queued.finish_copy(wait):
+                break
+            e = queued.entry
             checks = bool(e.get("deferred")) and eng.device.type == "cpu"
             error = _inputs.value_error(self.config, e.get("C"), e["losses"], e["margins"], e["classes"],
                                         e["priorities"]) if checks else None
             # (an update with no examples is made for the current config: one queued before the
             # first update may predate the class count)
-            args = self._empty_entry() if error or e["indices"].numel() == 0 else e
-            with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
-                self._prev_totals = eng.total_counts()
-            # (a host entry is in the op's kinds: _validate and the checkpoint checks make it so)
-            if eng.device.type == "cpu" and eng.shard is None and not e.get("deferred"):
-                eng._update_host(args["indices"], args["losses"], args["margins"], args["classes"],
-                                 args["priorities"], args.get("replayed"))
-                made = None
-            else:
-                made = eng.update(args["indices"], args["losses"], margins=args["margins"], classes=args["classes"],
-                                  priorities=args["priorities"], replayed=args.get("replayed"), rows=e.get("rows"),
-                                  ready=queued.ready)
-            if self._logits is not None and args.get("logits") is not None:
-                self._store_admitted(args["indices"], args["logits"], eng.step - 1)
+            args = _intake.empty_entry(self.config, self.shard_table) if error or e["indices"].numel() == 0 else e
+            made = self._step(queued, args)
             self._pending.pop()
             if error:
                 e.clear()
@@ -784,6 +684,26 @@ class ReplaySampler(BatchSampler):
                 # step's quarantines (Engine.dynamics).
                 for later in self._pending:
                     Engine.carry(later["rows"], later["indices"], made)
+
+    def _step(self, queued, args: dict):
+        """One engine step with the update ``args`` (the queued entry, or the
+        empty update it runs as), and the logits it admitted kept; returns
+        Engine.update's quarantines (sharded), else None."""
+        eng, e = self._engine, queued.entry
+        with eng.on_stream():  # (a copy, not a read: no wait on a GPU)
+            self._prev_totals = eng.total_counts()
+        # (a host entry is in the op's kinds: intake and the checkpoint checks make it so)
+        if eng.device.type == "cpu" and eng.shard is None and not e.get("deferred"):
+            eng._update_host(args["indices"], args["losses"], args["margins"], args["classes"],
+                             args["priorities"], args.get("replayed"))
+            made = None
+        else:
+            made = eng.update(args["indices"], args["losses"], margins=args["margins"], classes=args["classes"],
+                              priorities=args["priorities"], replayed=args.get("replayed"), rows=e.get("rows"),
+                              ready=queued.ready)
+        if self._logits is not None and args.get("logits") is not None:
+            self._store_admitted(args["indices"], args["logits"], eng.step - 1)
+        return made
 
     def _store_admitted(self, indices: torch.Tensor, logits: torch.Tensor, step: int) -> None:
         """Keeps the logits of the members admitted by step ``step``."""
@@ -841,11 +761,6 @@ class ReplaySampler(BatchSampler):
             raise ValueError("batch_to_update: no batch is waiting for an update")
         return self._outstanding[0].indices.clone()
 
-    @staticmethod
-    def _as_index_tensor(name: str, indices) -> torch.Tensor:
-        indices = _inputs.vector("indices", indices, None, INDEX_DTYPES, op=name)
-        return indices if indices.dtype == torch.int64 else indices.long()
-
     @_eager
     def weights(self, indices: torch.Tensor) -> torch.Tensor:
         """Importance weights for the batch about to be updated (float32 [B], on
@@ -869,12 +784,12 @@ class ReplaySampler(BatchSampler):
         batch about to be updated.
         """
         self._worker.wait()
-        idx = self._as_index_tensor("weights", indices)
+        idx = _intake.index_tensor("weights", indices)
         rec = self._expected("weights", idx)
         if rec.weights is None:
             # (training on a GPU: host weights in pinned memory, so that
             # .to(device, non_blocking=True) does not wait for the GPU)
-            rec.weights = self._weights_of(rec, pin=self._pin and indices.device.type == "cpu")
+            rec.weights = rec.importance_weights(self.num_replicas, pin=self._pin and indices.device.type == "cpu")
         return to_device(rec.weights, indices.device)
 
     @_eager
@@ -885,7 +800,7 @@ class ReplaySampler(BatchSampler):
         apart (:func:`hardmix.losses.ace_cross_entropy`). Does not change
         the sampler."""
         self._worker.wait()
-        idx = self._as_index_tensor("replayed", indices)
+        idx = _intake.index_tensor("replayed", indices)
         rec = self._expected("replayed", idx)
         return to_device(self._replayed_mask(rec), indices.device)
 
@@ -901,7 +816,7 @@ class ReplaySampler(BatchSampler):
         self._worker.wait()
         if not self.store_logits:
             raise ValueError("stored_logits: the sampler keeps no logits (pass store_logits=True)")
-        idx = self._as_index_tensor("stored_logits", indices)
+        idx = _intake.index_tensor("stored_logits", indices)
         rec = self._expected("stored_logits", idx)
         B, f = rec.indices.numel(), rec.fresh
         width = self._logits.shape[1] if self._logits is not None else 0  # (C unknown before the first update)
@@ -986,7 +901,7 @@ class ReplaySampler(BatchSampler):
             ready = torch.cuda.Event()  # the step waits for this, not for later work
             ready.record(torch.cuda.current_stream(self._engine.device))
         elif entry.get("deferred"):
-            copy = self._to_host(entry)
+            copy = _intake.to_host(entry)
         self._pin = self._pin or (isinstance(losses, torch.Tensor) and losses.is_cuda)
         rec = self._outstanding.popleft()
         self._last_updated = rec.indices
@@ -1086,7 +1001,7 @@ class ReplaySampler(BatchSampler):
         examples as ``engine`` has applied (which must be all it applied)."""
         new = Engine(config, score_fn=engine.score_fn, shard=engine.shard)
         for _ in range(engine.step):
-            e = self._empty_entry(config)
+            e = _intake.empty_entry(config, self.shard_table)
             new.update(e["indices"], e["losses"], margins=e["margins"], classes=e["classes"],
                        priorities=e["priorities"], rows=e.get("rows"))
         return new
@@ -1120,24 +1035,6 @@ class ReplaySampler(BatchSampler):
         if self._engine.device.type == "cpu" and self.state_device.type == "cuda":
             self._engine.to(losses.device)  # (another GPU than state_device's: refused by _validate)
 
-    @staticmethod
-    def _to_host(entry: dict) -> tuple:
-        """Starts the copy of an update's GPU tensors to pinned host memory on
-        the current stream (B numbers each: never the logits) and returns
-        (event recorded after it, the host tensors). The entry keeps its GPU
-        tensors until the copy is complete (_apply): a checkpoint that logs
-        it meanwhile reads them in stream order, never a copy in flight."""
-        def copy(v):
-            if not (isinstance(v, torch.Tensor) and v.is_cuda):
-                return v
-            return torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True)
-
-        host = {k: copy(v) for k, v in entry.items()}
-        gpu = next(v.device for v in entry.values() if isinstance(v, torch.Tensor) and v.is_cuda)
-        done = torch.cuda.Event()
-        done.record(torch.cuda.current_stream(gpu))
-        return done, host
-
     def _owned_rows(self, entry: dict, t: int) -> torch.Tensor:
         """Sharded table: this rank's dynamics for update ``t`` (all ranks'
         examples), and the batch's rows from their owners (all_reduce). Ranks
@@ -1161,123 +1058,18 @@ class ReplaySampler(BatchSampler):
         eng.forget_before(least)
         return rows
 
-    def _empty_entry(self, config: PolicyConfig | None = None) -> dict:
-        c = config or self.config
-        entry = {"indices": torch.empty(0, dtype=torch.int64), "losses": torch.empty(0),
-                 "margins": torch.empty(0) if c.score == "margin" else None,
-                 "classes": torch.empty(0, dtype=torch.int64) if c.class_quotas else None,
-                 "priorities": torch.empty(0) if c.score == "given" else None}
-        if self.shard_table:
-            entry["rows"] = torch.zeros(0, 8, dtype=torch.float64)
-        return entry
+    def _validate(self, indices, losses, logits, targets, priorities) -> dict:
+        """The entry of an update (hardmix.intake), checked against this sampler."""
+        return _intake.update_entry(indices, losses, logits, targets, priorities, expected=self._expected,
+                                    engine=self._engine, config=self.config, state_device=self.state_device,
+                                    store_logits=self.store_logits, width=self._classes,
+                                    defer=self.num_replicas == 1 and not self.shard_table)
 
     def _receive(self, entry: dict, ready=None, copy: tuple | None = None) -> None:
         """Queue an update (and log it for the checkpoints that need it)."""
         self._received += 1
         self._pending.push(entry, ready, copy)
         self._checkpoints.append(entry)
-
-    def _margins(self, logits: torch.Tensor, targets: torch.Tensor, targets_host: torch.Tensor,
-                 where: torch.device) -> torch.Tensor:
-        """Margins [B] on ``where``, computed where the logits are (B floats
-        cross, not B x C)."""
-        if logits.device.type != "cpu":
-            try:
-                return _ops.margin(logits, targets).to(where)
-            except (RuntimeError, NotImplementedError):  # no CUDA kernels in this build
-                pass
-        return _ops.margin(logits.cpu(), targets_host.cpu()).to(where)
-
-    def _validate(self, indices, losses, logits, targets, priorities) -> dict:
-        idx = self._as_index_tensor("update", indices)
-        # (indices may stay on the host: they are only compared with the batch yielded)
-        given = (("losses", losses), ("logits", logits), ("targets", targets), ("priorities", priorities))
-        on_host = idx.is_cpu and all(t.is_cpu for _, t in given if isinstance(t, torch.Tensor))
-        # (off the host: every tensor's device, to check they agree)
-        devices = {} if on_host else {name: t.device for name, t in given if isinstance(t, torch.Tensor)}
-        if not idx.is_cpu:
-            devices["indices"] = idx.device
-        state = self._engine.device
-        for name, d in devices.items():
-            if d.type not in ("cpu", "cuda"):
-                raise ValueError(f"update: {name} must be on the CPU or a CUDA device, got {d}")
-            if d.type == "cuda" and state.type == "cuda" and d != state:
-                raise ValueError(f"update: the sampler's state is on {state}, got {name} on {d}")
-            want = self.state_device
-            if d.type == "cuda" and want.type == "cuda" and want.index is not None and d.index != want.index:
-                raise ValueError(f"update: state_device is {want}, got {name} on {d}")
-        if len(set(devices.values())) > 1:
-            raise ValueError("update: all tensors must be on one device (indices may be on the CPU), got "
-                             + ", ".join(f"{k} on {v}" for k, v in devices.items()))
-        rec = self._expected("update", idx)
-        B = idx.numel()
-        # Inputs on a GPU stay there (one process): their values are checked
-        # when the update is applied, by the device or the host (_defers, _apply).
-        deferred = self._defers(devices)
-        host_checks = not deferred
-
-        def vec(name: str, x, kinds) -> torch.Tensor:
-            x = _inputs.vector(name, x, B, kinds, op="update")
-            x = x.detach() if x.requires_grad else x
-            return x if x.is_cpu or not host_checks else x.cpu()  # (also a score_fn's priorities)
-
-        cfg = self.config
-        loss = vec("losses", losses, LOSS_DTYPES)
-        loss = loss.float() if loss.dtype in HALF_DTYPES else loss.clone()
-        margins = classes = prio = None
-        if targets is not None:
-            tgt = vec("targets", targets, TARGET_DTYPES)
-            if logits is not None:
-                _inputs.logits(logits, B, op="update")
-                C = logits.shape[1]
-                if host_checks and (what := _inputs.value_error(self.config, C, classes=tgt)):  # (before the margin op)
-                    raise ValueError("update: " + what)
-                where = logits.device if deferred else self._engine.device
-                margins = self._margins(logits.detach(), targets.detach(), tgt, where)
-            elif host_checks and (what := _inputs.value_error(self.config, None, classes=tgt)):
-                raise ValueError("update: " + what)
-            # (a copy, as of the losses: applied replay_lag batches later, the caller may reuse its buffers)
-            classes = tgt.clone() if tgt.dtype == torch.int64 else tgt.long()
-        elif logits is not None:
-            raise ValueError("update: logits need targets (pass both, or targets alone for classes)")
-        if cfg.score == "margin" and margins is None:
-            raise ValueError("update: score 'margin' needs logits and targets")
-        if self.store_logits:
-            if logits is None:
-                raise ValueError("update: store_logits needs logits (and targets)")
-            width = self._classes if self._classes is not None else logits.shape[1]
-            if logits.shape[1] != width:
-                raise ValueError(f"update: logits must have {width} columns (store_logits keeps logits of that "
-                                 f"width since the first update), got {logits.shape[1]}")
-        if cfg.class_quotas and classes is None:
-            raise ValueError("update: class_quotas needs targets")
-        if priorities is None and self._engine.score_fn is not None:
-            priorities = torch.as_tensor(self._engine.score_fn(idx.cpu(), loss, margins))
-        if cfg.score == "given":
-            if priorities is None:
-                raise ValueError("update: score 'given' needs priorities (or a score_fn)")
-            prio = vec("priorities", priorities, SCORE_DTYPES).clone()
-        elif priorities is not None:
-            raise ValueError(f"update: priorities are only taken with score='given', not {cfg.score!r}")
-        # (classes were checked above)
-        if host_checks and (what := _inputs.value_error(self.config, None, loss, margins, None, prio)):
-            raise ValueError("update: " + what)
-        entry = {"indices": rec.indices, "losses": loss, "margins": margins, "classes": classes,
-                 "priorities": prio}
-        if self.store_logits:  # (a copy: applied later, the caller may reuse its buffers)
-            entry["logits"] = logits.detach().to(torch.float32 if host_checks else logits.dtype, copy=True)
-            if host_checks:
-                entry["logits"] = entry["logits"].cpu()
-        if deferred:  # values unchecked (kept in checkpoints, so that a restore checks them)
-            entry["deferred"] = True
-            entry["C"] = logits.shape[1] if logits is not None else None  # (for the check of the targets)
-        return entry
-
-    def _defers(self, devices: dict) -> bool:
-        """Whether an update's values are checked when it is applied instead
-        of now: inputs on a GPU, in one process (under torch.distributed
-        they go through the host for the exchange anyway)."""
-        return any(d.type == "cuda" for d in devices.values()) and self.num_replicas == 1 and not self.shard_table
 
     # --- inspection --------------------------------------------------------
 

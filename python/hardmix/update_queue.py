@@ -19,9 +19,23 @@ from typing import Iterable, Iterator
 class Queued:
     """One update received and not applied."""
 
-    entry: dict  # indices, losses, margins, classes, priorities, replayed, ... (see ReplaySampler._validate)
+    entry: dict  # indices, losses, margins, classes, priorities, replayed, ... (see hardmix.intake)
     ready: object | None = None  # a torch.cuda.Event: the state's device waits for it before the step
     copy: tuple | None = None  # (event, host tensors): the inputs' copy to the host, done when the event is
+
+    def finish_copy(self, wait: bool) -> bool:
+        """The entry takes its host copies once their copy is complete (same
+        keys; the values equal): True then, or if there is no copy; False
+        if it is still in flight and ``wait`` is False."""
+        if self.copy is None:
+            return True
+        done, host = self.copy
+        if not done.query():
+            if not wait:
+                return False
+            done.synchronize()
+        self.entry.update(host)
+        return True
 
 
 class UpdateQueue:
