@@ -125,6 +125,24 @@ def test_bad_update_changes_nothing(case):
     next(it)
 
 
+@pytest.mark.parametrize("targets", [lambda b: b % 3, lambda b: -(b % 2)])
+def test_targets_outside_the_logits_change_nothing_without_num_classes(targets):
+    """Without num_classes, on the host, the margin op is what checks targets
+    against the logits' columns: its refusal still comes in the shared
+    words, as a ValueError, before anything changes."""
+    s, it, b = started(num_classes=0)
+    assert s.config.num_classes == 0  # (the case this test is about)
+    t = targets(b)
+    k = int(((t < 0) | (t >= 2)).nonzero()[0])
+    before = freeze(s)
+    with pytest.raises(ValueError, match=rf"^update: targets\[{k}\] = {int(t[k])} is out of range \[0, 2\) "
+                                         r"\(logits has 2 classes\)$"):
+        s.update(b, loss(b), logits=torch.randn(8, 2), targets=t)
+    assert freeze(s) == before
+    s.update(b, loss(b), logits=torch.randn(8, 2), targets=b % 2)  # and the sampler goes on
+    next(it)
+
+
 SHAPE_CASES = {
     # name: the update arguments changed (a bad type, shape or dtype)
     "indices 2-D": lambda b: dict(indices=b.view(2, -1)),

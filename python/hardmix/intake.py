@@ -77,10 +77,20 @@ def update_entry(indices, losses, logits, targets, priorities, *, expected: Call
         if logits is not None:
             _inputs.logits(logits, B, op="update")
             C = logits.shape[1]
-            if host_checks and (what := _inputs.value_error(config, C, classes=tgt)):  # (before the margin op)
-                raise ValueError("update: " + what)
             where = logits.device if deferred else engine.device
-            margins = _margins(logits.detach(), targets.detach(), tgt, where)
+            if host_checks and logits.is_cpu and config.num_classes == 0:
+                # (the CPU margin op refuses targets outside [0, C), the one range to check here:
+                # the shared words come from value_error once it has)
+                try:
+                    margins = _margins(logits.detach(), targets.detach(), tgt, where)
+                except RuntimeError:
+                    if what := _inputs.value_error(config, C, classes=tgt):
+                        raise ValueError("update: " + what) from None
+                    raise
+            else:
+                if host_checks and (what := _inputs.value_error(config, C, classes=tgt)):  # (before the margin op)
+                    raise ValueError("update: " + what)
+                margins = _margins(logits.detach(), targets.detach(), tgt, where)
         elif host_checks and (what := _inputs.value_error(config, None, classes=tgt)):
             raise ValueError("update: " + what)
         # (a copy, as of the losses: applied replay_lag batches later, the caller may reuse its buffers)
@@ -168,4 +178,5 @@ def _margins(logits: torch.Tensor, targets: torch.Tensor, targets_host: torch.Te
             return _ops.margin(logits, targets).to(where)
         except (RuntimeError, NotImplementedError):  # no CUDA kernels in this build
             pass
-    return _ops.margin(logits.cpu(), targets_host.cpu()).to(where)
+    out = _ops.margin(logits.cpu(), targets_host.cpu())
+    return out if where.type == "cpu" else out.to(where)
