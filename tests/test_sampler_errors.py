@@ -125,14 +125,15 @@ def test_bad_update_changes_nothing(case):
     next(it)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
 @pytest.mark.parametrize("targets", [lambda b: b % 3, lambda b: -(b % 2)])
-def test_targets_outside_the_logits_change_nothing_without_num_classes(targets):
+def test_targets_outside_the_logits_change_nothing_without_num_classes(targets, dtype):
     """Without num_classes, on the host, the margin op is what checks targets
     against the logits' columns: its refusal still comes in the shared
     words, as a ValueError, before anything changes."""
     s, it, b = started(num_classes=0)
     assert s.config.num_classes == 0  # (the case this test is about)
-    t = targets(b)
+    t = targets(b).to(dtype)
     k = int(((t < 0) | (t >= 2)).nonzero()[0])
     before = freeze(s)
     with pytest.raises(ValueError, match=rf"^update: targets\[{k}\] = {int(t[k])} is out of range \[0, 2\) "

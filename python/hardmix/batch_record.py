@@ -3,8 +3,9 @@ indices against, and what ``weights()`` needs (the facts of the replay draw
 that made it), from the draw until the batch's update arrives. A checkpoint
 holds the records of the batches yielded and not updated as plain dicts
 (:meth:`BatchRecord.state`); :meth:`BatchRecord.from_state` reads one back
-once :mod:`hardmix.checkpoint` has validated it. The weights are computed
-from the facts (:meth:`BatchRecord.importance_weights`) when first asked for.
+once :mod:`hardmix.checkpoint` has validated it. The weights come from the
+facts (:meth:`BatchRecord.importance_weights`); the sampler keeps them in
+``weights`` once asked for.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Making a batch: its fresh part from the epoch plan, its replay part drawn
 from the engine's reservoir, fill-ins when the reservoir holds too few
 eligible members, and its :class:`~hardmix.batch_record.BatchRecord` with the
-draw's facts that the batch's importance weights need. A pure function of
-the plan, the reservoir and the seed; the sampler decides when a batch may
-be made (the updates its draw needs applied first).
+draw's facts that the batch's importance weights need. The reservoir is
+read, never changed: the batch depends on the plan, the reservoir, the seed,
+its number and the rank alone. The sampler decides when a batch may be made
+(the updates its draw needs applied first).
 """
 
 from __future__ import annotations

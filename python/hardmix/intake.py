@@ -155,7 +155,7 @@ def to_host(entry: dict) -> tuple:
     """Starts the copy of an update's GPU tensors to pinned host memory on
     the current stream (B numbers each: never the logits) and returns
     (event recorded after it, the host tensors). The entry keeps its GPU
-    tensors until the copy is complete (_apply): a checkpoint that logs
+    tensors until the copy is complete (the sampler's _apply): a checkpoint that logs
     it meanwhile reads them in stream order, never a copy in flight."""
     def copy(v):
         if not (isinstance(v, torch.Tensor) and v.is_cuda):
