@@ -1,11 +1,12 @@
 """An update's arguments, checked and copied into the entry that
 ReplaySampler.update() queues (hardmix.update_queue) and logs
 (hardmix.checkpoint_log): a dict of ``indices``, ``losses``, ``margins``,
-``classes``, ``priorities`` (and ``logits`` with store_logits), all copies,
-so that the caller may reuse its buffers before the update is applied. Host
-inputs are checked in full here; GPU inputs of one process stay on the GPU,
-their value checks deferred to when the update is applied (the entry is
-marked ``deferred``). The argument checks themselves are hardmix.inputs'.
+``classes``, ``priorities`` (and ``logits`` with store_logits), none of them
+the caller's tensors, so that the caller may reuse its buffers before the
+update is applied. Host inputs are checked in full here; GPU inputs of one
+process stay on the GPU, their value checks deferred to when the update is
+applied (the entry is marked ``deferred``). The argument checks themselves
+are hardmix.inputs'.
 """
 
 from __future__ import annotations
