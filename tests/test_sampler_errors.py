@@ -100,6 +100,9 @@ UPDATE_CASES = {
                    r"logits must have shape \[B=8, C\], got \[8\]"),
     "logits int": (lambda s, b: s.update(b, loss(b), logits=torch.ones(8, 3, dtype=torch.int64), targets=b % 3),
                    TypeError, "logits must have dtype"),
+    "logits float64": (lambda s, b: s.update(b, loss(b), logits=torch.randn(8, 3, dtype=torch.float64),
+                                             targets=b % 3),
+                       TypeError, r"got torch.float64 \(for a float64 model's logits: logits.float\(\)\)$"),
     "targets out of range of logits": (lambda s, b: s.update(b, loss(b), logits=torch.randn(8, 2), targets=b % 3),
                                        ValueError, r"targets\[\d\] = 2 is out of range \[0, 2\)"),
     "targets out of num_classes": (lambda s, b: s.update(b, loss(b), targets=torch.full((8,), 3)), ValueError,
@@ -323,6 +326,20 @@ def test_set_epoch_and_set_fresh_arguments():
         assert freeze(s) == before
 
 
+def test_a_state_of_other_arguments_names_them_first():
+    """The arguments that differ come first, then the policy knobs, those
+    left to their defaults marked: a default that follows from the
+    arguments (reweight_every from capacity and batch_size) is not
+    mistaken for a setting the user changed."""
+    s = hardmix.ReplaySampler(400, batch_size=16, capacity=256, seed=3)
+    t = hardmix.ReplaySampler(400, batch_size=8, capacity=256, seed=3, alpha=0.5)
+    before = freeze(t)
+    with pytest.raises(ValueError, match=r"other arguments: batch_size: saved 16, now 8; alpha: saved 0\.0, now "
+                                         r"0\.5; reweight_every \(default\): saved 4, now 8$"):
+        t.load_state_dict(s.state_dict())
+    assert freeze(t) == before
+
+
 def test_bad_state_dicts_change_nothing():
     s, it, b = started()
     s.update(b, loss(b))
@@ -334,7 +351,9 @@ def test_bad_state_dicts_change_nothing():
         ({**good, "version": 99}, ValueError, "state version 99 is not supported"),
         ({**good, "signature": {**good["signature"], "batch_size": 16}}, ValueError, "batch_size: saved 16, now 8"),
         ({**good, "signature": {**good["signature"], "policy": {**good["signature"]["policy"], "alpha": 2.0}}},
-         ValueError, "alpha: saved 2.0, now 0.0"),
+         ValueError, r"alpha \(default\): saved 2.0, now 0.0"),
+        ({**good, "signature": {**good["signature"], "shard_table": True}}, ValueError,
+         "shard_table: saved True, now None"),
         ({**good, "engine": {**good["engine"], "table": torch.zeros(3, 8, dtype=torch.float64)}}, ValueError,
          "table"),
         ({**good, "batches": []}, ValueError, "lacks the batches yielded but not updated") if good["batches"] else

@@ -65,8 +65,9 @@ def logits(x, B: int, op: str = "") -> torch.Tensor:
     if x.dim() != 2 or x.shape[0] != B:
         raise ValueError(f"{_where(op)}logits must have shape [B={B}, C], got {list(x.shape)}")
     if x.dtype not in LOGIT_DTYPES:
+        hint = " (for a float64 model's logits: logits.float())" if x.dtype == torch.float64 else ""
         raise TypeError(f"{_where(op)}logits must have dtype {' or '.join(str(k) for k in LOGIT_DTYPES)}, "
-                        f"got {x.dtype}")
+                        f"got {x.dtype}{hint}")
     return x
 
 

@@ -838,7 +838,9 @@ class ReplaySampler(BatchSampler):
         Args:
             indices: [B] the batch's dataset indices, exactly as yielded.
             losses: [B] per-example losses (any float dtype).
-            logits: [B, C] optional; with ``targets`` gives margins and classes.
+            logits: [B, C] optional, float32, float16 or bfloat16 (a float64
+                model's: ``logits.float()``); with ``targets`` gives margins
+                and classes.
             targets: [B] int targets; without logits they give classes only.
             priorities: [B] with ``score="given"`` (unless ``score_fn`` is set).
 
@@ -1132,6 +1134,20 @@ class ReplaySampler(BatchSampler):
             sig["shard_table"] = True
         return sig
 
+    def _differences(self, mine: dict, theirs: dict) -> list[str]:
+        """How a saved signature differs from this sampler's: the arguments
+        first, then the policy knobs, those left to their defaults marked
+        (a default may follow from arguments, as reweight_every does)."""
+        def differ(a: dict, b: dict, label) -> list[str]:
+            keys = list(b) + [k for k in a if k not in b]
+            return [f"{label(k)}: saved {a.get(k)!r}, now {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+        args = differ({k: v for k, v in theirs.items() if k != "policy"},
+                      {k: v for k, v in mine.items() if k != "policy"}, str)
+        knobs = differ(theirs.get("policy") or {}, mine["policy"],
+                       lambda k: k if k in self._given_knobs else f"{k} (default)")
+        return args + knobs
+
     def state_dict(self) -> dict:
         """A versioned checkpoint (torch.save-able, loads with ``weights_only=True``).
 
@@ -1227,11 +1243,8 @@ class ReplaySampler(BatchSampler):
             theirs.setdefault("epoch_length", "pass")
             pos.setdefault("cursor", [int(pos["epoch"]), 0])
         if mine != theirs:
-            diff = [f"{k}: saved {theirs.get(k)!r}, now {v!r}" for k, v in mine.items() if theirs.get(k) != v]
-            if mine["policy"] != theirs.get("policy"):
-                p, q = theirs.get("policy") or {}, mine["policy"]
-                diff = [f"{k}: saved {p.get(k)!r}, now {q[k]!r}" for k in q if p.get(k) != q[k]] + diff[1:]
-            raise ValueError("load_state_dict: the state was saved with other arguments: " + "; ".join(diff))
+            raise ValueError("load_state_dict: the state was saved with other arguments: "
+                             + "; ".join(self._differences(mine, theirs)))
         check_state({**state, "position": pos}, num_examples=self.num_examples, capacity=self.config.capacity,
                     class_limit=max(self.config.num_classes, CLASS_LIMIT))
         yielded = int(pos["yielded"])
