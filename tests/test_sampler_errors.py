@@ -354,6 +354,12 @@ def test_bad_state_dicts_change_nothing():
          ValueError, r"alpha \(default\): saved 2.0, now 0.0"),
         ({**good, "signature": {**good["signature"], "shard_table": True}}, ValueError,
          "shard_table: saved True, now None"),
+        ({**good, "signature": {**good["signature"], "seed": torch.zeros(3)}}, ValueError,
+         r"signature\.seed must be a plain value"),
+        ({**good, "signature": {**good["signature"], "policy": {**good["signature"]["policy"], "alpha": [1, {2: 3}]}}},
+         ValueError, r"signature\.policy\.alpha\[1\] key 2 must be a plain value"),
+        ({**good, "signature": {**good["signature"], "policy": 5}}, ValueError,
+         "signature.policy must be a dict, got int"),
         ({**good, "engine": {**good["engine"], "table": torch.zeros(3, 8, dtype=torch.float64)}}, ValueError,
          "table"),
         ({**good, "batches": []}, ValueError, "lacks the batches yielded but not updated") if good["batches"] else

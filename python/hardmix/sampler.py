@@ -106,6 +106,21 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _not_plain(v, path: str) -> str | None:
+    """The path of the first value in ``v`` that is not None, a bool, int,
+    float or str, or a list, tuple or str-keyed dict of such (None: all
+    are): what a signature may hold, so that comparing it cannot fail."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return None
+    if isinstance(v, (list, tuple)):
+        return next((p for k, x in enumerate(v) if (p := _not_plain(x, f"{path}[{k}]")) is not None), None)
+    if isinstance(v, dict):
+        return next((p for k, x in v.items()
+                     if (p := (f"{path} key {k!r}" if not isinstance(k, str) else _not_plain(x, f"{path}.{k}")))
+                     is not None), None)
+    return path
+
+
 def _eager(method):
     """``method`` run eagerly under ``torch.compile``, as with
     ``torch.compiler.disable`` (host-side work: one graph break per call),
@@ -1238,6 +1253,12 @@ class ReplaySampler(BatchSampler):
             raise ValueError(f"load_state_dict: state version {state['version']!r} is not supported "
                              f"(this hardmix reads versions 2 and {STATE_VERSION})")
         mine, theirs = self._signature(), dict(state["signature"])
+        if not isinstance(theirs.get("policy", {}), dict):
+            raise ValueError(f"load_state_dict: state field signature.policy must be a dict, got "
+                             f"{type(theirs['policy']).__name__}")
+        if (where := _not_plain(theirs, "signature")) is not None:
+            raise ValueError(f"load_state_dict: state field {where} must be a plain value (None, a bool, "
+                             f"number or string, or a list or dict of them)")
         pos = dict(state["position"])
         if state["version"] == 2:  # (version 2: one pass per epoch, numbered by the epoch: epoch_length="pass")
             theirs.setdefault("epoch_length", "pass")
