@@ -288,7 +288,25 @@ def _tensors(v, path=""):
                 yield from _tensors(x, f"{path}[{k}]")
 
 
+def _slots(v, path=""):
+    """(path, container, key) of every value in a nested state (containers too)."""
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+    for k, x in items:
+        where = f"{path}.{k}" if isinstance(v, dict) else f"{path}[{k}]"
+        yield where, v, k
+        yield from _slots(x, where)
+
+
+def _other_type(r: random.Random, old):
+    """A value of another kind than ``old``: what a hand-edited or foreign checkpoint might hold."""
+    kinds = [None, True, 3, 2.5, "x", [1, 2], {"a": 1}, torch.zeros(2), torch.tensor(7), (1,)]
+    return r.choice([v for v in kinds if type(v) is not type(old)])
+
+
 def run_sampler_case(cases: list, seed: int, k: int) -> tuple[str, str]:
+    """Case k over whole sampler states: one int or tensor element changed as
+    in run_case, or (one case in five) any value, containers included,
+    replaced by one of another type; then load_state_dict and 20 steps."""
     import hardmix
     from hardmix.bench import batches_forever
 
@@ -297,7 +315,12 @@ def run_sampler_case(cases: list, seed: int, k: int) -> tuple[str, str]:
     state = _clone(state)
     places = [p for p in _tensors(state) if p[0] == "i" or p[2].numel()]
     kind, path, obj = r.choice(places)
-    if kind == "t":
+    if r.random() < 0.2:  # a value of another type anywhere, containers included
+        path, d, key = r.choice(list(_slots(state)))
+        old = d[key]
+        d[key] = _other_type(r, old)
+        what = f"{path} {type(old).__name__} -> {d[key]!r}"
+    elif kind == "t":
         what = path + " " + corrupt_tensor(r, obj, kw["capacity"], kw["num_examples"])
     else:
         d, key = obj

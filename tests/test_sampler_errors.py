@@ -326,6 +326,24 @@ def test_set_epoch_and_set_fresh_arguments():
         assert freeze(s) == before
 
 
+def test_a_logged_update_without_what_the_policy_needs_is_refused():
+    """A logged update lacking what the policy needs (here classes, with
+    class quotas) is refused by load_state_dict with a ValueError naming it,
+    not by the op when the update is applied; nothing changes."""
+    s, it, b = started(class_quotas=True)
+    s.update(b, loss(b), targets=b % 3)
+    good = s.state_dict()
+    k = next(n for n, u in enumerate(good["updates"]) if u["indices"].numel())
+    bad = copy.deepcopy(good)
+    bad["updates"][k]["classes"] = None
+    t, _, _ = started(class_quotas=True)
+    before = freeze(t)
+    with pytest.raises(ValueError, match=rf"updates\[{k}\]\.classes is None \(class_quotas needs classes\)"):
+        t.load_state_dict(bad)
+    assert freeze(t) == before
+    t.load_state_dict(good)
+
+
 def test_a_state_of_other_arguments_names_them_first():
     """The arguments that differ come first, then the policy knobs, those
     left to their defaults marked: a default that follows from the
@@ -360,6 +378,7 @@ def test_bad_state_dicts_change_nothing():
          ValueError, r"signature\.policy\.alpha\[1\] key 2 must be a plain value"),
         ({**good, "signature": {**good["signature"], "policy": 5}}, ValueError,
          "signature.policy must be a dict, got int"),
+        ({**good, "plan": [1, 2]}, ValueError, "state field plan must be two sequences"),
         ({**good, "engine": {**good["engine"], "table": torch.zeros(3, 8, dtype=torch.float64)}}, ValueError,
          "table"),
         ({**good, "batches": []}, ValueError, "lacks the batches yielded but not updated") if good["batches"] else

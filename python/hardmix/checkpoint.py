@@ -93,7 +93,8 @@ def check_state(state: dict, *, num_examples: int, capacity: int, class_limit: i
     for k, v in enumerate(cursor):
         c.int_(v, f"position.cursor[{k}]", -STEP_LIMIT)
     plan = state["plan"]
-    if not isinstance(plan, (list, tuple)) or len(plan) != 2 or len(plan[0]) != len(plan[1]):
+    if (not isinstance(plan, (list, tuple)) or len(plan) != 2
+            or not all(isinstance(p, (list, tuple)) for p in plan) or len(plan[0]) != len(plan[1])):
         c.fail("plan", "must be two sequences of equal length (fresh and replay counts per batch)")
     for f in ("fresh", "next_fresh"):
         if state[f] is not None:

@@ -1270,15 +1270,28 @@ class ReplaySampler(BatchSampler):
                     class_limit=max(self.config.num_classes, CLASS_LIMIT))
         yielded = int(pos["yielded"])
         start = int(state["updates_start"])
-        classes, lag = state["classes"], state["replay_lag"]
+        # (check_state took int-valued 0-d tensors for ints: ints from here on)
+        classes, lag = (None if v is None else int(v) for v in (state["classes"], state["replay_lag"]))
         engine = Engine(self._config_for(classes), score_fn=self._engine.score_fn, shard=self._engine.shard)
         engine.load_state_dict(state["engine"])
         logged = list(state["updates"] or [])[: max(0, yielded - start)]
         first = next((u["first"] for u in logged if "first" in u), None)
         if classes is None and first is not None:  # copied before the first update, which the log holds
-            classes, lag = int(first["classes"]), lag if lag is not None else first["lag"]
+            classes = int(first["classes"])
+            lag = lag if lag is not None else None if first["lag"] is None else int(first["lag"])
             engine = self._rebuilt(engine, self._config_for(classes))  # (it applied empty updates only)
         config = engine.config
+        for n, u in enumerate(logged):  # (what the op refuses, named here: an empty update is made afresh)
+            if u["indices"].numel() == 0:
+                continue
+            for key, need, why in (("margins", config.score == "margin", "score 'margin' needs margins"),
+                                   ("classes", config.class_quotas, "class_quotas needs classes"),
+                                   ("priorities", config.score == "given", "score 'given' needs priorities")):
+                if need and u[key] is None:
+                    raise ValueError(f"load_state_dict: state field updates[{n}].{key} is None ({why})")
+                if key == "priorities" and not need and u[key] is not None:
+                    raise ValueError(f"load_state_dict: state field updates[{n}].priorities given, but score is "
+                                     f"{config.score!r}, not 'given'")
         logits = owner = None
         if self.store_logits and classes is not None:
             if "logits" in state["engine"] and state["classes"] is not None:
