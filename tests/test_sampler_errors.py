@@ -367,6 +367,7 @@ def test_bad_state_dicts_change_nothing():
     cases = [
         ({}, ValueError, "not a ReplaySampler state_dict"),
         ({**good, "version": 99}, ValueError, "state version 99 is not supported"),
+        ({**good, "version": torch.zeros(2)}, ValueError, r"state version tensor\(\[0\., 0\.\]\) is not supported"),
         ({**good, "signature": {**good["signature"], "batch_size": 16}}, ValueError, "batch_size: saved 16, now 8"),
         ({**good, "signature": {**good["signature"], "policy": {**good["signature"]["policy"], "alpha": 2.0}}},
          ValueError, r"alpha \(default\): saved 2.0, now 0.0"),

@@ -1249,7 +1249,7 @@ class ReplaySampler(BatchSampler):
             raise ValueError("load_state_dict: not a ReplaySampler state_dict (no 'version')")
         if not isinstance(state.get("signature"), dict) or not isinstance(state.get("position"), dict):
             raise ValueError("load_state_dict: state fields signature and position must be dicts")
-        if state["version"] not in (2, STATE_VERSION):
+        if type(state["version"]) is not int or state["version"] not in (2, STATE_VERSION):
             raise ValueError(f"load_state_dict: state version {state['version']!r} is not supported "
                              f"(this hardmix reads versions 2 and {STATE_VERSION})")
         mine, theirs = self._signature(), dict(state["signature"])
