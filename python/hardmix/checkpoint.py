@@ -74,6 +74,34 @@ class _Check:
             self.fail(f"{field}[{k}]", f"= {int(v[k])} is out of range [0, {limit})")
 
 
+def check_signature(sig: dict) -> None:
+    """Raise ValueError unless a saved signature holds plain values only
+    (None, bools, numbers, strings, and lists or str-keyed dicts of them)
+    with ``policy`` a dict, so that comparing it with this sampler's cannot
+    fail."""
+    c = _Check()
+    if not isinstance(sig.get("policy", {}), dict):
+        c.fail("signature.policy", f"must be a dict, got {type(sig['policy']).__name__}")
+
+    def walk(v, path: str) -> None:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return
+        if isinstance(v, (list, tuple)):
+            for k, x in enumerate(v):
+                walk(x, f"{path}[{k}]")
+            return
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    c.fail(f"{path}", f"has a key {k!r} that is not a string")
+                walk(x, f"{path}.{k}")
+            return
+        c.fail(path, f"must be a plain value (None, a bool, number or string, or a list or dict of them), "
+                     f"got {type(v).__name__}")
+
+    walk(sig, "signature")
+
+
 def check_state(state: dict, *, num_examples: int, capacity: int, class_limit: int) -> None:
     """Raise ValueError naming the first field of a sampler state (version 2
     or 3, already migrated to 3's keys) that is missing, mistyped or out of

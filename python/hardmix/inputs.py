@@ -71,6 +71,22 @@ def logits(x, B: int, op: str = "") -> torch.Tensor:
     return x
 
 
+KINDS = ("margins", "classes", "priorities")
+"""The optional parts of an update that a policy may need (kinds_error's order)."""
+
+
+def kinds_error(config, margins: bool, classes: bool, priorities: bool) -> str | None:
+    """What an update with these parts lacks, or has too many of, under
+    ``config`` (a PolicyConfig), in the ops' words; None if it fits."""
+    if config.score == "margin" and not margins:
+        return "score 'margin' needs margins (pass logits and targets)"
+    if (config.score == "given") != priorities:
+        return "priorities must be given exactly when score is 'given'"
+    if config.class_quotas and not classes:
+        return "class_quotas needs classes (pass targets)"
+    return None
+
+
 def value_error(config, C: int | None, losses=None, margins=None, classes=None, priorities=None) -> str | None:
     """What is wrong with an update's values (host tensors) under ``config``
     (a PolicyConfig), or None: targets outside [0, C) for C logit columns,

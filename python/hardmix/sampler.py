@@ -77,13 +77,13 @@ from . import distributed as _dist
 from . import draws as _draws
 from . import intake as _intake
 from . import plan as _plan
-from .checkpoint import check_state
+from .checkpoint import check_signature, check_state
 from .batch_record import BatchRecord
 from .checkpoint_log import CheckpointLog
 from .config import PolicyConfig
 from .engine import Engine, to_device
 from . import inputs as _inputs
-from .inputs import CLASS_LIMIT, INDEX_DTYPES
+from .inputs import CLASS_LIMIT, INDEX_DTYPES, KINDS
 from .schedules import LinearRamp, Schedule, as_schedule
 from .update_queue import UpdateQueue
 from .worker import Worker
@@ -104,21 +104,6 @@ _MASKS: dict = {}  # (B, fresh, replay) -> the shared replayed mask of update en
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _not_plain(v, path: str) -> str | None:
-    """The path of the first value in ``v`` that is not None, a bool, int,
-    float or str, or a list, tuple or str-keyed dict of such (None: all
-    are): what a signature may hold, so that comparing it cannot fail."""
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return None
-    if isinstance(v, (list, tuple)):
-        return next((p for k, x in enumerate(v) if (p := _not_plain(x, f"{path}[{k}]")) is not None), None)
-    if isinstance(v, dict):
-        return next((p for k, x in v.items()
-                     if (p := (f"{path} key {k!r}" if not isinstance(k, str) else _not_plain(x, f"{path}.{k}")))
-                     is not None), None)
-    return path
 
 
 def _eager(method):
@@ -1253,12 +1238,7 @@ class ReplaySampler(BatchSampler):
             raise ValueError(f"load_state_dict: state version {state['version']!r} is not supported "
                              f"(this hardmix reads versions 2 and {STATE_VERSION})")
         mine, theirs = self._signature(), dict(state["signature"])
-        if not isinstance(theirs.get("policy", {}), dict):
-            raise ValueError(f"load_state_dict: state field signature.policy must be a dict, got "
-                             f"{type(theirs['policy']).__name__}")
-        if (where := _not_plain(theirs, "signature")) is not None:
-            raise ValueError(f"load_state_dict: state field {where} must be a plain value (None, a bool, "
-                             f"number or string, or a list or dict of them)")
+        check_signature(theirs)
         pos = dict(state["position"])
         if state["version"] == 2:  # (version 2: one pass per epoch, numbered by the epoch: epoch_length="pass")
             theirs.setdefault("epoch_length", "pass")
@@ -1281,17 +1261,9 @@ class ReplaySampler(BatchSampler):
             lag = lag if lag is not None else None if first["lag"] is None else int(first["lag"])
             engine = self._rebuilt(engine, self._config_for(classes))  # (it applied empty updates only)
         config = engine.config
-        for n, u in enumerate(logged):  # (what the op refuses, named here: an empty update is made afresh)
-            if u["indices"].numel() == 0:
-                continue
-            for key, need, why in (("margins", config.score == "margin", "score 'margin' needs margins"),
-                                   ("classes", config.class_quotas, "class_quotas needs classes"),
-                                   ("priorities", config.score == "given", "score 'given' needs priorities")):
-                if need and u[key] is None:
-                    raise ValueError(f"load_state_dict: state field updates[{n}].{key} is None ({why})")
-                if key == "priorities" and not need and u[key] is not None:
-                    raise ValueError(f"load_state_dict: state field updates[{n}].priorities given, but score is "
-                                     f"{config.score!r}, not 'given'")
+        for n, u in enumerate(logged):  # (what the op would refuse; an empty update is made afresh)
+            if u["indices"].numel() and (what := _inputs.kinds_error(config, *(u[k] is not None for k in KINDS))):
+                raise ValueError(f"load_state_dict: state field updates[{n}] does not fit the policy: {what}")
         logits = owner = None
         if self.store_logits and classes is not None:
             if "logits" in state["engine"] and state["classes"] is not None:
