@@ -2,17 +2,37 @@
 any state changes (the full state is compared byte for byte), by the native
 engine and the reference alike. Plus opcheck and torch.compile for the policy ops."""
 
+import itertools
 import math
+import re
 
 import pytest
 import torch
 
 from hardmix.config import PolicyConfig
 from hardmix.engine import Engine
+from hardmix.inputs import kinds_error
 from hardmix.reference import ReferencePolicy
 from policy_helpers import assert_state_unchanged, full_state, reference_snapshot
 
 N, R = 10, 4
+
+
+@pytest.mark.parametrize("score,quotas", [(s, q) for s in ("loss", "margin", "given") for q in (False, True)])
+def test_kinds_error_is_the_ops_rule(score, quotas):
+    """inputs.kinds_error (what load_state_dict checks logged updates with)
+    refuses exactly the parts the update op refuses, in the op's words."""
+    config = PolicyConfig(num_examples=N, capacity=R, score=score, class_quotas=quotas, num_classes=3 if quotas else 0)
+    for m, c, p in itertools.product([False, True], repeat=3):
+        want = kinds_error(config, margins=m, classes=c, priorities=p)
+        e = Engine(config)
+        parts = dict(margins=torch.rand(4) if m else None, classes=torch.arange(4) % 3 if c else None,
+                     priorities=torch.rand(4) if p else None)
+        if want is None:
+            e.update(torch.arange(4), torch.rand(4), **parts)
+        else:
+            with pytest.raises(RuntimeError, match=re.escape(want)):
+                e.update(torch.arange(4), torch.rand(4), **parts)
 
 
 def warmed(**cfg) -> tuple[Engine, ReferencePolicy]:

@@ -93,7 +93,7 @@ def check_signature(sig: dict) -> None:
         if isinstance(v, dict):
             for k, x in v.items():
                 if not isinstance(k, str):
-                    c.fail(f"{path}", f"has a key {k!r} that is not a string")
+                    c.fail(path, f"has a key {k!r} that is not a string")
                 walk(x, f"{path}.{k}")
             return
         c.fail(path, f"must be a plain value (None, a bool, number or string, or a list or dict of them), "

@@ -71,10 +71,6 @@ def logits(x, B: int, op: str = "") -> torch.Tensor:
     return x
 
 
-KINDS = ("margins", "classes", "priorities")
-"""The optional parts of an update that a policy may need (kinds_error's order)."""
-
-
 def kinds_error(config, margins: bool, classes: bool, priorities: bool) -> str | None:
     """What an update with these parts lacks, or has too many of, under
     ``config`` (a PolicyConfig), in the ops' words; None if it fits."""

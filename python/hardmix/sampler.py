@@ -83,7 +83,7 @@ from .checkpoint_log import CheckpointLog
 from .config import PolicyConfig
 from .engine import Engine, to_device
 from . import inputs as _inputs
-from .inputs import CLASS_LIMIT, INDEX_DTYPES, KINDS
+from .inputs import CLASS_LIMIT, INDEX_DTYPES
 from .schedules import LinearRamp, Schedule, as_schedule
 from .update_queue import UpdateQueue
 from .worker import Worker
@@ -1262,7 +1262,9 @@ class ReplaySampler(BatchSampler):
             engine = self._rebuilt(engine, self._config_for(classes))  # (it applied empty updates only)
         config = engine.config
         for n, u in enumerate(logged):  # (what the op would refuse; an empty update is made afresh)
-            if u["indices"].numel() and (what := _inputs.kinds_error(config, *(u[k] is not None for k in KINDS))):
+            if u["indices"].numel() and (what := _inputs.kinds_error(config, margins=u["margins"] is not None,
+                                                                      classes=u["classes"] is not None,
+                                                                      priorities=u["priorities"] is not None)):
                 raise ValueError(f"load_state_dict: state field updates[{n}] does not fit the policy: {what}")
         logits = owner = None
         if self.store_logits and classes is not None:
