@@ -22,8 +22,9 @@ targets=y)`` as in the README's quickstart (per-example losses averaged in both
 variants, the sampler's weights not applied); the replay lag is measured (0:
 the next batch's draw needs this update, so the engine's work runs in the
 loader's next call). ``hardmix lag 1``: the same with ``replay_lag=1``, so that
-the engine's work for the next batch runs on the sampler's background thread
-while the model trains; ``hardmix update first``: the quickstart loop with
+the engine's work for the next batch can run on the sampler's background
+thread while the model trains (where the sampler's timing of its steps finds
+that faster: docs/lag.md); ``hardmix update first``: the quickstart loop with
 ``update()`` called as soon as the losses are known, before the backward pass
 (lag 0: the engine's work runs beside the backward pass and the optimizer
 step). ``hardmix lag 1 inline``: ``replay_lag=1`` with ``background=False``

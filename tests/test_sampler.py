@@ -477,6 +477,67 @@ def test_hand_over_stops_while_it_only_makes_the_next_call_wait():
     assert s._handover_pays()
 
 
+
+@pytest.mark.parametrize("on_faster", [True, False])
+def test_the_step_clock_keeps_the_faster_way(on_faster):
+    """StepClock: hand-overs on until the first probe; in a probe, blocks of
+    BLOCK updates alternate on and off; after it, the way whose steps had the
+    lower median is kept until the next probe, PERIOD updates later."""
+    import random
+
+    from hardmix import handover as H
+
+    t = [0.0]
+    clock = H.StepClock(now=lambda: t[0])
+    rng = random.Random(3)
+    ways, probe_end = [], H.FIRST + H.BLOCK * H.BLOCKS
+    for step in range(H.FIRST + H.PERIOD + H.BLOCK + 1):
+        way = clock.hand_over(step)
+        ways.append(way)
+        fast = way == on_faster
+        t[0] += (1.0 if fast else 1.1) + rng.uniform(-0.04, 0.04)  # the step, as long as the way it ran makes it
+        if rng.random() < 0.05:
+            t[0] += 50.0  # (an evaluation or a checkpoint between steps: outliers the medians ignore)
+        clock.tick(step + 1)
+    assert all(ways[:H.FIRST])  # (on before the first probe)
+    for step in range(H.FIRST, probe_end):
+        assert ways[step] == ((step - H.FIRST) // H.BLOCK % 2 == 0)
+    assert all(w == on_faster for w in ways[probe_end : H.FIRST + H.PERIOD])
+    assert ways[H.FIRST + H.PERIOD] and not ways[H.FIRST + H.PERIOD + H.BLOCK]  # the next probe
+    assert clock.choice == on_faster
+
+
+def test_hand_overs_follow_the_step_clock(monkeypatch):
+    """The sampler times each step for its clock and hands work over as the
+    clock says: in a probe's on-blocks whatever the last wait was, not at all
+    once steps without hand-overs were found faster."""
+    from hardmix import handover as H
+    from hardmix.bench import batches_forever
+
+    s = hardmix.ReplaySampler(1000, batch_size=10, capacity=20, replay_fraction=0.3, replay_lag=1, seed=1)
+    t = [0.0]
+    s._clock = H.StepClock(now=lambda: t[0])
+    submitted = []
+    submit = s._worker.submit
+
+    def counted(job):
+        submitted.append(s._received)
+        return submit(job)
+
+    monkeypatch.setattr(s._worker, "submit", counted)
+    it = batches_forever(s)
+    for _ in range(H.FIRST + H.BLOCK * H.BLOCKS + 40):
+        idx = next(it)
+        t[0] += 2.0 if s._clock.hand_over(s._received) else 1.0  # steps with hand-overs take longer
+        feed(s, idx)
+        s._worker.wait()
+        s._worker.job_seconds, s._worker.waited_seconds = 1e-3, 1e-3  # (the wait rule alone would refuse)
+    on_blocks = {u for u in range(H.FIRST, H.FIRST + H.BLOCK * H.BLOCKS) if s._clock.hand_over(u)}
+    assert s._clock.choice is False
+    assert on_blocks <= set(submitted)  # (hand-overs in every on-block step)
+    assert not [u for u in submitted if u >= H.FIRST + H.BLOCK * H.BLOCKS]
+    assert not [u for u in submitted if H.FIRST <= u < H.FIRST + H.BLOCK * H.BLOCKS and u not in on_blocks]
+
 @pytest.mark.parametrize("background", [False, True])
 def test_an_error_found_in_an_applied_update_reaches_the_next_batch(background, always_hand_over):
     """Bad input found when an update was applied (here: restored with the

@@ -82,6 +82,7 @@ from .batch_record import BatchRecord
 from .checkpoint_log import CheckpointLog
 from .config import PolicyConfig
 from .engine import Engine, to_device
+from .handover import StepClock
 from . import inputs as _inputs
 from .inputs import CLASS_LIMIT, INDEX_DTYPES
 from .schedules import LinearRamp, Schedule, as_schedule
@@ -241,9 +242,10 @@ class ReplaySampler(BatchSampler):
             it). The batches, weights and reservoir are the same bit for bit
             either way. Only in one process, with the state on the CPU, host
             inputs, no ``store_logits`` and the lag known (after the first
-            update); elsewhere, and while handing the work over only makes
-            the next call wait for it, the work runs in ``update()`` and the
-            next batch (see docs/lag.md).
+            update); elsewhere, while handing the work over only makes the
+            next call wait for it, and while the training steps, timed both
+            ways now and then, are shorter without hand-overs, the work runs
+            in ``update()`` and the next batch (see docs/lag.md).
         **policy: the policy's knobs, as :class:`hardmix.PolicyConfig` takes
             them (``score``, ``alpha``, ``lam``, ``gamma``, ``graduation``,
             ``max_wrong``, ``class_quotas``, ``num_classes``,
@@ -354,6 +356,7 @@ class ReplaySampler(BatchSampler):
         # The engine's work after update(), on a background thread (see _advance).
         self.background = background
         self._worker = Worker()
+        self._clock = StepClock()  # times the training steps with and without hand-overs
         self._finalizer: weakref.finalize | None = None  # closes the worker's thread with the sampler
         self._prepared: tuple | None = None  # (position, record): the next batch, drawn by the worker
         self.state_device = state_dev
@@ -905,6 +908,8 @@ class ReplaySampler(BatchSampler):
         elif entry.get("deferred"):
             copy = _intake.to_host(entry)
         self._pin = self._pin or (isinstance(losses, torch.Tensor) and losses.is_cuda)
+        if self.background:
+            self._clock.tick(self._received)
         rec = self._outstanding.popleft()
         self._last_updated = rec.indices
         self._receive(entry, ready, copy)
@@ -934,12 +939,20 @@ class ReplaySampler(BatchSampler):
         return True
 
     def _handover_pays(self) -> bool:
-        """False when the last hand-over only made the training thread wait:
-        its wait for the job was over half the job's CPU time (a loop that
-        calls the sampler again at once leaves nothing to overlap). Tried
-        again every 64 updates. A timing choice: results never depend on it."""
+        """Whether the work may go to the worker now. A timing choice: results
+        never depend on it. Not while the training steps are shorter without
+        hand-overs (handover.StepClock times them both ways, now and then;
+        while it does, it alone decides), nor when the last hand-over only
+        made the training thread wait: its wait for the job was over half the
+        job's CPU time (a loop that calls the sampler again at once leaves
+        nothing to overlap; tried again every 64 updates)."""
+        u = self._received
+        if not self._clock.hand_over(u):
+            return False
+        if self._clock.probing(u):
+            return True
         w = self._worker
-        return self._received % 64 == 0 or w.waited_seconds <= 0.5 * w.job_seconds
+        return u % 64 == 0 or w.waited_seconds <= 0.5 * w.job_seconds
 
     def _to_prepare(self) -> bool:
         """Whether the next new batch can be made now and is not made yet
