@@ -16,6 +16,11 @@ to hundreds of milliseconds a step and the reference's fill takes the longest).
 Family "step", one group per R. Anchor: ``native`` (``hardmix.Engine``).
 Against it: ``reference`` (``hardmix.ReferencePolicy``) and ``torch``
 (``hardmix.bench.TorchPolicy``).
+
+Family "step against R", one group: the native step at R = 2^18 and 2^20
+against R = 65536 (the anchor), interleaved (conftest.py: SCALE_REPS reps of
+SCALE_ROUNDS steps, each implementation continuing its own stream), so that
+how the step grows with R is read within one run.
 """
 
 import pytest
@@ -24,6 +29,8 @@ from hardmix.bench import _step, prepare_step
 
 B, M, N = 1024, 256, 10**6
 RS = [4096, 16384, 65536, 262144, 1048576]
+SCALE_RS = [65536, 262144, 1048576]  # the first is the anchor
+SCALE_REPS, SCALE_ROUNDS = 5, 20
 
 
 @pytest.mark.parametrize("R", RS)
@@ -44,3 +51,24 @@ def test_step(benchmark, tag, smoke, impl, R):
 
     tag("step", f"B={B} m={M} N=10^6 R={R}", impl, "native", B=B, R=R, N=N, C=None, m=M)
     benchmark.pedantic(one_step, rounds=len(stream), iterations=1)
+
+
+# order of the tests: rep 0 of every R, then rep 1, ...
+@pytest.mark.parametrize("R", SCALE_RS, ids=lambda R: f"R={R}")
+@pytest.mark.parametrize("rep", range(SCALE_REPS))
+def test_step_against_R(benchmark, tag, smoke, prepared, rep, R):
+    if R not in prepared:
+        if smoke:  # the code path at toy sizes
+            prepared[R] = prepare_step("native", 64, R // 1024, 2000, None, 16, SCALE_REPS, warm=1)
+        else:
+            prepared[R] = prepare_step("native", B, R, N, None, M, SCALE_REPS * SCALE_ROUNDS)
+        prepared[R] = (prepared[R][0], iter(prepared[R][1]))
+    policy, it = prepared[R]
+    m = 16 if smoke else M
+
+    def one_step():
+        i, l, lg, tg, nxt = next(it)
+        _step("native", policy, i, l, lg, tg, m, nxt)
+
+    tag("step against R", f"native B={B} m={M} N=10^6", f"R={R}", f"R={SCALE_RS[0]}", rep=rep, B=B, R=R, N=N, m=M)
+    benchmark.pedantic(one_step, rounds=1 if smoke else SCALE_ROUNDS, iterations=1)
