@@ -477,12 +477,12 @@ def test_hand_over_stops_while_it_only_makes_the_next_call_wait():
     assert s._handover_pays()
 
 
-
 @pytest.mark.parametrize("on_faster", [True, False])
 def test_the_step_clock_keeps_the_faster_way(on_faster):
     """StepClock: hand-overs on until the first probe; in a probe, blocks of
-    BLOCK updates alternate on and off; after it, the way whose steps had the
-    lower median is kept until the next probe, PERIOD updates later."""
+    BLOCK steps alternate on and off; after it, the way whose steps had the
+    lower median is kept until the next probe, PERIOD steps later; a paused
+    step is not timed."""
     import random
 
     from hardmix import handover as H
@@ -490,53 +490,82 @@ def test_the_step_clock_keeps_the_faster_way(on_faster):
     t = [0.0]
     clock = H.StepClock(now=lambda: t[0])
     rng = random.Random(3)
-    ways, probe_end = [], H.FIRST + H.BLOCK * H.BLOCKS
-    for step in range(H.FIRST + H.PERIOD + H.BLOCK + 1):
-        way = clock.hand_over(step)
+    ways, probing = [], []
+    for step in range(H.FIRST + H.PERIOD + H.BLOCK + 1):  # (step 0 ends at the first tick: not timed)
+        way = clock.hand_over()
         ways.append(way)
-        fast = way == on_faster
-        t[0] += (1.0 if fast else 1.1) + rng.uniform(-0.04, 0.04)  # the step, as long as the way it ran makes it
+        probing.append(clock.probing())
+        t[0] += (1.0 if way == on_faster else 1.1) + rng.uniform(-0.04, 0.04)  # as long as its way makes it
         if rng.random() < 0.05:
             t[0] += 50.0  # (an evaluation or a checkpoint between steps: outliers the medians ignore)
-        clock.tick(step + 1)
-    assert all(ways[:H.FIRST])  # (on before the first probe)
-    for step in range(H.FIRST, probe_end):
-        assert ways[step] == ((step - H.FIRST) // H.BLOCK % 2 == 0)
-    assert all(w == on_faster for w in ways[probe_end : H.FIRST + H.PERIOD])
+        clock.tick()
+    end = H.FIRST + H.BLOCK * H.BLOCKS
+    assert all(ways[: H.FIRST]) and not any(probing[: H.FIRST])  # (on before the first probe)
+    assert all(probing[H.FIRST : end]) and not any(probing[end : H.FIRST + H.PERIOD])
+    assert ways[H.FIRST : end] == [(k // H.BLOCK) % 2 == 0 for k in range(end - H.FIRST)]
+    assert all(w == on_faster for w in ways[end : H.FIRST + H.PERIOD])
     assert ways[H.FIRST + H.PERIOD] and not ways[H.FIRST + H.PERIOD + H.BLOCK]  # the next probe
     assert clock.choice == on_faster
 
+    seen = []
+    clock = H.StepClock(now=lambda: t[0])
+    for step in range(H.FIRST + H.BLOCK + 3):
+        t[0] += 1.0
+        if step == H.FIRST + 1:
+            clock.pause()  # the step that ends at the next tick: not timed
+            t[0] += 100.0
+        clock.tick()
+        seen.append(list(clock._times[True]))
+    assert seen[-1] == [1.0] * (H.BLOCK - 2)  # (the block's first step and the paused one left out)
+    assert copy.deepcopy(clock)._last is None and clock._last is not None
+
 
 def test_hand_overs_follow_the_step_clock(monkeypatch):
-    """The sampler times each step for its clock and hands work over as the
-    clock says: in a probe's on-blocks whatever the last wait was, not at all
-    once steps without hand-overs were found faster."""
+    """The sampler times each step for its clock, step by step as it ran, and
+    hands work over as the clock says: in a probe's on-blocks whatever the
+    last wait was, not at all once steps without hand-overs were found faster."""
     from hardmix import handover as H
     from hardmix.bench import batches_forever
 
     s = hardmix.ReplaySampler(1000, batch_size=10, capacity=20, replay_fraction=0.3, replay_lag=1, seed=1)
     t = [0.0]
-    s._clock = H.StepClock(now=lambda: t[0])
-    submitted = []
-    submit = s._worker.submit
+    clock = s._clock = H.StepClock(now=lambda: t[0])
+    submitted, timed = [], {True: [], False: []}
+    submit, tick = s._worker.submit, clock.tick
 
     def counted(job):
-        submitted.append(s._received)
+        submitted.append((clock._ticks, clock.hand_over()))
         return submit(job)
 
+    def watched():
+        before = {way: list(v) for way, v in clock._times.items()}
+        tick()
+        for way in (True, False):  # (what this tick timed, before a decision clears it)
+            grown = clock._times[way][len(before[way]):] if len(clock._times[way]) >= len(before[way]) else []
+            timed[way] += grown
+
     monkeypatch.setattr(s._worker, "submit", counted)
+    monkeypatch.setattr(clock, "tick", watched)
     it = batches_forever(s)
-    for _ in range(H.FIRST + H.BLOCK * H.BLOCKS + 40):
+    end = H.FIRST + H.BLOCK * H.BLOCKS
+    last_way = True
+    for _ in range(end + 40):
         idx = next(it)
-        t[0] += 2.0 if s._clock.hand_over(s._received) else 1.0  # steps with hand-overs take longer
+        way = clock.hand_over()
+        t[0] += (2.0 if way else 1.0) + (3.0 if way != last_way else 0.0)  # longer with hand-overs; a switch: more
+        last_way = way
         feed(s, idx)
         s._worker.wait()
         s._worker.job_seconds, s._worker.waited_seconds = 1e-3, 1e-3  # (the wait rule alone would refuse)
-    on_blocks = {u for u in range(H.FIRST, H.FIRST + H.BLOCK * H.BLOCKS) if s._clock.hand_over(u)}
-    assert s._clock.choice is False
-    assert on_blocks <= set(submitted)  # (hand-overs in every on-block step)
-    assert not [u for u in submitted if u >= H.FIRST + H.BLOCK * H.BLOCKS]
-    assert not [u for u in submitted if H.FIRST <= u < H.FIRST + H.BLOCK * H.BLOCKS and u not in on_blocks]
+    assert clock.choice is False
+    assert set(timed[True]) == {2.0} and set(timed[False]) == {1.0}  # each step for its way, no switch timed
+    n = (H.BLOCK - 1) * H.BLOCKS // 2  # (each block's first step is not timed)
+    assert len(timed[True]) == n and len(timed[False]) == n - 1  # (the last, off, is cleared as it decides)
+    in_probe = [n for n, _ in submitted if H.FIRST <= n < end]
+    on_steps = [n for n in range(H.FIRST, end) if (n - H.FIRST) // H.BLOCK % 2 == 0]
+    assert set(on_steps) <= set(in_probe) <= set(on_steps)  # (every on-block step, no off-block step)
+    assert all(way for _, way in submitted) and not [n for n, _ in submitted if n >= end]
+
 
 @pytest.mark.parametrize("background", [False, True])
 def test_an_error_found_in_an_applied_update_reaches_the_next_batch(background, always_hand_over):

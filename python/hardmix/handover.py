@@ -8,10 +8,11 @@ fetching items one by one, a small model's many short ops), every turn costs
 it a thread switch and the worker can slow it by more than the work it takes
 away; beside a thread that waits for a GPU or for long native kernels, the
 work is hidden. So :class:`StepClock` times the training step (one
-``update()`` to the next) both ways, in alternating blocks of updates (a
-probe: hand-overs wherever the sampler can make them, then none, and so on),
-first after ``FIRST`` updates and then every ``PERIOD``, and keeps the faster
-way (the lower median) until the next probe.
+``update()`` to the next) both ways, in alternating blocks of steps (a probe:
+hand-overs wherever the sampler can make them, then none, and so on), first
+after ``FIRST`` steps and then every ``PERIOD``, and keeps the faster way
+(the lower median) until the next probe. It counts the steps it has seen
+itself: a checkpoint does not carry it.
 """
 
 from __future__ import annotations
@@ -20,45 +21,59 @@ import statistics
 import time
 from typing import Callable
 
-BLOCK = 16  # updates per probe block (the first of each is not timed: it follows the switch)
+BLOCK = 16  # steps per probe block (the first of each is not timed: it follows the switch)
 BLOCKS = 6  # blocks per probe, alternating: hand-overs on, off, on, ... off
-PERIOD = 1024  # updates from the start of one probe to the next
+PERIOD = 1024  # steps from the start of one probe to the next
 FIRST = 192  # the first probe's start (the steps before it, warming up, say little)
 
 
 class StepClock:
     """Times training steps with and without hand-overs, and chooses (see the
-    module docstring). ``now``: the time source, in seconds."""
+    module docstring). ``now``: the time source, in seconds. The sampler
+    calls :meth:`tick` as each update arrives and asks :meth:`hand_over`
+    between ticks."""
 
     def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
         self._now = now
-        self._last: float | None = None  # the time at the previous tick
-        self._times: dict[bool, list[float]] = {True: [], False: []}  # step times, by hand-overs on
+        self._ticks = 0  # ticks so far: the step now running ends at tick number _ticks
+        self._last: float | None = None  # the time of the previous tick (None: the next step is not timed)
+        self._times: dict[bool, list[float]] = {True: [], False: []}  # step times of this probe, by way
         self.choice = True  # outside probes: hand-overs on (until the first probe decides)
 
-    @staticmethod
-    def probing(step: int) -> bool:
-        """Whether the step before update number ``step`` (0-based) is in a probe."""
-        return step >= FIRST and (step - FIRST) % PERIOD < BLOCK * BLOCKS
+    def _in_probe(self) -> int | None:
+        """The running step's place in its probe, or None outside probes."""
+        k = self._ticks - FIRST
+        return k % PERIOD if k >= 0 and k % PERIOD < BLOCK * BLOCKS else None
 
-    def hand_over(self, step: int) -> bool:
-        """Whether the work of the step before update number ``step`` (after
-        update ``step - 1``) may go to the worker."""
-        if self.probing(step):
-            return (step - FIRST) % PERIOD // BLOCK % 2 == 0
-        return self.choice
+    def probing(self) -> bool:
+        """Whether the running step is in a probe (then :meth:`hand_over` alone decides)."""
+        return self._in_probe() is not None
 
-    def tick(self, step: int) -> None:
-        """Update number ``step`` is here: in a probe, the step since the
-        previous tick is timed for the way it ran; at a probe's last step,
-        the faster way is chosen."""
-        now = self._now()
-        last, self._last = self._last, now
-        if last is None or not self.probing(step) or (step - FIRST) % BLOCK == 0:
+    def hand_over(self) -> bool:
+        """Whether the running step's work may go to the worker."""
+        k = self._in_probe()
+        return self.choice if k is None else k // BLOCK % 2 == 0
+
+    def tick(self) -> None:
+        """An update is here: the step that ends now is timed for the way it
+        ran (in a probe); at a probe's last step, the faster way is chosen."""
+        now, last, k = self._now(), self._last, self._in_probe()
+        self._last = now
+        self._ticks += 1
+        if k is None or last is None or k % BLOCK == 0:
             return
-        self._times[self.hand_over(step)].append(now - last)
-        if (step - FIRST) % PERIOD == BLOCK * BLOCKS - 1:
+        self._times[k // BLOCK % 2 == 0].append(now - last)
+        if k == BLOCK * BLOCKS - 1:
             on, off = self._times[True], self._times[False]
             if on and off:
                 self.choice = statistics.median(on) < statistics.median(off)
             self._times = {True: [], False: []}
+
+    def pause(self) -> None:
+        """The step now running is not timed (it spans a restore or a copy)."""
+        self._last = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_last"] = None  # (another process's or an earlier time: not a step)
+        return state

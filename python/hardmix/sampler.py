@@ -242,10 +242,12 @@ class ReplaySampler(BatchSampler):
             it). The batches, weights and reservoir are the same bit for bit
             either way. Only in one process, with the state on the CPU, host
             inputs, no ``store_logits`` and the lag known (after the first
-            update); elsewhere, while handing the work over only makes the
-            next call wait for it, and while the training steps, timed both
-            ways now and then, are shorter without hand-overs, the work runs
-            in ``update()`` and the next batch (see docs/lag.md).
+            update). The sampler times its training steps both ways now and
+            then and keeps the faster; the work runs in ``update()`` and the
+            next batch elsewhere, while the steps were found shorter without
+            hand-overs (and in the probes' blocks without them), and while
+            handing the work over only makes the next call wait for it (see
+            docs/lag.md).
         **policy: the policy's knobs, as :class:`hardmix.PolicyConfig` takes
             them (``score``, ``alpha``, ``lam``, ``gamma``, ``graduation``,
             ``max_wrong``, ``class_quotas``, ``num_classes``,
@@ -909,7 +911,7 @@ class ReplaySampler(BatchSampler):
             copy = _intake.to_host(entry)
         self._pin = self._pin or (isinstance(losses, torch.Tensor) and losses.is_cuda)
         if self.background:
-            self._clock.tick(self._received)
+            self._clock.tick()
         rec = self._outstanding.popleft()
         self._last_updated = rec.indices
         self._receive(entry, ready, copy)
@@ -946,13 +948,12 @@ class ReplaySampler(BatchSampler):
         made the training thread wait: its wait for the job was over half the
         job's CPU time (a loop that calls the sampler again at once leaves
         nothing to overlap; tried again every 64 updates)."""
-        u = self._received
-        if not self._clock.hand_over(u):
+        if self._clock.probing():
+            return self._clock.hand_over()
+        if not self._clock.choice:
             return False
-        if self._clock.probing(u):
-            return True
         w = self._worker
-        return u % 64 == 0 or w.waited_seconds <= 0.5 * w.job_seconds
+        return self._received % 64 == 0 or w.waited_seconds <= 0.5 * w.job_seconds
 
     def _to_prepare(self) -> bool:
         """Whether the next new batch can be made now and is not made yet
@@ -1348,3 +1349,4 @@ class ReplaySampler(BatchSampler):
             else:
                 new._start_epoch(new._requested)
         self.__dict__.update(new.__dict__)
+        self._clock.pause()  # (the step now running spans the restore)
