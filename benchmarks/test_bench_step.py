@@ -8,8 +8,9 @@ the reservoir capacity R (the data for a "time per step against R" plot).
 B = 1024, m = 256, N = 10^6, no logits, R = 2^12 .. 2^20. The workload is
 ``hardmix.bench.prepare_step``'s (the same as ``python -m hardmix bench``):
 the reservoir filled with min(R, N) examples and stepped 10 times, then every
-implementation runs the same timed batches (the busy phase: hundreds of
-admissions per step). One intra-op thread; medians over the timed steps
+implementation runs the same timed batches (for R < N the busy phase:
+hundreds of admissions per step; at R = 2^20 > N every example is a member,
+so a step rescores and admits nothing). One intra-op thread; medians over the timed steps
 (fewer at R >= 2^18, where the reference and the torch composition take tens
 to hundreds of milliseconds a step and the reference's fill takes the longest).
 
@@ -19,7 +20,7 @@ Against it: ``reference`` (``hardmix.ReferencePolicy``) and ``torch``
 
 Family "step against R", one group: the native step at R = 2^18 and 2^20
 against R = 65536 (the anchor), interleaved (conftest.py: SCALE_REPS reps of
-SCALE_ROUNDS steps, each implementation continuing its own stream), so that
+SCALE_ROUNDS steps, each R continuing its own stream), so that
 how the step grows with R is read within one run.
 """
 
@@ -33,6 +34,17 @@ SCALE_RS = [65536, 262144, 1048576]  # the first is the anchor
 SCALE_REPS, SCALE_ROUNDS = 5, 20
 
 
+def _stepper(impl, policy, stream, m):
+    """One round: the next step of ``stream`` on ``policy``."""
+    it = iter(stream)
+
+    def one_step():
+        i, l, lg, tg, nxt = next(it)
+        _step(impl, policy, i, l, lg, tg, m, nxt)
+
+    return one_step
+
+
 @pytest.mark.parametrize("R", RS)
 @pytest.mark.parametrize("impl", ["native", "torch", "reference"])
 def test_step(benchmark, tag, smoke, impl, R):
@@ -43,14 +55,8 @@ def test_step(benchmark, tag, smoke, impl, R):
     else:
         policy, stream = prepare_step(impl, B, R, N, None, M, steps)
         m = M
-    it = iter(stream)
-
-    def one_step():
-        i, l, lg, tg, nxt = next(it)
-        _step(impl, policy, i, l, lg, tg, m, nxt)
-
     tag("step", f"B={B} m={M} N=10^6 R={R}", impl, "native", B=B, R=R, N=N, C=None, m=M)
-    benchmark.pedantic(one_step, rounds=len(stream), iterations=1)
+    benchmark.pedantic(_stepper(impl, policy, stream, m), rounds=len(stream), iterations=1)
 
 
 # order of the tests: rep 0 of every R, then rep 1, ...
@@ -59,16 +65,9 @@ def test_step(benchmark, tag, smoke, impl, R):
 def test_step_against_R(benchmark, tag, smoke, prepared, rep, R):
     if R not in prepared:
         if smoke:  # the code path at toy sizes
-            prepared[R] = prepare_step("native", 64, R // 1024, 2000, None, 16, SCALE_REPS, warm=1)
+            policy, stream = prepare_step("native", 64, R // 1024, 2000, None, 16, SCALE_REPS, warm=1)
         else:
-            prepared[R] = prepare_step("native", B, R, N, None, M, SCALE_REPS * SCALE_ROUNDS)
-        prepared[R] = (prepared[R][0], iter(prepared[R][1]))
-    policy, it = prepared[R]
-    m = 16 if smoke else M
-
-    def one_step():
-        i, l, lg, tg, nxt = next(it)
-        _step("native", policy, i, l, lg, tg, m, nxt)
-
+            policy, stream = prepare_step("native", B, R, N, None, M, SCALE_REPS * SCALE_ROUNDS)
+        prepared[R] = _stepper("native", policy, stream, 16 if smoke else M)
     tag("step against R", f"native B={B} m={M} N=10^6", f"R={R}", f"R={SCALE_RS[0]}", rep=rep, B=B, R=R, N=N, m=M)
-    benchmark.pedantic(one_step, rounds=1 if smoke else SCALE_ROUNDS, iterations=1)
+    benchmark.pedantic(prepared[R], rounds=1 if smoke else SCALE_ROUNDS, iterations=1)

@@ -745,9 +745,8 @@ struct PolicyView {
     for (uint64_t r = 0; n < m; ++r) {
       const double total = sums().total();
       if (!(total > 0)) break;
-#if !defined(__CUDA_ARCH__)  // the slot of a pick ahead (its dataset index is read below)
+      // The slot of a pick ahead (its dataset index is read below).
       if (!changed && r + kPrefetch < static_cast<uint64_t>(m)) HM_PREFETCH(slot(ahead[r + kPrefetch]), 0);
-#endif
       const int32_t j = changed || r >= static_cast<uint64_t>(m) ? sums().find(pick_x(r, total)) : ahead[r];
       const int64_t index = static_cast<int64_t>(slot(j)[kIndex]);
       const int64_t h = slot_of(index);
