@@ -10,8 +10,8 @@ B = 1024, m = 256, N = 10^6, no logits, R = 2^12 .. 2^20. The workload is
 the reservoir filled with min(R, N) examples and stepped 10 times, then every
 implementation runs the same timed batches (for R < N the busy phase:
 hundreds of admissions per step; at R = 2^20 > N every example is a member,
-so a step rescores and admits nothing). One intra-op thread; medians over the timed steps
-(fewer at R >= 2^18, where the reference and the torch composition take tens
+so a step rescores and admits nothing). One intra-op thread; medians over
+the timed steps (fewer at R >= 2^18, where the reference and the torch composition take tens
 to hundreds of milliseconds a step and the reference's fill takes the longest).
 
 Family "step", one group per R. Anchor: ``native`` (``hardmix.Engine``).
