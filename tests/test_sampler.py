@@ -537,12 +537,12 @@ def test_hand_overs_follow_the_step_clock(monkeypatch):
         submitted.append((clock._ticks, clock.hand_over()))
         return submit(job)
 
-    def watched():
-        before = {way: list(v) for way, v in clock._times.items()}
+    def watched():  # (what this tick timed: a decision starts new lists, the old ones keep the last)
+        lists = dict(clock._times)
+        sizes = {way: len(v) for way, v in lists.items()}
         tick()
-        for way in (True, False):  # (what this tick timed, before a decision clears it)
-            grown = clock._times[way][len(before[way]):] if len(clock._times[way]) >= len(before[way]) else []
-            timed[way] += grown
+        for way, v in lists.items():
+            timed[way] += v[sizes[way]:]
 
     monkeypatch.setattr(s._worker, "submit", counted)
     monkeypatch.setattr(clock, "tick", watched)
@@ -559,8 +559,7 @@ def test_hand_overs_follow_the_step_clock(monkeypatch):
         s._worker.job_seconds, s._worker.waited_seconds = 1e-3, 1e-3  # (the wait rule alone would refuse)
     assert clock.choice is False
     assert set(timed[True]) == {2.0} and set(timed[False]) == {1.0}  # each step for its way, no switch timed
-    n = (H.BLOCK - 1) * H.BLOCKS // 2  # (each block's first step is not timed)
-    assert len(timed[True]) == n and len(timed[False]) == n - 1  # (the last, off, is cleared as it decides)
+    assert len(timed[True]) == len(timed[False]) == (H.BLOCK - 1) * H.BLOCKS // 2  # (each block's first: not)
     in_probe = [n for n, _ in submitted if H.FIRST <= n < end]
     on_steps = [n for n in range(H.FIRST, end) if (n - H.FIRST) // H.BLOCK % 2 == 0]
     assert set(on_steps) <= set(in_probe) <= set(on_steps)  # (every on-block step, no off-block step)

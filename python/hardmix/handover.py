@@ -4,11 +4,11 @@ A timing choice: the batches, weights and reservoir are the same either way.
 It pays when the training steps get shorter, and that depends on the loop.
 The worker runs Python too, and the two threads take turns holding the GIL:
 beside a training thread that is busy in Python (a DataLoader without workers
-fetching items one by one, a small model's many short ops), every turn costs
-it a thread switch and the worker can slow it by more than the work it takes
-away; beside a thread that waits without the GIL (for a GPU, for long native
-kernels), the work can be hidden. So :class:`StepClock` times the training step (one
-``update()`` to the next) both ways, in alternating blocks of steps (a probe:
+fetching items one by one), every turn costs it a thread switch and the
+worker can slow it by more than the work it takes away; beside a thread that
+waits without the GIL (for a GPU, for long native kernels), the work can be
+hidden. So :class:`StepClock` times the training step (one ``update()`` to
+the next) both ways, in alternating blocks of steps (a probe:
 hand-overs wherever the sampler can make them, then none, and so on), first
 after ``FIRST`` steps and then every ``PERIOD``, and keeps the faster way
 (the lower median) until the next probe. It counts the steps it has seen
