@@ -2,7 +2,8 @@
 world sizes 2 and 3): the same number of batches on every rank, disjoint and
 covering fresh parts, identical reservoirs after every step, disjoint replay
 slices, equality with one engine fed the concatenated batches, DDP end to end,
-exact resume, and bad input on one rank failing on all without a hang.
+exact resume, and bad input on one rank failing on all without a hang (at
+once in the first update, with the next batch after it).
 
 Semantics tested: every rank applies the concatenation of all ranks' batches
 (in rank order) as one step; a single process feeding that concatenation to an
@@ -304,6 +305,75 @@ def test_bad_input_on_one_rank_fails_on_all_without_a_hang(tmp_path):
     assert r0["msg"] == ("RuntimeError: ReplaySampler.update: rank(s) [1] passed bad input (see their errors); "
                          "nothing was changed on any rank")
     assert r0["unchanged"] and r1["unchanged"] and r0["received"] == r1["received"] == 1
+
+
+def _bad_later_steps(s, rank, start, stop, log, events):
+    """Batches start..stop-1 of a run whose update 3 is bad on rank 1 (one
+    loss short); update() never raises, a batch may (then a new iterator
+    goes on)."""
+    loss_of, logits_of = _losses()
+    it = iter(s)
+    for g in range(start, stop):
+        try:
+            b = next(it)
+        except ValueError as e:
+            events.append((g, str(e)))
+            it = iter(s)
+            b = next(it)
+        rec = s._outstanding[-1]
+        log.append((b, rec.fresh, rec.replay))
+        b = torch.tensor(b)
+        losses = loss_of[b][:-1] if (rank, g) == (1, 3) else loss_of[b]
+        s.update(b, losses, logits=logits_of[b], targets=b % C)
+
+
+def _run_bad_later(rank, world, path, out):
+    _init(rank, world, path)
+    s, log, events = _sampler(replay_lag=1), [], []
+    _bad_later_steps(s, rank, 0, 4, log, events)
+    in_flight = isinstance(s._pending.front().entry, hardmix.distributed.GatheredEntry)
+    buf = io.BytesIO()
+    torch.save(s.state_dict(), buf)  # (the live log's exchanges finish as it is written)
+    _bad_later_steps(s, rank, 4, 8, log, events)
+    t, resumed = _sampler(replay_lag=1), []
+    t.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    _bad_later_steps(t, rank, 4, 8, [], resumed)
+    s._apply(s._received), t._apply(t._received)  # (every update applied)
+    torch.save({"log": log, "events": events, "resumed": resumed, "in_flight": in_flight,
+                "digests": (_digest(s.engine), _digest(t.engine)), "steps": (s.engine.step, t.engine.step)},
+               f"{out}.{rank}")
+    _done()
+
+
+def test_bad_input_after_the_first_update_is_reported_by_every_rank_with_the_next_batch(tmp_path):
+    """Once the exchange is started and not waited for (the lag and class
+    count known), a rank with bad input still takes part: update() returns
+    on every rank, the update runs as one with no examples everywhere, and
+    every rank raises with the batch that needs it (update 3, lag 1: batch
+    5), also after a restore from a checkpoint written while the exchange
+    was in flight."""
+    res = _spawn(_run_bad_later, 2, tmp_path)
+    said = ("update: the update of batch 3 had bad input{}; it ran as an update with no examples on every rank")
+    assert res[0]["events"] == res[0]["resumed"] == [(5, said.format(" on rank(s) [1] (see their errors)"))]
+    ((g, msg),) = res[1]["events"]
+    assert g == 5 and msg.startswith(said.format(": losses has ").split(";")[0])
+    assert res[1]["resumed"] == res[1]["events"]
+    assert res[0]["in_flight"] and res[1]["in_flight"]
+    assert res[0]["steps"] == res[1]["steps"] == (8, 8)
+    assert len({d for r in res for d in r["digests"]}) == 1  # every rank, resumed or not
+    # One engine fed the ranks' batches concatenated, update 3 empty, ends the same.
+    loss_of, logits_of = _losses()
+    eng = hardmix.Engine(_sampler().config)
+    for step, rows in enumerate(zip(res[0]["log"], res[1]["log"])):
+        if step == 3:
+            empty = hardmix.intake.empty_entry(eng.config, False)
+            eng.update(empty["indices"], empty["losses"], margins=empty["margins"], classes=empty["classes"],
+                       priorities=empty["priorities"])
+            continue
+        idx = torch.tensor([i for b, _, _ in rows for i in b])
+        replayed = torch.tensor([f <= k < f + r for b, f, r in rows for k in range(len(b))])
+        eng.update(idx, loss_of[idx], logits=logits_of[idx], targets=idx % C, replayed=replayed)
+    assert _digest(eng) == res[0]["digests"][0]
 
 
 def test_rank_arguments_are_checked():

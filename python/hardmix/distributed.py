@@ -4,12 +4,20 @@ Under a process group every rank holds the same reservoir: ``update()``
 gathers each rank's validated batch (index, loss, margin, class, priority,
 replayed) with one ``all_gather`` of a [B_max + 1, 6] float64 tensor per rank,
 whose first row says whether the rank's input was valid and how long its batch
-is (and, until the replay lag is known, the lag it measured):
-a rank with bad input fails clearly instead of leaving the others waiting in a
-collective, and every rank raises. Every rank then applies the concatenation
-of the ranks' batches, in rank order, as one step. Each rank receives
-48 * W * (B_max + 1) bytes per step, independent of N and R; B_max is the
-batch size (twice it with ``replay_mode="append"``).
+is (and, until the replay lag is known, the lag it measured). Every rank then
+applies the concatenation of the ranks' batches, in rank order, as one step.
+Each rank receives 48 * W * (B_max + 1) bytes per step, independent of N and
+R; B_max is the batch size (twice it with ``replay_mode="append"``).
+
+Once the lag and the class count are known, ``update()`` starts the exchange
+and returns (:class:`GatheredEntry`); the sampler waits for it when the
+update is applied, up to ``replay_lag`` batches later. A rank with bad input
+then takes part all the same, so nobody waits in a collective: the update
+runs as one with no examples on every rank, and every rank raises its
+ValueError with the next batch. Before that (the first update) and with
+``shard_table=True`` the exchange is waited for in ``update()``
+(:func:`gather_entries`), and bad input on any rank raises on every rank
+there, with nothing changed.
 
 With ``shard_table=True`` a second collective, :func:`sum_rows`, brings every
 rank the rows of the batch's examples from the ranks that own them, and every
@@ -20,9 +28,12 @@ independent of N and R.
 
 from __future__ import annotations
 
+import collections
+
 import torch
 
 _COLUMNS = 6  # index, loss, margin, class, priority, replayed (float64: exact for all of them)
+_OPTIONAL = ("margins", "classes", "priorities", "replayed")  # columns 2-5, flagged in the header
 
 
 def resolve(num_replicas, rank, group) -> tuple[int, int]:
@@ -63,9 +74,69 @@ def sum_rows(rows: torch.Tensor, group) -> torch.Tensor:
     return out.cpu() if device.type != "cpu" else out
 
 
+def _device(group) -> torch.device:
+    """Where the group's collectives take their tensors: NCCL moves CUDA
+    tensors only."""
+    import torch.distributed as dist
+
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _pack(entry: dict | None, rank: int, rows: int, lag: int) -> torch.Tensor:
+    """This rank's block of the exchange: [rows + 1, 6] float64 on the host,
+    row 0 the header (valid, length, which optional columns, rank, lag)."""
+    ok = entry is not None
+    B = entry["indices"].numel() if ok else 0
+    has = [ok and entry.get(k) is not None for k in _OPTIONAL]
+    mine = torch.zeros(rows + 1, _COLUMNS, dtype=torch.float64)
+    mine[0] = torch.tensor([float(ok), B, has[0] * 1 + has[1] * 2 + has[2] * 4 + has[3] * 8, rank, float(lag), 0.0],
+                           dtype=torch.float64)
+    if ok:  # (each column converted as it is copied in)
+        mine[1 : B + 1, 0] = entry["indices"]
+        mine[1 : B + 1, 1] = entry["losses"]
+        for col, key in enumerate(_OPTIONAL, start=2):
+            if has[col - 2]:
+                mine[1 : B + 1, col] = entry[key]
+    return mine
+
+
+def _headers(parts: list[torch.Tensor]) -> list[list[float]]:
+    return torch.stack([p[0] for p in parts]).tolist()
+
+
+def _bad_ranks(heads: list[list[float]]) -> list[int]:
+    return [int(h[3]) for h in heads if h[0] == 0]
+
+
+def _disagree(heads: list[list[float]]) -> bool:
+    """Whether the ranks passed different optional columns."""
+    return len({int(h[2]) for h in heads}) > 1
+
+
+def _concat(parts: list[torch.Tensor], heads: list[list[float]]) -> dict:
+    """The entry of all ranks' valid blocks, in rank order."""
+    has = [bool(int(heads[0][2]) >> k & 1) for k in range(len(_OPTIONAL))]
+    cols = torch.cat([p[1 : int(h[1]) + 1] for p, h in zip(parts, heads)]).t()
+    lags = [int(h[4]) for h in heads if h[4] >= 0]
+    # float64 throughout: exact for float32 inputs, and the same on every rank
+    # whatever dtype each rank passed (the engine widens to float64 anyway).
+    return {
+        "indices": cols[0].long(),
+        "losses": cols[1].clone(),
+        "margins": cols[2].clone() if has[0] else None,
+        "classes": cols[3].long() if has[1] else None,
+        "priorities": cols[4].clone() if has[2] else None,
+        **({"replayed": cols[5] != 0} if has[3] else {}),
+        "lag": max(lags) if lags else None,
+    }
+
+
 def gather_entries(entry: dict | None, error: BaseException | None, world: int, rank: int, group,
                    rows: int, lag: int = -1) -> dict:
-    """All ranks' entries concatenated in rank order (the same on every rank).
+    """All ranks' entries concatenated in rank order (the same on every rank),
+    waiting for the exchange.
 
     ``entry`` is this rank's validated update, or None with ``error`` when
     its input was bad: then every rank raises (this one its own error) and no
@@ -77,44 +148,95 @@ def gather_entries(entry: dict | None, error: BaseException | None, world: int, 
     """
     import torch.distributed as dist
 
-    # NCCL moves CUDA tensors only: the exchange then goes through the GPU.
-    device = torch.device("cpu")
-    if dist.get_backend(group) == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    ok = entry is not None
-    B = entry["indices"].numel() if ok else 0
-    has = [ok and entry.get(k) is not None for k in ("margins", "classes", "priorities", "replayed")]
-    mine = torch.zeros(rows + 1, _COLUMNS, dtype=torch.float64)
-    mine[0] = torch.tensor([float(ok), B, has[0] * 1 + has[1] * 2 + has[2] * 4 + has[3] * 8, rank, float(lag), 0.0],
-                           dtype=torch.float64)
-    if ok:
-        mine[1 : B + 1, 0] = entry["indices"].double()
-        mine[1 : B + 1, 1] = entry["losses"].double()
-        for col, key in ((2, "margins"), (3, "classes"), (4, "priorities"), (5, "replayed")):
-            if entry.get(key) is not None:
-                mine[1 : B + 1, col] = entry[key].double()
-    mine = mine.to(device)
+    device = _device(group)
+    mine = _pack(entry, rank, rows, lag).to(device)
     parts = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(parts, mine, group=group)
     parts = [p.cpu() for p in parts]
-    bad = [int(p[0, 3]) for p in parts if p[0, 0] == 0]
-    if bad:
+    heads = _headers(parts)
+    if bad := _bad_ranks(heads):
         if error is not None:
             raise error
         raise RuntimeError(f"ReplaySampler.update: rank(s) {bad} passed bad input (see their errors); "
                            f"nothing was changed on any rank")
-    if len({int(p[0, 2]) for p in parts}) > 1:
+    if _disagree(heads):
         raise RuntimeError("ReplaySampler.update: ranks disagree on which of logits/targets/priorities they pass")
-    data = torch.cat([p[1 : int(p[0, 1]) + 1] for p in parts])
-    lags = [int(p[0, 4]) for p in parts if p[0, 4] >= 0]
-    # float64 throughout: exact for float32 inputs, and the same on every rank
-    # whatever dtype each rank passed (the engine widens to float64 anyway).
-    return {
-        "indices": data[:, 0].long(),
-        "losses": data[:, 1].clone(),
-        "margins": data[:, 2].clone() if has[0] else None,
-        "classes": data[:, 3].long() if has[1] else None,
-        "priorities": data[:, 4].clone() if has[2] else None,
-        **({"replayed": data[:, 5] != 0} if has[3] else {}),
-        "lag": max(lags) if lags else None,
-    }
+    return _concat(parts, heads)
+
+
+class GatheredEntry(dict):
+    """An update's entry whose ``all_gather`` is started and not waited for:
+    empty (but for keys the sampler adds) until :meth:`finish`, then all
+    ranks' batches concatenated in rank order, as :func:`gather_entries`
+    returns them (without ``"lag"``).
+
+    Bad input on any rank does not raise here: the entry becomes an update
+    with no examples (``indices`` empty, optional columns None) and an
+    ``"error"`` message, on every rank alike (this rank's own error where
+    its input was the bad one). Pickling or deep-copying finishes it first
+    and yields a plain mapping (an ``OrderedDict``, which ``torch.load`` with
+    ``weights_only=True`` reads): a checkpoint's live log never holds an
+    exchange in flight. Finishing waits for the exchange (on a GPU, for its
+    copy to the host) and starts no collective, so any rank may finish its
+    entries at any time.
+    """
+
+    def __init__(self, entry: dict | None, error: BaseException | None, world: int, rank: int, group,
+                 rows: int, t: int) -> None:
+        import torch.distributed as dist
+
+        super().__init__()
+        self._t, self._error = t, error
+        device = _device(group)
+        mine = _pack(entry, rank, rows, -1)
+        if device.type == "cuda":
+            mine = mine.pin_memory().to(device, non_blocking=True)
+        self._parts = [torch.empty_like(mine) for _ in range(world)]
+        self._sent = mine  # (alive until the exchange is done)
+        self._work = dist.all_gather(self._parts, mine, group=group, async_op=True)
+        self._copied = None
+        if device.type == "cuda":  # the current stream waits for the exchange (the host does not), then copies
+            self._work.wait()
+            host = torch.empty((world, *mine.shape), dtype=mine.dtype, pin_memory=True)
+            host.copy_(torch.stack(self._parts), non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+            self._parts = list(host)
+
+    def done(self) -> bool:
+        """Whether :meth:`finish` would not wait."""
+        if self._work is None:
+            return True
+        return self._copied.query() if self._copied is not None else self._work.is_completed()
+
+    def finish(self) -> None:
+        """Waits for the exchange and takes its result (once)."""
+        if self._work is None:
+            return
+        if self._copied is not None:
+            self._copied.synchronize()
+        else:
+            self._work.wait()
+        parts, self._parts, self._sent, self._work, self._copied = self._parts, None, None, None, None
+        heads = _headers(parts)
+        bad = _bad_ranks(heads)
+        if not bad and not _disagree(heads):
+            got = _concat(parts, heads)
+            del got["lag"]
+            self.update(got)
+            return
+        if self._error is not None:
+            own = str(self._error).removeprefix("update: ")
+            what = f"had bad input: {own}"
+        elif bad:
+            what = f"had bad input on rank(s) {bad} (see their errors)"
+        else:
+            what = "had ranks passing different ones of logits/targets/priorities"
+        self.update(indices=torch.empty(0, dtype=torch.int64), losses=torch.empty(0, dtype=torch.float64),
+                    margins=None, classes=None, priorities=None,
+                    error=f"the update of batch {self._t} {what}; it ran as an update with no examples on every "
+                          f"rank")
+
+    def __reduce_ex__(self, protocol):
+        self.finish()
+        return (collections.OrderedDict, (), None, None, iter(dict(self).items()))

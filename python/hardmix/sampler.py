@@ -217,7 +217,9 @@ class ReplaySampler(BatchSampler):
             fresh data (padded with repeats to equal parts, or cut with
             ``drop_last``), every rank yields the same number of batches, and
             ``update()`` gathers all ranks' batches so every rank holds the
-            same reservoir; each rank replays its own slice of one shared draw.
+            same reservoir (it starts the exchange and does not wait for it:
+            see :meth:`update`); each rank replays its own slice of one
+            shared draw.
         shard_table: with several ranks, split the per-example table (64
             bytes per example) across them by index instead of holding all
             of it on every rank: about 64 N / num_replicas bytes per rank
@@ -648,12 +650,14 @@ class ReplaySampler(BatchSampler):
 
     def _apply(self, upto: int, wait: bool = True) -> None:
         """Apply queued updates until the engine has seen ``upto`` of them,
-        waiting for GPU inputs still being copied (intake.to_host), or with
-        ``wait=False`` stopping at the first such update.
+        waiting for GPU inputs still being copied (intake.to_host) and for the
+        ranks' exchanges (distributed.GatheredEntry), or with ``wait=False``
+        stopping at the first such update.
 
         Deferred updates (GPU inputs, values unchecked) are checked here when
         the state is on the host: a bad one runs as an update with no
-        examples and the next batch raises its error (_make_batch). The
+        examples and the next batch raises its error (_make_batch), as does
+        one whose exchange found bad input on a rank. The
         checkpoint logs share each entry, which is left with its host
         tensors, marked checked, or as the empty update it ran as, its error
         numbered in the order found: a restore never checks it again, and
@@ -661,7 +665,7 @@ class ReplaySampler(BatchSampler):
         eng = self._engine
         while self._pending and eng.step < upto:
             queued = self._pending.front()
-            if not queued.finish_copy(wait):
+            if not queued.finish(wait):
                 break
             e = queued.entry
             checks = bool(e.get("deferred")) and eng.device.type == "cpu"
@@ -679,8 +683,9 @@ class ReplaySampler(BatchSampler):
                                      f"no examples")
             elif checks:
                 e["deferred"] = False
-            if error or ("error" in e and e.get("found", -1) >= self._found_base):
-                # (found now, or restored: found after the state_dict() call, which did not see it)
+            if error or ("error" in e and e.get("found", self._found_base) >= self._found_base):
+                # (found now, by this check or the ranks' exchange, or restored: found after the
+                # state_dict() call, which did not see it)
                 e["found"] = self._found
                 self._found += 1
                 self._errors.append(e)
@@ -863,10 +868,19 @@ class ReplaySampler(BatchSampler):
         Targets must lie in [0, C) for C logit columns, in [0, num_classes)
         when it is set, and in [0, :data:`CLASS_LIMIT`) otherwise.
 
+        With several ranks, update() starts the exchange of the ranks'
+        batches and returns; the update is applied, on every rank alike,
+        when a batch needs it. Bad input on any rank then runs as an update
+        with no examples on every rank, and every rank raises its ValueError
+        with the next batch. The first update, and every update with
+        ``shard_table=True``, wait for the exchange instead, and raise on
+        every rank at once.
+
         Raises ValueError / TypeError naming the argument and value, before
-        any state changes; RuntimeError from another thread than the one
-        iterating the sampler. Safe under ``torch.no_grad``;
-        ``torch.compile`` does not trace it (it runs eagerly).
+        any state changes (but see several ranks above); RuntimeError from
+        another thread than the one iterating the sampler. Safe under
+        ``torch.no_grad``; ``torch.compile`` does not trace it (it runs
+        eagerly).
         """
         self._worker.wait()
         if self.num_replicas == 1:
@@ -879,10 +893,17 @@ class ReplaySampler(BatchSampler):
             rows = self.batch_size * (2 if self.replay_mode == "append" else 1)  # no batch is longer
             if mine is not None:
                 mine["replayed"] = self._replayed_mask(self._outstanding[0], shared=True)
-            lag = len(self._outstanding) - 1 if self.replay_lag is None else -1
-            entry = _dist.gather_entries(mine, error, self.num_replicas, self.rank, self._group, rows, lag)
+            if self.replay_lag is None or self._classes is None or self.shard_table:
+                # (now: the lag and the class count are every rank's; the shards' exchange needs the batch)
+                lag = len(self._outstanding) - 1 if self.replay_lag is None else -1
+                entry = _dist.gather_entries(mine, error, self.num_replicas, self.rank, self._group, rows, lag)
+            else:  # started; waited for when applied, bad input then reported on every rank
+                entry = _dist.GatheredEntry(mine, error, self.num_replicas, self.rank, self._group, rows,
+                                            self._received)
+                if error is not None and not isinstance(error, Exception):
+                    raise error  # (KeyboardInterrupt and the like: not a matter of input)
         lag = len(self._outstanding) - 1 if self.replay_lag is None else None  # measured now, if not yet
-        if self.num_replicas > 1:
+        if self.num_replicas > 1 and "lag" in entry:
             got = entry.pop("lag")
             lag = got if self.replay_lag is None else None  # the ranks' largest: all draw alike
         # (after every check, and before any state changes: a failed call changes nothing)
@@ -896,7 +917,7 @@ class ReplaySampler(BatchSampler):
                               f"batches, all yielded before the first update(): a loader that prefetches more "
                               f"will need more; pass replay_lag explicitly", stacklevel=2)
             self._resolve_classes(C)
-        if "replayed" not in entry:
+        if self.num_replicas == 1:  # (several: the exchange carries it)
             entry["replayed"] = self._replayed_mask(self._outstanding[0], shared=True)
         if self.shard_table:  # the owners' half of the step, now (the only time a collective may run)
             # (if this collective fails, e.g. times out, the owners' dynamics of this update are
@@ -915,7 +936,7 @@ class ReplaySampler(BatchSampler):
         rec = self._outstanding.popleft()
         self._last_updated = rec.indices
         self._receive(entry, ready, copy)
-        if not self._kick():
+        if not self._kick() and self.num_replicas == 1:  # (several: applied by the next batch on every rank alike)
             self._apply(self._yielded - self.replay_lag, wait=False)
 
     # --- background work (see ``background``) ------------------------------
@@ -1246,6 +1267,10 @@ class ReplaySampler(BatchSampler):
         self._worker.wait()
         if not isinstance(state, dict) or "version" not in state:
             raise ValueError("load_state_dict: not a ReplaySampler state_dict (no 'version')")
+        if isinstance(state.get("updates"), (list, tuple)):  # (a state not serialised: exchanges in flight)
+            for u in state["updates"]:
+                if isinstance(u, _dist.GatheredEntry):
+                    u.finish()
         if not isinstance(state.get("signature"), dict) or not isinstance(state.get("position"), dict):
             raise ValueError("load_state_dict: state fields signature and position must be dicts")
         if type(state["version"]) is not int or state["version"] not in (2, STATE_VERSION):

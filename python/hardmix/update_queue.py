@@ -2,7 +2,8 @@
 
 An update waits here from ``update()`` until a replay draw needs it (the
 replay lag). Each queued update is its entry (the dict the checkpoint logs
-share: what a restore applies) and what applying it waits for: the CUDA event
+share: what a restore applies) and what applying it waits for: the exchange
+of the ranks' batches still in flight (several ranks), the CUDA event
 recorded when its inputs were complete (state on a GPU), or the copy of its
 GPU inputs to the host still in flight (state on the host). The sampler
 applies the front of the queue (``ReplaySampler._apply``).
@@ -14,6 +15,8 @@ import collections
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from .distributed import GatheredEntry
+
 
 @dataclass
 class Queued:
@@ -23,10 +26,15 @@ class Queued:
     ready: object | None = None  # a torch.cuda.Event: the state's device waits for it before the step
     copy: tuple | None = None  # (event, host tensors): the inputs' copy to the host, done when the event is
 
-    def finish_copy(self, wait: bool) -> bool:
-        """The entry takes its host copies once their copy is complete (same
-        keys; the values equal): True then, or if there is no copy; False
-        if it is still in flight and ``wait`` is False."""
+    def finish(self, wait: bool) -> bool:
+        """The entry takes what was in flight once it is complete: all ranks'
+        batches from their exchange (hardmix.distributed.GatheredEntry), its
+        host copies (same keys; the values equal). True then, or if nothing
+        was; False if something still is and ``wait`` is False."""
+        if isinstance(self.entry, GatheredEntry):
+            if not (wait or self.entry.done()):
+                return False
+            self.entry.finish()
         if self.copy is None:
             return True
         done, host = self.copy
