@@ -307,10 +307,23 @@ def test_bad_input_on_one_rank_fails_on_all_without_a_hang(tmp_path):
     assert r0["unchanged"] and r1["unchanged"] and r0["received"] == r1["received"] == 1
 
 
-def _bad_later_steps(s, rank, start, stop, log, events):
-    """Batches start..stop-1 of a run whose update 3 is bad on rank 1 (one
-    loss short); update() never raises, a batch may (then a new iterator
-    goes on)."""
+_LATER = {  # case: (sampler arguments, rank 1's losses of update 3, what rank 1 says)
+    "shape": ({}, lambda losses: losses[:-1], ": losses has "),
+    # its values unchecked in update() (as GPU inputs are: faked on the CPU), checked when applied
+    "value": ({"nonfinite": "raise"}, lambda losses: losses.index_fill(0, torch.tensor([2]), float("nan")),
+              ": losses[2] = nan is not finite (nonfinite='raise')"),
+    # Ctrl-C while update() validates: that rank raises it at once, counting the update as the others do
+    "interrupt": ({}, None, ": KeyboardInterrupt"),
+}
+
+
+def _interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def _bad_later_steps(s, rank, case, start, stop, log, events):
+    """Batches start..stop-1 of a run whose update 3 is bad on rank 1;
+    update() never raises, a batch may (then a new iterator goes on)."""
     loss_of, logits_of = _losses()
     it = iter(s)
     for g in range(start, stop):
@@ -323,21 +336,37 @@ def _bad_later_steps(s, rank, start, stop, log, events):
         rec = s._outstanding[-1]
         log.append((b, rec.fresh, rec.replay))
         b = torch.tensor(b)
-        losses = loss_of[b][:-1] if (rank, g) == (1, 3) else loss_of[b]
-        s.update(b, losses, logits=logits_of[b], targets=b % C)
+        bad = (rank, g) == (1, 3)
+        losses = _LATER[case][1](loss_of[b]) if bad and _LATER[case][1] else loss_of[b]
+        if bad and case == "interrupt":
+            s._validate = _interrupted
+        try:
+            s.update(b, losses, logits=logits_of[b], targets=b % C)
+        except KeyboardInterrupt:
+            events.append((g, "update raised KeyboardInterrupt"))
+        s.__dict__.pop("_validate", None)
 
 
-def _run_bad_later(rank, world, path, out):
+def _run_bad_later(rank, world, path, out, case):
     _init(rank, world, path)
-    s, log, events = _sampler(replay_lag=1), [], []
-    _bad_later_steps(s, rank, 0, 4, log, events)
+    if case == "value":  # (where the sampler allows it: not in the first update)
+        hardmix.intake.defers = lambda devices, allowed: allowed
+    kw = dict(replay_lag=1, **_LATER[case][0])
+    s, log, events = _sampler(**kw), [], []
+    _bad_later_steps(s, rank, case, 0, 4, log, events)
     in_flight = isinstance(s._pending.front().entry, hardmix.distributed.GatheredEntry)
+    live = _sampler(**kw)
+    live.load_state_dict(s.state_dict())  # (not serialised: reading its log finishes the exchanges)
     buf = io.BytesIO()
     torch.save(s.state_dict(), buf)  # (the live log's exchanges finish as it is written)
-    _bad_later_steps(s, rank, 4, 8, log, events)
-    t, resumed = _sampler(replay_lag=1), []
+    saved = _sampler(**kw)
+    saved.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    live._apply(live._received), saved._apply(saved._received)
+    in_flight = in_flight and _digest(live.engine) == _digest(saved.engine) and live.engine.step == 4
+    _bad_later_steps(s, rank, case, 4, 8, log, events)
+    t, resumed = _sampler(**kw), []
     t.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
-    _bad_later_steps(t, rank, 4, 8, [], resumed)
+    _bad_later_steps(t, rank, case, 4, 8, [], resumed)
     s._apply(s._received), t._apply(t._received)  # (every update applied)
     torch.save({"log": log, "events": events, "resumed": resumed, "in_flight": in_flight,
                 "digests": (_digest(s.engine), _digest(t.engine)), "steps": (s.engine.step, t.engine.step)},
@@ -345,25 +374,33 @@ def _run_bad_later(rank, world, path, out):
     _done()
 
 
-def test_bad_input_after_the_first_update_is_reported_by_every_rank_with_the_next_batch(tmp_path):
+@pytest.mark.parametrize("case", sorted(_LATER))
+def test_bad_input_after_the_first_update_is_reported_by_every_rank_when_applied(tmp_path, case):
     """Once the exchange is started and not waited for (the lag and class
     count known), a rank with bad input still takes part: update() returns
     on every rank, the update runs as one with no examples everywhere, and
     every rank raises with the batch that needs it (update 3, lag 1: batch
     5), also after a restore from a checkpoint written while the exchange
-    was in flight."""
-    res = _spawn(_run_bad_later, 2, tmp_path)
-    said = ("update: the update of batch 3 had bad input{}; it ran as an update with no examples on every rank")
+    was in flight. Bad values that update() left unchecked are found by
+    every rank in the exchanged batches."""
+    res = _spawn(_run_bad_later, 2, tmp_path, case)
+    said = "update: the update of batch 3 had bad input{}; it ran as an update with no examples on every rank"
     assert res[0]["events"] == res[0]["resumed"] == [(5, said.format(" on rank(s) [1] (see their errors)"))]
-    ((g, msg),) = res[1]["events"]
-    assert g == 5 and msg.startswith(said.format(": losses has ").split(";")[0])
-    assert res[1]["resumed"] == res[1]["events"]
+    events = res[1]["events"]
+    if case == "interrupt":
+        assert events.pop(0) == (3, "update raised KeyboardInterrupt")
+    ((g, msg),) = events
+    if case == "shape":
+        assert g == 5 and msg.startswith(said.format(_LATER[case][2]).split(";")[0])
+    else:
+        assert (g, msg) == (5, said.format(_LATER[case][2]))
+    assert res[1]["resumed"] == events
     assert res[0]["in_flight"] and res[1]["in_flight"]
     assert res[0]["steps"] == res[1]["steps"] == (8, 8)
     assert len({d for r in res for d in r["digests"]}) == 1  # every rank, resumed or not
     # One engine fed the ranks' batches concatenated, update 3 empty, ends the same.
     loss_of, logits_of = _losses()
-    eng = hardmix.Engine(_sampler().config)
+    eng = hardmix.Engine(_sampler(**_LATER[case][0]).config)
     for step, rows in enumerate(zip(res[0]["log"], res[1]["log"])):
         if step == 3:
             empty = hardmix.intake.empty_entry(eng.config, False)

@@ -11,10 +11,10 @@ R; B_max is the batch size (twice it with ``replay_mode="append"``).
 
 Once the lag and the class count are known, ``update()`` starts the exchange
 and returns (:class:`GatheredEntry`); the sampler waits for it when the
-update is applied, up to ``replay_lag`` batches later. A rank with bad input
-then takes part all the same, so nobody waits in a collective: the update
-runs as one with no examples on every rank, and every rank raises its
-ValueError with the next batch. Before that (the first update) and with
+update is applied (the update of batch t when batch t + replay_lag + 1 is
+drawn). A rank with bad input then takes part all the same, so nobody waits
+in a collective: the update runs as one with no examples on every rank, and
+every rank raises a ValueError with the batch that applies it. Before that (the first update) and with
 ``shard_table=True`` the exchange is waited for in ``update()``
 (:func:`gather_entries`), and bad input on any rank raises on every rank
 there, with nothing changed.
@@ -29,6 +29,7 @@ independent of N and R.
 from __future__ import annotations
 
 import collections
+import threading
 
 import torch
 
@@ -84,21 +85,34 @@ def _device(group) -> torch.device:
     return torch.device("cpu")
 
 
-def _pack(entry: dict | None, rank: int, rows: int, lag: int) -> torch.Tensor:
-    """This rank's block of the exchange: [rows + 1, 6] float64 on the host,
-    row 0 the header (valid, length, which optional columns, rank, lag)."""
+def _pack(entry: dict | None, rank: int, rows: int, lag: int, device: torch.device | None = None) -> torch.Tensor:
+    """This rank's block of the exchange: [rows + 1, 6] float64, row 0 the
+    header (valid, length, which optional columns, rank, lag, and for an
+    entry whose values are unchecked the logits' width: -1 without logits,
+    -2 for a checked entry). On the host, or on a GPU ``device``: then the
+    host's part goes there from pinned memory and the columns already on
+    the GPU are copied there, so that nothing waits for the GPU."""
     ok = entry is not None
     B = entry["indices"].numel() if ok else 0
     has = [ok and entry.get(k) is not None for k in _OPTIONAL]
-    mine = torch.zeros(rows + 1, _COLUMNS, dtype=torch.float64)
-    mine[0] = torch.tensor([float(ok), B, has[0] * 1 + has[1] * 2 + has[2] * 4 + has[3] * 8, rank, float(lag), 0.0],
+    C = -2 if not (ok and entry.get("deferred")) else -1 if entry.get("C") is None else entry["C"]
+    gpu = device is not None and device.type == "cuda"
+    mine = torch.zeros(rows + 1, _COLUMNS, dtype=torch.float64, pin_memory=gpu)
+    mine[0] = torch.tensor([float(ok), B, has[0] * 1 + has[1] * 2 + has[2] * 4 + has[3] * 8, rank, float(lag), C],
                            dtype=torch.float64)
+    on_device = []
     if ok:  # (each column converted as it is copied in)
-        mine[1 : B + 1, 0] = entry["indices"]
-        mine[1 : B + 1, 1] = entry["losses"]
-        for col, key in enumerate(_OPTIONAL, start=2):
-            if has[col - 2]:
-                mine[1 : B + 1, col] = entry[key]
+        for col, key in enumerate(("indices", "losses", *_OPTIONAL)):
+            v = entry.get(key)
+            if v is not None and (v.is_cpu or not gpu):
+                mine[1 : B + 1, col] = v  # (a GPU column under a host backend: the copy waits)
+            elif v is not None:
+                on_device.append((col, v))
+    if not gpu:
+        return mine
+    mine = mine.to(device, non_blocking=True)
+    for col, v in on_device:
+        mine[1 : B + 1, col] = v
     return mine
 
 
@@ -133,6 +147,22 @@ def _concat(parts: list[torch.Tensor], heads: list[list[float]]) -> dict:
     }
 
 
+def _value_errors(config, got: dict, heads: list[list[float]]) -> list[tuple[int, str]]:
+    """(rank, what is wrong) for each rank whose values came unchecked
+    (hardmix.inputs.value_error on its part of the concatenation)."""
+    from . import inputs
+
+    found, a = [], 0
+    for h in heads:
+        b = a + int(h[1])
+        if h[5] > -2:
+            part = [None if got[k] is None else got[k][a:b] for k in ("losses", "margins", "classes", "priorities")]
+            if what := inputs.value_error(config, None if h[5] == -1 else int(h[5]), *part):
+                found.append((int(h[3]), what))
+        a = b
+    return found
+
+
 def gather_entries(entry: dict | None, error: BaseException | None, world: int, rank: int, group,
                    rows: int, lag: int = -1) -> dict:
     """All ranks' entries concatenated in rank order (the same on every rank),
@@ -165,32 +195,36 @@ def gather_entries(entry: dict | None, error: BaseException | None, world: int, 
 
 
 class GatheredEntry(dict):
-    """An update's entry whose ``all_gather`` is started and not waited for:
-    empty (but for keys the sampler adds) until :meth:`finish`, then all
-    ranks' batches concatenated in rank order, as :func:`gather_entries`
-    returns them (without ``"lag"``).
-
-    Bad input on any rank does not raise here: the entry becomes an update
-    with no examples (``indices`` empty, optional columns None) and an
-    ``"error"`` message, on every rank alike (this rank's own error where
-    its input was the bad one). Pickling or deep-copying finishes it first
-    and yields a plain mapping (an ``OrderedDict``, which ``torch.load`` with
+    """An update's entry whose ``all_gather`` is started and not waited for.
+    Once :meth:`finish` has waited for it, the entry holds all ranks' batches
+    concatenated in rank order, as :func:`gather_entries` returns them
+    (without ``"lag"``). Reading it (``[]``, ``get``, ``in``, iterating,
+    ...) finishes it first; pickling or deep-copying too, and yields a plain
+    mapping (an ``OrderedDict``, which ``torch.load`` with
     ``weights_only=True`` reads): a checkpoint's live log never holds an
     exchange in flight. Finishing waits for the exchange (on a GPU, for its
     copy to the host) and starts no collective, so any rank may finish its
-    entries at any time.
+    entries at any time, from any thread.
+
+    A rank's inputs on a GPU stay there (their values unchecked): its block
+    is made on the GPU under NCCL, and every rank checks every such rank's
+    values once the exchange is done. Bad input on any rank does not raise
+    here: the entry becomes an update with no examples (``indices`` empty,
+    optional columns None) and an ``"error"`` message, on every rank alike
+    (this rank's own error where its input was the bad one).
     """
 
     def __init__(self, entry: dict | None, error: BaseException | None, world: int, rank: int, group,
-                 rows: int, t: int) -> None:
+                 rows: int, t: int, config) -> None:
         import torch.distributed as dist
 
         super().__init__()
-        self._t, self._error = t, error
+        self._t, self._rank, self._config = t, rank, config
+        # (its message only: not its traceback and the caller's tensors with it)
+        self._own = None if error is None else (str(error) or type(error).__name__).removeprefix("update: ")
+        self._lock = threading.Lock()  # (a checkpoint may be pickled on another thread)
         device = _device(group)
-        mine = _pack(entry, rank, rows, -1)
-        if device.type == "cuda":
-            mine = mine.pin_memory().to(device, non_blocking=True)
+        mine = _pack(entry, rank, rows, -1, device)
         self._parts = [torch.empty_like(mine) for _ in range(world)]
         self._sent = mine  # (alive until the exchange is done)
         self._work = dist.all_gather(self._parts, mine, group=group, async_op=True)
@@ -213,6 +247,11 @@ class GatheredEntry(dict):
         """Waits for the exchange and takes its result (once)."""
         if self._work is None:
             return
+        with self._lock:
+            if self._work is not None:
+                self._take()
+
+    def _take(self) -> None:
         if self._copied is not None:
             self._copied.synchronize()
         else:
@@ -220,13 +259,17 @@ class GatheredEntry(dict):
         parts, self._parts, self._sent, self._work, self._copied = self._parts, None, None, None, None
         heads = _headers(parts)
         bad = _bad_ranks(heads)
+        own = self._own
         if not bad and not _disagree(heads):
             got = _concat(parts, heads)
             del got["lag"]
-            self.update(got)
-            return
-        if self._error is not None:
-            own = str(self._error).removeprefix("update: ")
+            found = _value_errors(self._config, got, heads)  # (every rank checks every rank's alike)
+            if not found:
+                self.update(got)
+                return
+            bad = [r for r, _ in found]
+            own = next((what for r, what in found if r == self._rank), None)
+        if own is not None:
             what = f"had bad input: {own}"
         elif bad:
             what = f"had bad input on rank(s) {bad} (see their errors)"
@@ -239,4 +282,19 @@ class GatheredEntry(dict):
 
     def __reduce_ex__(self, protocol):
         self.finish()
-        return (collections.OrderedDict, (), None, None, iter(dict(self).items()))
+        return (collections.OrderedDict, (), None, None, iter(dict.items(self)))
+
+
+def _finished_first(read):
+    def call(self, *args, **kwargs):
+        self.finish()
+        return read(self, *args, **kwargs)
+
+    call.__name__, call.__doc__ = read.__name__, read.__doc__
+    return call
+
+
+# Whatever reads a GatheredEntry (a checkpoint walked instead of pickled, say) sees it finished.
+for _name in ("__getitem__", "__iter__", "__len__", "__contains__", "__eq__", "__repr__", "get", "keys", "values",
+              "items", "copy"):
+    setattr(GatheredEntry, _name, _finished_first(getattr(dict, _name)))

@@ -3,9 +3,9 @@ ReplaySampler.update() queues (hardmix.update_queue) and logs
 (hardmix.checkpoint_log): a dict of ``indices``, ``losses``, ``margins``,
 ``classes``, ``priorities`` (and ``logits`` with store_logits), none of them
 the caller's tensors, so that the caller may reuse its buffers before the
-update is applied. Host inputs are checked in full here; GPU inputs of one
-process stay on the GPU, their value checks deferred to when the update is
-applied (the entry is marked ``deferred``). The argument checks themselves
+update is applied. Host inputs are checked in full here; GPU inputs stay on
+the GPU where the sampler allows it, their value checks deferred to when the
+update is applied (the entry is marked ``deferred``). The argument checks themselves
 are hardmix.inputs'.
 """
 
@@ -37,7 +37,7 @@ def update_entry(indices, losses, logits, targets, priorities, *, expected: Call
     ``engine``: where the state is, and its ``score_fn``; ``width``: the
     logits' width at the first update, kept with ``store_logits`` (None:
     none yet); ``defer``: GPU inputs may have their values checked when the
-    update is applied (one process)."""
+    update is applied."""
     idx = index_tensor("update", indices)
     # (indices may stay on the host: they are only compared with the batch yielded)
     given = (("losses", losses), ("logits", logits), ("targets", targets), ("priorities", priorities))
@@ -135,8 +135,7 @@ def update_entry(indices, losses, logits, targets, priorities, *, expected: Call
 def defers(devices: dict, allowed: bool) -> bool:
     """Whether an update's values are checked when it is applied instead of
     now: inputs on a GPU (``devices``: each off-host input's), where
-    ``allowed`` (one process: under torch.distributed the inputs go through
-    the host for the exchange anyway)."""
+    ``allowed``."""
     return allowed and any(d.type == "cuda" for d in devices.values())
 
 

@@ -863,18 +863,19 @@ class ReplaySampler(BatchSampler):
         that would wait (NaN/inf under ``nonfinite="raise"``, target and
         class ranges, negative priorities) are then made when the update is
         applied: a bad update runs as one with no examples and its
-        ValueError comes with the next batch.
+        ValueError comes with the batch that applies it (the update of batch
+        t: with batch t + replay_lag + 1).
 
         Targets must lie in [0, C) for C logit columns, in [0, num_classes)
         when it is set, and in [0, :data:`CLASS_LIMIT`) otherwise.
 
         With several ranks, update() starts the exchange of the ranks'
         batches and returns; the update is applied, on every rank alike,
-        when a batch needs it. Bad input on any rank then runs as an update
-        with no examples on every rank, and every rank raises its ValueError
-        with the next batch. The first update, and every update with
-        ``shard_table=True``, wait for the exchange instead, and raise on
-        every rank at once.
+        when a batch needs it. Bad input on any rank (GPU values included)
+        then runs as an update with no examples on every rank, and every
+        rank raises a ValueError with the batch that applies it, as above.
+        The first update, and every update with ``shard_table=True``, wait
+        for the exchange instead, and raise on every rank at once.
 
         Raises ValueError / TypeError naming the argument and value, before
         any state changes (but see several ranks above); RuntimeError from
@@ -883,27 +884,35 @@ class ReplaySampler(BatchSampler):
         eagerly).
         """
         self._worker.wait()
+        self._check_thread("update")  # (before any collective: the state has no locks)
+        # Several ranks: the exchange is started and not waited for once the lag and the class count
+        # are known (every rank's, from the first update), unless the shards' exchange needs the batch.
+        started = self.num_replicas > 1 and not (self.replay_lag is None or self._classes is None
+                                                 or self.shard_table)
+        defer = started or (self.num_replicas == 1 and not self.shard_table)  # (GPU inputs: values checked later)
+        interrupt = None
         if self.num_replicas == 1:
-            entry = self._validate(indices, losses, logits, targets, priorities)
+            entry = self._validate(indices, losses, logits, targets, priorities, defer)
         else:  # validate here, then every rank learns whether all are fine, then gather
             try:
-                mine, error = self._validate(indices, losses, logits, targets, priorities), None
+                mine, error = self._validate(indices, losses, logits, targets, priorities, defer), None
             except BaseException as e:  # noqa: BLE001 - whatever it is, the other ranks must hear of it
                 mine, error = None, e
             rows = self.batch_size * (2 if self.replay_mode == "append" else 1)  # no batch is longer
             if mine is not None:
                 mine["replayed"] = self._replayed_mask(self._outstanding[0], shared=True)
-            if self.replay_lag is None or self._classes is None or self.shard_table:
-                # (now: the lag and the class count are every rank's; the shards' exchange needs the batch)
+            if not started:
                 lag = len(self._outstanding) - 1 if self.replay_lag is None else -1
                 entry = _dist.gather_entries(mine, error, self.num_replicas, self.rank, self._group, rows, lag)
-            else:  # started; waited for when applied, bad input then reported on every rank
+            else:  # waited for when applied; bad input then reported on every rank
                 entry = _dist.GatheredEntry(mine, error, self.num_replicas, self.rank, self._group, rows,
-                                            self._received)
+                                            self._received, self.config)
+                if error is not None and not self._outstanding:
+                    raise error  # (no batch to update: nothing to count this call as)
                 if error is not None and not isinstance(error, Exception):
-                    raise error  # (KeyboardInterrupt and the like: not a matter of input)
+                    interrupt = error  # (KeyboardInterrupt and the like: counted as the others count it, then raised)
         lag = len(self._outstanding) - 1 if self.replay_lag is None else None  # measured now, if not yet
-        if self.num_replicas > 1 and "lag" in entry:
+        if self.num_replicas > 1 and not started:
             got = entry.pop("lag")
             lag = got if self.replay_lag is None else None  # the ranks' largest: all draw alike
         # (after every check, and before any state changes: a failed call changes nothing)
@@ -925,10 +934,11 @@ class ReplaySampler(BatchSampler):
             entry["rows"] = self._owned_rows(entry, self._received)
         self._adopt_device(losses)
         ready = copy = None
-        if entry.get("deferred") and self._engine.device.type == "cuda":
+        deferred = not started and entry.get("deferred")  # (a started exchange is not read before it is done)
+        if deferred and self._engine.device.type == "cuda":
             ready = torch.cuda.Event()  # the step waits for this, not for later work
             ready.record(torch.cuda.current_stream(self._engine.device))
-        elif entry.get("deferred"):
+        elif deferred:
             copy = _intake.to_host(entry)
         self._pin = self._pin or (isinstance(losses, torch.Tensor) and losses.is_cuda)
         if self.background:
@@ -938,6 +948,8 @@ class ReplaySampler(BatchSampler):
         self._receive(entry, ready, copy)
         if not self._kick() and self.num_replicas == 1:  # (several: applied by the next batch on every rank alike)
             self._apply(self._yielded - self.replay_lag, wait=False)
+        if interrupt is not None:
+            raise interrupt
 
     # --- background work (see ``background``) ------------------------------
 
@@ -1095,12 +1107,12 @@ class ReplaySampler(BatchSampler):
         eng.forget_before(least)
         return rows
 
-    def _validate(self, indices, losses, logits, targets, priorities) -> dict:
-        """The entry of an update (hardmix.intake), checked against this sampler."""
+    def _validate(self, indices, losses, logits, targets, priorities, defer: bool) -> dict:
+        """The entry of an update (hardmix.intake), checked against this
+        sampler; ``defer``: GPU inputs may have their values checked later."""
         return _intake.update_entry(indices, losses, logits, targets, priorities, expected=self._expected,
                                     engine=self._engine, config=self.config, state_device=self.state_device,
-                                    store_logits=self.store_logits, width=self._classes,
-                                    defer=self.num_replicas == 1 and not self.shard_table)
+                                    store_logits=self.store_logits, width=self._classes, defer=defer)
 
     def _receive(self, entry: dict, ready=None, copy: tuple | None = None) -> None:
         """Queue an update (and log it for the checkpoints that need it)."""
@@ -1267,10 +1279,6 @@ class ReplaySampler(BatchSampler):
         self._worker.wait()
         if not isinstance(state, dict) or "version" not in state:
             raise ValueError("load_state_dict: not a ReplaySampler state_dict (no 'version')")
-        if isinstance(state.get("updates"), (list, tuple)):  # (a state not serialised: exchanges in flight)
-            for u in state["updates"]:
-                if isinstance(u, _dist.GatheredEntry):
-                    u.finish()
         if not isinstance(state.get("signature"), dict) or not isinstance(state.get("position"), dict):
             raise ValueError("load_state_dict: state fields signature and position must be dicts")
         if type(state["version"]) is not int or state["version"] not in (2, STATE_VERSION):
