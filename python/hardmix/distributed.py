@@ -239,9 +239,10 @@ class GatheredEntry(dict):
 
     def done(self) -> bool:
         """Whether :meth:`finish` would not wait."""
-        if self._work is None:
+        copied, work = self._copied, self._work  # (in the order _take clears them: another thread may)
+        if work is None:
             return True
-        return self._copied.query() if self._copied is not None else self._work.is_completed()
+        return copied.query() if copied is not None else work.is_completed()
 
     def finish(self) -> None:
         """Waits for the exchange and takes its result (once)."""
@@ -256,7 +257,11 @@ class GatheredEntry(dict):
             self._copied.synchronize()
         else:
             self._work.wait()
-        parts, self._parts, self._sent, self._work, self._copied = self._parts, None, None, None, None
+        self.update(self._result(self._parts))
+        self._parts, self._sent, self._work, self._copied = None, None, None, None
+
+    def _result(self, parts: list[torch.Tensor]) -> dict:
+        """The entry's content from the ranks' blocks."""
         heads = _headers(parts)
         bad = _bad_ranks(heads)
         own = self._own
@@ -265,8 +270,7 @@ class GatheredEntry(dict):
             del got["lag"]
             found = _value_errors(self._config, got, heads)  # (every rank checks every rank's alike)
             if not found:
-                self.update(got)
-                return
+                return got
             bad = [r for r, _ in found]
             own = next((what for r, what in found if r == self._rank), None)
         if own is not None:
@@ -275,7 +279,7 @@ class GatheredEntry(dict):
             what = f"had bad input on rank(s) {bad} (see their errors)"
         else:
             what = "had ranks passing different ones of logits/targets/priorities"
-        self.update(indices=torch.empty(0, dtype=torch.int64), losses=torch.empty(0, dtype=torch.float64),
+        return dict(indices=torch.empty(0, dtype=torch.int64), losses=torch.empty(0, dtype=torch.float64),
                     margins=None, classes=None, priorities=None,
                     error=f"the update of batch {self._t} {what}; it ran as an update with no examples on every "
                           f"rank")
@@ -295,6 +299,6 @@ def _finished_first(read):
 
 
 # Whatever reads a GatheredEntry (a checkpoint walked instead of pickled, say) sees it finished.
-for _name in ("__getitem__", "__iter__", "__len__", "__contains__", "__eq__", "__repr__", "get", "keys", "values",
-              "items", "copy"):
+for _name in ("__getitem__", "__iter__", "__reversed__", "__len__", "__contains__", "__eq__", "__ne__", "__or__",
+              "__ror__", "__repr__", "get", "keys", "values", "items", "copy", "pop", "popitem", "setdefault"):
     setattr(GatheredEntry, _name, _finished_first(getattr(dict, _name)))
