@@ -5,8 +5,8 @@ ReplaySampler.update() queues (hardmix.update_queue) and logs
 the caller's tensors, so that the caller may reuse its buffers before the
 update is applied. Host inputs are checked in full here; GPU inputs stay on
 the GPU where the sampler allows it, their value checks deferred to when the
-update is applied (the entry is marked ``deferred``). The argument checks themselves
-are hardmix.inputs'.
+update is applied (the entry is marked ``deferred``). The argument checks
+themselves are hardmix.inputs'.
 """
 
 from __future__ import annotations
