@@ -16,8 +16,10 @@ Bytes per step and rank: one all_gather receives W blocks of (B_max + 1) x 6
 float64 (B_max = B here). With ``shard_table=True`` (rows "sharded") one
 all_reduce of [W * B + ceil(W / 8), 8] float64 follows (its payload is listed; a ring
 all-reduce moves about twice that per rank), and the engine state per rank is
-listed beside it. The anchor is the first row (world size 1, whole table: no
-collective); the table gives each row's ratio to it.
+listed beside it. The anchor of each world size is the row "plain": a
+``BatchSampler`` over a ``DistributedSampler`` making the same batches (next
+batch alone: it has no update); the table gives each row's ratio to the
+anchor of its world size.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils.data import BatchSampler, DistributedSampler
 
 import hardmix
 from hardmix.bench import batches_forever
@@ -49,8 +52,11 @@ def _rank(rank, world, path, out, N, B, R, warm, steps, table, lag, work_ms, idl
             self.finish()
 
         hardmix.distributed.GatheredEntry.__init__ = started_and_waited
-    s = hardmix.ReplaySampler(N, batch_size=B, capacity=R, seed=0, replay_lag=lag, shard_table=table == "sharded",
-                              num_replicas=world, rank=rank)
+    if table == "plain":
+        s = BatchSampler(DistributedSampler(range(N), num_replicas=world, rank=rank, seed=0), B, drop_last=False)
+    else:
+        s = hardmix.ReplaySampler(N, batch_size=B, capacity=R, seed=0, replay_lag=lag,
+                                  shard_table=table == "sharded", num_replicas=world, rank=rank)
     loss_of = torch.rand(N, generator=torch.Generator().manual_seed(0))
     it = batches_forever(s)
     a = torch.randn(128, 128, generator=torch.Generator().manual_seed(rank))
@@ -66,10 +72,11 @@ def _rank(rank, world, path, out, N, B, R, warm, steps, table, lag, work_ms, idl
             a @ a
         losses = loss_of[idx]
         t2 = time.perf_counter()
-        s.update(idx, losses)
+        if table != "plain":
+            s.update(idx, losses)
         if k >= warm:
             times.append(t1 - t0 + time.perf_counter() - t2)
-    state = sum(t.numel() * t.element_size() for t in s.engine.state_tensors())
+    state = 0 if table == "plain" else sum(t.numel() * t.element_size() for t in s.engine.state_tensors())
     torch.save({"times": times, "B": len(idx), "state": state}, f"{out}.{rank}")
     if world > 1:
         dist.barrier()
@@ -97,28 +104,29 @@ def main() -> None:
     ap.add_argument("--lag", type=int, default=2)
     ap.add_argument("--work-ms", type=float, default=1.0, help="the stand-in model step between the calls")
     ap.add_argument("--idle", action="store_true", help="the stand-in step sleeps instead of computing")
-    ap.add_argument("--tables", default="whole,waited,sharded", help="whole, waited (ablation), sharded")
+    ap.add_argument("--tables", default="plain,whole,waited,sharded",
+                    help="plain (the anchor), whole, waited (ablation), sharded")
     ap.add_argument("--json")
     a = ap.parse_args()
     rows = []
     for table in a.tables.split(","):
         for w in [int(x) for x in a.worlds.split(",")]:
-            if w == 1 and table != "whole":
-                continue  # (no collective: the same as the first row)
+            if w == 1 and table in ("waited", "sharded"):
+                continue  # (no collective: the same as the row "whole")
             med, state = measure(w, a.N, a.B, a.R, a.warm, a.steps, table, a.lag, a.work_ms, a.idle)
-            bytes_recv = 0 if w == 1 else w * (a.B + 1) * 6 * 8
+            bytes_recv = 0 if w == 1 or table == "plain" else w * (a.B + 1) * 6 * 8
             rows.append({"world": w, "table": table, "median_sampler_us": med * 1e6, "global_batch": w * a.B,
                          "bytes_received_per_rank_per_step": bytes_recv,
                          "all_reduce_payload_bytes": (w * a.B + -(-w // 8)) * 64 if table == "sharded" and w > 1
                          else 0,
                          "engine_state_bytes_per_rank": state})
-    base = rows[0]["median_sampler_us"]
-    print("| table | world size | global batch | next + update median (µs) | × first row | all_gather bytes "
+    base = {r["world"]: r["median_sampler_us"] for r in rows if r["table"] == "plain"}
+    print("| table | world size | global batch | next + update median (µs) | × plain | all_gather bytes "
           "received per rank | all_reduce payload (bytes) | engine state per rank (MB) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['table']} | {r['world']} | {r['global_batch']} | "
-              f"{r['median_sampler_us']:.0f} | {r['median_sampler_us'] / base:.2f} | "
+        ratio = f"{r['median_sampler_us'] / base[r['world']]:.2f}" if r["world"] in base else "—"
+        print(f"| {r['table']} | {r['world']} | {r['global_batch']} | {r['median_sampler_us']:.0f} | {ratio} | "
               f"{r['bytes_received_per_rank_per_step']} | {r['all_reduce_payload_bytes']} | "
               f"{r['engine_state_bytes_per_rank'] / 1e6:.2f} |")
     print(f"\nN={a.N}, B={a.B} per rank, R={a.R}, replay_lag={a.lag}, {a.work_ms} ms of "

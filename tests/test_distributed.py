@@ -362,13 +362,13 @@ def _run_bad_later(rank, world, path, out, case):
     saved = _sampler(**kw)
     saved.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     live._apply(live._received), saved._apply(saved._received)
-    in_flight = in_flight and _digest(live.engine) == _digest(saved.engine) and live.engine.step == 4
+    restored = (_digest(live.engine), live.engine.step) == (_digest(saved.engine), 4)
     _bad_later_steps(s, rank, case, 4, 8, log, events)
     t, resumed = _sampler(**kw), []
     t.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     _bad_later_steps(t, rank, case, 4, 8, [], resumed)
     s._apply(s._received), t._apply(t._received)  # (every update applied)
-    torch.save({"log": log, "events": events, "resumed": resumed, "in_flight": in_flight,
+    torch.save({"log": log, "events": events, "resumed": resumed, "in_flight": in_flight, "restored": restored,
                 "digests": (_digest(s.engine), _digest(t.engine)), "steps": (s.engine.step, t.engine.step)},
                f"{out}.{rank}")
     _done()
@@ -396,6 +396,7 @@ def test_bad_input_after_the_first_update_is_reported_by_every_rank_when_applied
         assert (g, msg) == (5, said.format(_LATER[case][2]))
     assert res[1]["resumed"] == events
     assert res[0]["in_flight"] and res[1]["in_flight"]
+    assert res[0]["restored"] and res[1]["restored"]  # (a state loaded as is, exchanges in flight, and one saved)
     assert res[0]["steps"] == res[1]["steps"] == (8, 8)
     assert len({d for r in res for d in r["digests"]}) == 1  # every rank, resumed or not
     # One engine fed the ranks' batches concatenated, update 3 empty, ends the same.
@@ -424,3 +425,43 @@ def test_rank_arguments_are_checked():
 
 if os.environ.get("HARDMIX_SKIP_DISTRIBUTED"):  # pragma: no cover
     pytestmark = pytest.mark.skip("HARDMIX_SKIP_DISTRIBUTED is set")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and dist.is_nccl_available()), reason="needs a CUDA GPU and NCCL")
+def test_a_started_exchange_does_not_wait_for_the_gpu(tmp_path, monkeypatch):
+    """Under NCCL (one rank here), an update's exchange is built from its GPU
+    columns and started without a host sync (the sync debug mode raises on
+    one; Event.synchronize is counted); finished, it holds the inputs as
+    float64, and bad values it left unchecked come back as its error."""
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        config = hardmix.PolicyConfig(num_examples=1000, capacity=64, nonfinite="raise")
+        B = 32
+
+        def entry(losses):
+            return {"indices": torch.randperm(1000)[:B], "losses": losses, "margins": torch.randn(B, device="cuda"),
+                    "classes": None, "priorities": None, "replayed": torch.rand(B) < 0.5, "deferred": True, "C": None}
+
+        hardmix.distributed.GatheredEntry(entry(torch.rand(B, device="cuda")), None, 1, 0, None, B, 0,
+                                          config).finish()  # (NCCL's first use sets it up)
+        good, bad = entry(torch.rand(B, device="cuda")), entry(torch.rand(B, device="cuda"))
+        bad["losses"][3] = float("nan")
+        torch.cuda.synchronize()
+        waits, synchronize = [], torch.cuda.Event.synchronize
+        monkeypatch.setattr(torch.cuda.Event, "synchronize", lambda ev: (waits.append(ev), synchronize(ev))[1])
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            started = [hardmix.distributed.GatheredEntry(e, None, 1, 0, None, B, t, config)
+                       for t, e in ((1, good), (2, bad))]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert not waits
+        g, b = started
+        assert torch.equal(g["indices"], good["indices"]) and torch.equal(g["replayed"], good["replayed"])
+        assert torch.equal(g["losses"], good["losses"].double().cpu())
+        assert torch.equal(g["margins"], good["margins"].double().cpu()) and "error" not in g
+        assert b["indices"].numel() == 0
+        assert b["error"].startswith("the update of batch 2 had bad input: losses[3] = nan is not finite")
+    finally:
+        dist.destroy_process_group()

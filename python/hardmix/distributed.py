@@ -67,9 +67,7 @@ def sum_rows(rows: torch.Tensor, group) -> torch.Tensor:
     exact); one ``all_reduce``, through the GPU under NCCL."""
     import torch.distributed as dist
 
-    device = torch.device("cpu")
-    if dist.get_backend(group) == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = _device(group)
     out = rows.to(device)
     dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
     return out.cpu() if device.type != "cpu" else out
@@ -209,8 +207,8 @@ class GatheredEntry(dict):
     A rank's inputs on a GPU stay there (their values unchecked): its block
     is made on the GPU under NCCL, and every rank checks every such rank's
     values once the exchange is done. Bad input on any rank does not raise
-    here: the entry becomes an update with no examples (``indices`` empty,
-    optional columns None) and an ``"error"`` message, on every rank alike
+    here: the entry becomes an update with no examples
+    (hardmix.intake.empty_entry) and an ``"error"`` message, on every rank alike
     (this rank's own error where its input was the bad one).
     """
 
@@ -236,13 +234,6 @@ class GatheredEntry(dict):
             self._copied = torch.cuda.Event()
             self._copied.record()
             self._parts = list(host)
-
-    def done(self) -> bool:
-        """Whether :meth:`finish` would not wait."""
-        copied, work = self._copied, self._work  # (in the order _take clears them: another thread may)
-        if work is None:
-            return True
-        return copied.query() if copied is not None else work.is_completed()
 
     def finish(self) -> None:
         """Waits for the exchange and takes its result (once)."""
@@ -279,10 +270,10 @@ class GatheredEntry(dict):
             what = f"had bad input on rank(s) {bad} (see their errors)"
         else:
             what = "had ranks passing different ones of logits/targets/priorities"
-        return dict(indices=torch.empty(0, dtype=torch.int64), losses=torch.empty(0, dtype=torch.float64),
-                    margins=None, classes=None, priorities=None,
-                    error=f"the update of batch {self._t} {what}; it ran as an update with no examples on every "
-                          f"rank")
+        from .intake import empty_entry
+
+        return {**empty_entry(self._config, False),
+                "error": f"the update of batch {self._t} {what}; it ran as an update with no examples on every rank"}
 
     def __reduce_ex__(self, protocol):
         self.finish()

@@ -30,9 +30,10 @@ class Queued:
         """The entry takes what was in flight once it is complete: all ranks'
         batches from their exchange (hardmix.distributed.GatheredEntry), its
         host copies (same keys; the values equal). True then, or if nothing
-        was; False if something still is and ``wait`` is False."""
+        was; False if something still is and ``wait`` is False (an exchange:
+        always; several ranks apply updates only where every rank waits)."""
         if isinstance(self.entry, GatheredEntry):
-            if not (wait or self.entry.done()):
+            if not wait:
                 return False
             self.entry.finish()
         if self.copy is None:
