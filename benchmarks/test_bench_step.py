@@ -22,16 +22,32 @@ Family "step against R", one group: the native step at R = 2^18 and 2^20
 against R = 65536 (the anchor), interleaved (conftest.py: SCALE_REPS reps of
 SCALE_ROUNDS steps, each R continuing its own stream), so that
 how the step grows with R is read within one run.
+
+Family "step with classes", one group per R (2^13, 2^16, 2^18): the native
+step with C = 10 classes (logits and targets, so margins and classes) under
+the sampler's policy (``SAMPLER_DEFAULTS``), at the cost of its class knobs,
+interleaved as above (CLASS_REPS reps of CLASS_ROUNDS steps). Anchor:
+``classes`` (class quotas and balanced replay off). Against it: ``quotas``
+(``class_quotas``: one eviction heap per class) and ``quotas+balance``
+(``balance_replay`` too: what ReplaySampler runs once it knows the class
+count; its class factors change every step, so every step rewrites all R
+leaves of the sum tree).
 """
 
 import pytest
 
 from hardmix.bench import _step, prepare_step
+from hardmix.sampler import SAMPLER_DEFAULTS
 
 B, M, N = 1024, 256, 10**6
 RS = [4096, 16384, 65536, 262144, 1048576]
 SCALE_RS = [65536, 262144, 1048576]  # the first is the anchor
 SCALE_REPS, SCALE_ROUNDS = 5, 20
+C = 10
+CLASS_RS = [8192, 65536, 262144]
+CLASS_KNOBS = {"classes": {}, "quotas": {"class_quotas": True},
+               "quotas+balance": {"class_quotas": True, "balance_replay": True}}  # the first is the anchor
+CLASS_REPS, CLASS_ROUNDS = 3, 20
 
 
 def _stepper(impl, policy, stream, m):
@@ -71,3 +87,23 @@ def test_step_against_R(benchmark, tag, smoke, prepared, rep, R):
         prepared[R] = _stepper("native", policy, stream, 16 if smoke else M)
     tag("step against R", f"native B={B} m={M} N=10^6", f"R={R}", f"R={SCALE_RS[0]}", rep=rep, B=B, R=R, N=N, m=M)
     benchmark.pedantic(prepared[R], rounds=1 if smoke else SCALE_ROUNDS, iterations=1)
+
+
+# order of the tests: for each R, rep 0 of every knob set, then rep 1, ...
+@pytest.mark.parametrize("knobs", list(CLASS_KNOBS))
+@pytest.mark.parametrize("rep", range(CLASS_REPS))
+@pytest.mark.parametrize("R", CLASS_RS, ids=lambda R: f"R={R}")
+def test_step_with_classes(benchmark, tag, smoke, prepared, R, rep, knobs):
+    key = ("classes", R, knobs)
+    if key not in prepared:
+        for k in [k for k in prepared if not (isinstance(k, tuple) and k[:2] == ("classes", R))]:
+            del prepared[k]  # the earlier tests' and the previous R's states: free their memory
+        config = dict(SAMPLER_DEFAULTS, seed=0, num_classes=C, **CLASS_KNOBS[knobs])
+        if smoke:  # the code path at toy sizes
+            policy, stream = prepare_step("native", 64, R // 1024, 2000, C, 16, CLASS_REPS, warm=1, config=config)
+        else:
+            policy, stream = prepare_step("native", B, R, N, C, M, CLASS_REPS * CLASS_ROUNDS, config=config)
+        prepared[key] = _stepper("native", policy, stream, 16 if smoke else M)
+    tag("step with classes", f"native B={B} m={M} N=10^6 C={C} R={R}", knobs, "classes", rep=rep, B=B, R=R, N=N,
+        C=C, m=M)
+    benchmark.pedantic(prepared[key], rounds=1 if smoke else CLASS_ROUNDS, iterations=1)

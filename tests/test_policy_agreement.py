@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hardmix.config import SCORES, PolicyConfig
-from hardmix.engine import Engine
+from hardmix.engine import STATE_TENSORS, Engine, slot_classes
 from hardmix.reference import ReferencePolicy
 from policy_helpers import assert_same_state
 
@@ -99,6 +99,55 @@ def test_engine_matches_reference(data):
     cfg = data.draw(configs())
     stream = data.draw(st.lists(steps(cfg), min_size=1, max_size=25))
     run_both(cfg, stream)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_slot_class_cache_changes_nothing(data):
+    """policy_update's slot_class cache (which the rebuild of replay weights
+    reads for gamma = 0) stays each slot's heap class as the slots say, and
+    the state is bit for bit that of the same steps run without it. Every
+    config drawn rebuilds its weights each step (balanced replay), and most
+    have gamma = 0; membership changes by admission, eviction across
+    classes, graduation and quarantine."""
+    cfg = data.draw(configs())
+    cfg = dataclasses.replace(cfg, class_quotas=True, num_classes=max(cfg.num_classes, 1), balance_replay=True,
+                              gamma=data.draw(st.sampled_from([0.0, 0.0, 0.0, 1.0])))
+    stream = data.draw(st.lists(steps(cfg), min_size=1, max_size=25))
+    cached, plain = Engine(cfg), Engine(cfg)
+    for n, (idx, losses, margins, classes, priorities, m, exclude, replayed) in enumerate(stream):
+        args = (torch.tensor(idx, dtype=torch.int64), torch.tensor(losses, dtype=torch.float64),
+                None if margins is None else torch.tensor(margins, dtype=torch.float64),
+                torch.tensor(classes, dtype=torch.int64),
+                None if priorities is None else torch.tensor(priorities, dtype=torch.float64),
+                None if replayed is None else torch.tensor(replayed, dtype=torch.bool))
+        cached._update_host(*args)
+        torch.ops.hardmix.policy_update(*plain.state_tensors(), plain.config_vector, plain._seed, *args, None)
+        for k, a, b in zip(STATE_TENSORS, cached.state_tensors(), plain.state_tensors()):
+            assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), f"{k} after step {n}"
+        assert torch.equal(cached.slot_class, slot_classes(cached.slots, True)), f"after step {n}"
+
+
+def test_a_loaded_state_gets_its_slot_class_cache():
+    """load_state_dict derives the cache from the slots it loads: the restored
+    engine goes on as the one it was taken from."""
+    cfg = PolicyConfig(num_examples=60, capacity=16, seed=5, alpha=0.0, lam=0.0, gamma=0.0, class_quotas=True,
+                       num_classes=3, balance_replay=True, graduation=0.2)
+    g = torch.Generator().manual_seed(0)
+    a = Engine(cfg)
+    batches = [(torch.randint(0, 60, (12,), generator=g), torch.rand(12, generator=g) * 2,
+                torch.randint(0, 3, (12,), generator=g)) for _ in range(30)]
+    for idx, loss, cls in batches[:10]:
+        a.update(idx, loss, classes=cls)
+    b = Engine(cfg)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b.slot_class, a.slot_class) and (b.slot_class >= 0).any()
+    for idx, loss, cls in batches[10:]:
+        a.update(idx, loss, classes=cls)
+        b.update(idx, loss, classes=cls)
+        assert torch.equal(a.draw(4), b.draw(4))
+    for x, y in zip(a.state_tensors(), b.state_tensors()):
+        assert torch.equal(x, y)
 
 
 @pytest.mark.parametrize("score", SCORES)

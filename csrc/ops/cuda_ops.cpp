@@ -125,7 +125,8 @@ void policy_update_cuda(Tensor table, Tensor pos, Tensor slots, Tensor links, Te
                         Tensor config, int64_t seed, Tensor indices, Tensor losses,
                         std::optional<Tensor> margins, std::optional<Tensor> classes,
                         std::optional<Tensor> priorities, std::optional<Tensor> replayed,
-                        std::optional<Tensor> rows) {
+                        std::optional<Tensor> rows,
+                        std::optional<Tensor> slot_class) {
   const char* op = "hardmix::policy_update";
   on_cuda(op, "table", table);
   const OnDevice dev{table.get_device_index()};
@@ -141,6 +142,7 @@ void policy_update_cuda(Tensor table, Tensor pos, Tensor slots, Tensor links, Te
   if (priorities) device_input(op, dev, "priorities", *priorities, ScalarType::Double, B);
   if (replayed) device_input(op, dev, "replayed", *replayed, ScalarType::Bool, B);
   policy_ops::check_batch_kinds(op, v.cfg, margins.has_value(), classes.has_value(), priorities.has_value());
+  v.slot_class = policy_ops::slot_class_of(op, dev, slot_class, v.R);
   Tensor scratch = device_scratch(pk::update_scratch_bytes(B), table);
   v.scratch = scratch.mutable_data_ptr();
   const pk::Batch in{B, indices.const_data_ptr<int64_t>(), losses.const_data_ptr<double>(),

@@ -119,6 +119,12 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   are checked on the device before any write: a bad step then runs as
   //   an update with no examples and leaves an error code in counters[10..12]
   //   (hardmix.Engine raises it at its next draw). Not sharded.
+  //   slot_class (optional, i32 [R], contiguous, on the state's device,
+  //   mutated): a cache of the heap class of each slot's member (-1: empty)
+  //   that must agree with slots, as hardmix.Engine keeps it (a class
+  //   outside [0, K) reads as an empty slot); the step keeps it so. With it
+  //   and gamma = 0, the O(R) rebuild of replay weights reads 4 bytes per
+  //   slot instead of the slot's 64. Results are the same with or without.
   //   Deterministic: a pure function of state, config, seed and inputs (the
   //   same bits on CPU and CUDA: csrc/kernels/policy.h).
   //   Cost: O(B log R + B log B) (+ O(B * W) for score 'loss_rank', + O(K)
@@ -132,7 +138,7 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
       "Tensor(j!) counters, Tensor(k!) balance, "
       "Tensor config, int seed, Tensor indices, Tensor losses, "
       "Tensor? margins, Tensor? classes, Tensor? priorities, Tensor? replayed=None, "
-      "Tensor(l!)? rows=None) -> ()");
+      "Tensor(l!)? rows=None, Tensor(m!)? slot_class=None) -> ()");
 
   // policy_dynamics(table, config, t, indices, losses, margins?, classes?,
   //                 priorities?, rows)

@@ -160,7 +160,8 @@ void policy_update(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor 
                    Tensor config, int64_t seed, Tensor indices, Tensor losses,
                    std::optional<Tensor> margins, std::optional<Tensor> classes,
                    std::optional<Tensor> priorities, std::optional<Tensor> replayed,
-                   std::optional<Tensor> rows) {
+                   std::optional<Tensor> rows,
+                   std::optional<Tensor> slot_class) {
   pk::PolicyView v = policy_ops::view(kUpdate, checks::on_cpu, table, pos, slots, links, heap, free,
                                       classes_state, tree, window, counters, balance, config, seed);
   const CheckedBatch in =
@@ -168,6 +169,7 @@ void policy_update(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor 
   HM_CHECK(v.sharded() == rows.has_value(), kUpdate,
            ": rows must be given exactly when the table is sharded (world ", v.cfg.world, ")");
   if (rows) v.xrows = rows_arg(kUpdate, *rows, in.batch.B);
+  v.slot_class = policy_ops::slot_class_of(kUpdate, checks::on_cpu, slot_class, v.R);
   v.scratch = host_scratch(pk::update_scratch_bytes(in.batch.B));
   // All checks passed: from here on, state changes.
   v.update(in.batch);

@@ -8,6 +8,7 @@
 #include <torch/csrc/stable/tensor.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "../kernels/policy.h"
 #include "checks.h"
@@ -109,6 +110,17 @@ pk::PolicyView view(const char* op, Place place, const Tensor& table, const Tens
   HM_CHECK(v.cfg.reweight_every >= 1 && (!v.cfg.balance || v.cfg.quotas), op,
            ": state config has a bad replay balance (reweight_every ", v.cfg.reweight_every, ")");
   return v;
+}
+
+// policy_update's optional slot_class cache: i32 [R] on the state's device,
+// contiguous; null when not given.
+template <class Place>
+int32_t* slot_class_of(const char* op, Place place, const std::optional<Tensor>& slot_class, int64_t R) {
+  if (!slot_class) return nullptr;
+  state_tensor(op, place, "slot_class", *slot_class, ScalarType::Int);
+  HM_CHECK(slot_class->dim() == 1 && slot_class->size(0) == R, op, ": slot_class must have shape [", R,
+           "], got ", detail::shape_str(*slot_class));
+  return slot_class->mutable_data_ptr<int32_t>();
 }
 
 // The inputs a step needs given the policy (both op layers).

@@ -134,14 +134,15 @@ def _admitted(impl: str, policy) -> int | None:
 
 
 def prepare_step(impl: str, B: int, R: int, N: int, C: int | None, m: int, steps: int, seed: int = 1,
-                 warm: int = WARM_STEPS):
+                 warm: int = WARM_STEPS, config: dict | None = None):
     """A warmed-up policy of `impl` and the `steps` batches to time it on.
 
     The reservoir is filled by one batch of min(R, N) distinct examples and
     stepped WARM_STEPS times; the timed batches are made here, outside any
     timing, from a generator seeded the same for every implementation, so all
-    three see the same stream."""
-    cfg = PolicyConfig(num_examples=N, capacity=R, **BENCH_CONFIG)
+    three see the same stream. ``config``: the policy's knobs (default
+    ``BENCH_CONFIG``)."""
+    cfg = PolicyConfig(num_examples=N, capacity=R, **(BENCH_CONFIG if config is None else config))
     g = torch.Generator().manual_seed(seed)
 
     def batch(size):

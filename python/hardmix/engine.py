@@ -58,6 +58,7 @@ from .layout import (
     LINK_FIELDS,
     N_CONFIG,
     N_COUNTERS,
+    SLOT_CLASS,
     SLOT_FIELDS,
     SLOT_INDEX,
     TABLE_COLUMNS,
@@ -69,6 +70,7 @@ from .state_check import check_state
 _INT_FIELDS = ("index", "step", "class", "admitted")  # members(): slot fields returned as int64
 _NO_INDICES = torch.empty(0, dtype=torch.int64)
 _STATE = operator.attrgetter(*STATE_TENSORS)  # (the ops' state arguments in one call)
+_HELD = (*STATE_TENSORS, "slot_class")  # every tensor an engine keeps on its device
 _NO_CONTEXT = contextlib.nullcontext()  # (reusable: on_stream() of a CPU engine, every batch)
 
 
@@ -118,6 +120,15 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
+
+
+def slot_classes(slots: torch.Tensor, quotas: bool) -> torch.Tensor:
+    """Each slot's heap class as policy_update's ``slot_class`` cache has it:
+    int32 [R], the member's class with class quotas (else 0), -1 for an
+    empty slot."""
+    member = slots[:, SLOT_INDEX] >= 0
+    cls = slots[:, SLOT_CLASS].to(torch.int32) if quotas else torch.zeros_like(member, dtype=torch.int32)
+    return torch.where(member, cls, -1).to(torch.int32)
 
 
 class Engine:
@@ -182,6 +193,9 @@ class Engine:
         # replay balance (layout.BALANCE_COLUMNS): per heap class, then the totals row
         self.balance = torch.zeros(K + 1, len(BALANCE_COLUMNS), dtype=torch.float64)
         self.balance[:K, COL_FACTOR] = 1.0
+        # Not state: each slot's heap class (-1: empty), derived from slots and kept so by
+        # policy_update, which then rebuilds replay weights without reading whole slots.
+        self.slot_class = torch.full((R,), -1, dtype=torch.int32)
         self.config_vector = _config_vector(config, shard)  # read on the host: stays on the CPU
         self._seed = _ops.as_int64(config.seed, "seed")
         self.device = torch.device("cpu")
@@ -213,8 +227,8 @@ class Engine:
                 new.wait_stream(old)
         # to a GPU: on the new stream (it waited for the old one); to the CPU: in the old one's order
         with torch.cuda.stream(new) if new is not None else self.on_stream():
-            moved = {k: getattr(self, k).to(device) for k in STATE_TENSORS}
-        for k in STATE_TENSORS:
+            moved = {k: getattr(self, k).to(device) for k in _HELD}
+        for k in _HELD:
             t = getattr(self, k)
             if new is not None and t.is_cuda and moved[k] is not t:
                 t.record_stream(new)  # read by the copy on the new stream
@@ -301,12 +315,14 @@ class Engine:
             raise ValueError("update: rows must be given exactly when the table is sharded "
                              f"(shard={self.shard!r}), got {'None' if rows is None else 'a tensor'}")
         if rows is None:
-            torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, None)
+            torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, None,
+                                            self.slot_class)
             self._t += 1
             return None
         ok = isinstance(rows, torch.Tensor) and rows.dim() == 2 and rows.shape[1] == len(TABLE_COLUMNS)
         work = rows.clone(memory_format=torch.contiguous_format) if ok else rows  # the caller's stay as given
-        torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, work)
+        torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, work,
+                                        self.slot_class)
         self._t += 1
         made = work[:, COL_QUARANTINE] != rows[:, COL_QUARANTINE]  # only the step's working copies change
         out = (args[0][made], work[made, COL_QUARANTINE])
@@ -320,7 +336,7 @@ class Engine:
         or float64 values, bool replayed), as the sampler queues them; the op
         still checks every value."""
         torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, indices, losses,
-                                        margins, classes, priorities, replayed, None)
+                                        margins, classes, priorities, replayed, None, self.slot_class)
         self._t += 1
 
     def _update_on_device(self, ready, *inputs) -> None:
@@ -332,7 +348,8 @@ class Engine:
         # (host inputs are copied on the engine's stream itself: nothing to wait for)
         with torch.cuda.stream(side):
             args = self._inputs(*inputs)
-            torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, None)
+            torch.ops.hardmix.policy_update(*self.state_tensors(), self.config_vector, self._seed, *args, None,
+                                            self.slot_class)
         for t in inputs:  # made on another stream, read on this one: not to be reused before
             if isinstance(t, torch.Tensor) and t.device == self.device:
                 t.record_stream(side)
@@ -566,5 +583,6 @@ class Engine:
         with self.on_stream():
             for k in STATE_TENSORS:
                 getattr(self, k).copy_(state[k])
+            self.slot_class.copy_(slot_classes(self.slots, self.config.class_quotas))
         self._made = made
         self._t = int(state["counters"][CTR_T])

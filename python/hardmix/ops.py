@@ -136,7 +136,7 @@ def _fake_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 @torch.library.register_fake("hardmix::policy_update")
 def _fake_policy_update(
     table, pos, slots, links, heap, free, classes_state, tree, window, counters, balance,
-    config, seed, indices, losses, margins, classes, priorities, replayed=None, rows=None,
+    config, seed, indices, losses, margins, classes, priorities, replayed=None, rows=None, slot_class=None,
 ) -> None:  # fmt: skip
     torch._check(indices.dim() == 1, lambda: f"indices must be 1-D, got {indices.dim()}-D")
     torch._check(losses.shape == indices.shape, lambda: "losses must have one entry per index")
