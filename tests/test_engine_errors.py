@@ -162,6 +162,40 @@ def test_bad_config_is_refused(field, value, message):
         PolicyConfig(**kwargs)
 
 
+@pytest.mark.parametrize("kind", ["dtype", "shape", "layout"])
+def test_a_bad_slot_class_cache_is_refused(kind):
+    """policy_update's slot_class cache must be int32 [R], contiguous: else an
+    error naming it, before any state changes."""
+    e = Engine(PolicyConfig(num_examples=N, capacity=8, class_quotas=True, num_classes=2, balance_replay=True))
+    bad = {"dtype": torch.full((8,), -1, dtype=torch.int64), "shape": torch.full((7,), -1, dtype=torch.int32),
+           "layout": torch.full((16,), -1, dtype=torch.int32)[::2]}[kind]
+    before = full_state(e)
+    with pytest.raises(RuntimeError, match="slot_class"):
+        torch.ops.hardmix.policy_update(*e.state_tensors(), e.config_vector, e._seed, torch.tensor([1, 2]),
+                                        torch.tensor([1.0, 2.0], dtype=torch.float64), None, torch.tensor([0, 1]),
+                                        None, None, None, bad)
+    assert_state_unchanged(before, e)
+
+
+def test_a_slot_class_cache_that_disagrees_stays_in_bounds():
+    """A cache that calls empty slots members gives them replay weight; the
+    draw then rejects pick after pick of an empty slot, and stops when its
+    buffer of rejections is full instead of writing past it (the sanitizers'
+    run of this file would report that write)."""
+    R_ = 4096
+    cfg = PolicyConfig(num_examples=N, capacity=R_, seed=1, alpha=0.0, lam=0.0, gamma=0.0, class_quotas=True,
+                       num_classes=2, balance_replay=True)
+    e = Engine(cfg)
+    wrong = torch.zeros(R_, dtype=torch.int32)  # in range, but every slot a class-0 member
+    torch.ops.hardmix.policy_update(*e.state_tensors(), e.config_vector, e._seed, torch.tensor([1, 2]),
+                                    torch.tensor([1.0, 2.0], dtype=torch.float64), None, torch.tensor([0, 1]),
+                                    None, None, None, wrong)
+    assert int((e.tree[e.tree.numel() // 2:] > 0).sum()) > 2  # empty slots carry weight
+    tree = e.tree.clone()
+    drawn = e.draw(2, exclude=torch.tensor([1]))
+    assert set(drawn.tolist()) <= {2} and torch.equal(e.tree, tree)  # members only; the leaves put back
+
+
 def test_opcheck_policy_ops():
     e, _ = warmed(gamma=1.0, lam=0.1, max_new_per_step=2)
     args = (*e.state_tensors(), e.config_vector, 1, I([1, 2, 3]), torch.tensor([0.1, 2.0, 0.7]), None, None, None,

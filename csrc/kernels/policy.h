@@ -275,7 +275,7 @@ struct PolicyView {
     if (slot_class != nullptr && cfg.gamma == 0) {
       for (int64_t j = 0; j < R; ++j) {
         const int32_t c = slot_class[j];
-        tree[P + j] = c >= 0 && c < K ? bal(c)[kBalFactor] : 0.0;  // (range-checked: never a read out of bounds)
+        tree[P + j] = c >= 0 && c < K ? bal(c)[kBalFactor] : 0.0;  // (range-checked: no read out of bounds)
       }
     } else {
       for (int64_t j = 0; j < R; ++j) {
@@ -768,6 +768,10 @@ struct PolicyView {
       const int64_t index = static_cast<int64_t>(slot(j)[kIndex]);
       const int64_t h = slot_of(index);
       if (set[h] == index) {  // excluded or drawn already
+        // At most E + m rejections in a consistent state (each excluded or drawn member
+        // once); more means leaves on empty slots (a slot_class cache that disagreed with
+        // the slots): stop rather than write past the scratch.
+        if (n_zeroed == E + m) break;
         saved[n_zeroed] = sums().leaf(j);
         sums().set(j, 0.0);
         zeroed[n_zeroed++] = j;

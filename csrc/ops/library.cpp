@@ -120,11 +120,12 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   an update with no examples and leaves an error code in counters[10..12]
   //   (hardmix.Engine raises it at its next draw). Not sharded.
   //   slot_class (optional, i32 [R], contiguous, on the state's device,
-  //   mutated): a cache of the heap class of each slot's member (-1: empty)
-  //   that must agree with slots, as hardmix.Engine keeps it (a class
-  //   outside [0, K) reads as an empty slot); the step keeps it so. With it
-  //   and gamma = 0, the O(R) rebuild of replay weights reads 4 bytes per
-  //   slot instead of the slot's 64. Results are the same with or without.
+  //   mutated): a cache of the heap class of each slot's member (-1: empty),
+  //   as hardmix.Engine keeps it; the step keeps it so. With it and gamma =
+  //   0, the O(R) rebuild of replay weights reads 4 bytes per slot instead
+  //   of the slot's 64; results are the same with or without. A cache that
+  //   disagrees with slots gives wrong replay weights (and draws that stop
+  //   short), never a read or write out of bounds.
   //   Deterministic: a pure function of state, config, seed and inputs (the
   //   same bits on CPU and CUDA: csrc/kernels/policy.h).
   //   Cost: O(B log R + B log B) (+ O(B * W) for score 'loss_rank', + O(K)
