@@ -28,10 +28,13 @@ step with C = 10 classes (logits and targets, so margins and classes) under
 the sampler's policy (``SAMPLER_DEFAULTS``), at the cost of its class knobs,
 interleaved as above (CLASS_REPS reps of CLASS_ROUNDS steps). Anchor:
 ``classes`` (class quotas and balanced replay off). Against it: ``quotas``
-(``class_quotas``: one eviction heap per class) and ``quotas+balance``
-(``balance_replay`` too: what ReplaySampler runs once it knows the class
-count; its class factors change every step, so every step rewrites all R
-leaves of the sum tree).
+(``class_quotas``: one eviction heap per class); ``quotas+balance``
+(``balance_replay`` too, its class factors recomputed every
+max(1, R // (4B)) steps: what ReplaySampler runs once it knows the class
+count; the median leaves those steps out where they are rarer than one in
+two); ``reweight every step``: the same recomputing them every step
+(``reweight_every=1``, PolicyConfig's default), each time rewriting all R
+leaves of the sum tree.
 """
 
 import pytest
@@ -45,8 +48,9 @@ SCALE_RS = [65536, 262144, 1048576]  # the first is the anchor
 SCALE_REPS, SCALE_ROUNDS = 5, 20
 C = 10
 CLASS_RS = [8192, 65536, 262144]
-CLASS_KNOBS = {"classes": {}, "quotas": {"class_quotas": True},
-               "quotas+balance": {"class_quotas": True, "balance_replay": True}}  # the first is the anchor
+CLASS_KNOBS = {"classes": {}, "quotas": {"class_quotas": True},  # (the first is the anchor)
+               "quotas+balance": {"class_quotas": True, "balance_replay": True},  # (+ the sampler's reweight_every)
+               "reweight every step": {"class_quotas": True, "balance_replay": True, "reweight_every": 1}}
 CLASS_REPS, CLASS_ROUNDS = 3, 20
 
 
@@ -98,7 +102,8 @@ def test_step_with_classes(benchmark, tag, smoke, prepared, R, rep, knobs):
     if key not in prepared:
         for k in [k for k in prepared if not (isinstance(k, tuple) and k[:2] == ("classes", R))]:
             del prepared[k]  # the earlier tests' and the previous R's states: free their memory
-        config = dict(SAMPLER_DEFAULTS, seed=0, num_classes=C, **CLASS_KNOBS[knobs])
+        config = {**SAMPLER_DEFAULTS, "seed": 0, "num_classes": C, "reweight_every": max(1, R // (4 * B)),
+                  **CLASS_KNOBS[knobs]}
         if smoke:  # the code path at toy sizes
             policy, stream = prepare_step("native", 64, R // 1024, 2000, C, 16, CLASS_REPS, warm=1, config=config)
         else:
