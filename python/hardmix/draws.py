@@ -35,9 +35,10 @@ def make_batch(plan: EpochPlan, j: int, g: int, engine: Engine, seed: int, rank:
     else:
         drawn, facts = fresh[:0], None
     replay = drawn if W == 1 else drawn[r * m : (r + 1) * m]  # this rank's slice of the shared draw
-    fill = _fill(seed, rank, g, m - replay.numel(), fresh, drawn, plan.pools[plan.where[j][0]])
-    indices = torch.cat([fresh, replay, fill] if fill.numel() else [fresh, replay])
-    rec = BatchRecord(g=g, indices=indices, fresh=f, replay=int(replay.numel()), fill=int(fill.numel()), m=m,
+    short = m - replay.numel()  # (fill-ins only when the reservoir held too few eligible members)
+    fill = _fill(seed, rank, g, short, fresh, drawn, plan.pools[plan.where[j][0]]) if short > 0 else None
+    indices = torch.cat([fresh, replay, fill] if fill is not None and fill.numel() else [fresh, replay])
+    rec = BatchRecord(g=g, indices=indices, fresh=f, replay=m - short, fill=0 if fill is None else fill.numel(), m=m,
                       **_draw_facts(plan, engine, W, r, indices, fresh_all, drawn, facts, m))
     if logits is not None:  # the replayed members' logits at admission, as of this draw
         slots = engine.slots_of(replay)

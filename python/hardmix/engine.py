@@ -498,7 +498,14 @@ class Engine:
                                                                       "draw", self.device)
         if exclude.dtype != torch.int64:
             exclude = exclude.long()
-        if self._stream is not None and exclude.is_cuda:  # made on the caller's stream
+        if self._stream is None:  # on the host (every batch of a host engine: kept short)
+            out = torch.empty(m + 1, dtype=torch.int64)
+            got = torch.empty(exclude.numel() + m + 1, dtype=torch.float64) if facts else None
+            torch.ops.hardmix.policy_draw(self.tree, self.slots, self.pos, self.counters, self.config_vector,
+                                          self._seed, exclude, out, got)
+            members = out[: out[m].item()]
+            return (members, got) if facts else members
+        if exclude.is_cuda:  # made on the caller's stream
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
             exclude.record_stream(self._stream)
         with self.on_stream():
@@ -508,12 +515,11 @@ class Engine:
                 self.tree, self.slots, self.pos, self.counters, self.config_vector, self._seed,
                 to_device(exclude, self.device), out, got
             )
-            if self.device.type != "cpu":
-                # The one wait, for the engine's stream only (its steps waited for
-                # inputs of batches the replay lag put well in the past).
-                out = out.cpu()
-                got = None if got is None else got.cpu()
-                self.check()
+            # The one wait, for the engine's stream only (its steps waited for
+            # inputs of batches the replay lag put well in the past).
+            out = out.cpu()
+            got = None if got is None else got.cpu()
+            self.check()
         members = out[: out[m].item()]
         return (members, got) if facts else members
 
