@@ -51,7 +51,7 @@ CLASS_RS = [8192, 65536, 262144]
 CLASS_KNOBS = {"classes": {}, "quotas": {"class_quotas": True},  # (the first is the anchor)
                "quotas+balance": {"class_quotas": True, "balance_replay": True},  # (+ the sampler's reweight_every)
                "reweight every step": {"class_quotas": True, "balance_replay": True, "reweight_every": 1}}
-CLASS_REPS, CLASS_ROUNDS = 3, 20
+CLASS_REPS, CLASS_ROUNDS = 5, 20
 
 
 def _stepper(impl, policy, stream, m):
