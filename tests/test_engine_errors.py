@@ -196,6 +196,19 @@ def test_a_slot_class_cache_that_disagrees_stays_in_bounds():
     assert set(drawn.tolist()) <= {2} and torch.equal(e.tree, tree)  # members only; the leaves put back
 
 
+def test_a_host_engine_ignores_the_default_device():
+    """A CPU engine's draw allocates on the host under another default device
+    (``torch.set_default_device``, ``with torch.device(...)``): the same
+    members as without it."""
+    e = Engine(PolicyConfig(num_examples=N, capacity=R, seed=2))
+    e.update(torch.tensor([1, 2, 3]), torch.tensor([1.0, 2.0, 0.5]))
+    exclude = torch.tensor([1])
+    want = e.draw(2, exclude)
+    with torch.device("meta"):
+        got, facts = e.draw(2, exclude, facts=True)
+    assert got.device.type == "cpu" and facts.device.type == "cpu" and torch.equal(got, want)
+
+
 def test_opcheck_policy_ops():
     e, _ = warmed(gamma=1.0, lam=0.1, max_new_per_step=2)
     args = (*e.state_tensors(), e.config_vector, 1, I([1, 2, 3]), torch.tensor([0.1, 2.0, 0.7]), None, None, None,

@@ -499,8 +499,8 @@ class Engine:
         if exclude.dtype != torch.int64:
             exclude = exclude.long()
         if self._stream is None:  # on the host (every batch of a host engine: kept short)
-            out = torch.empty(m + 1, dtype=torch.int64)
-            got = torch.empty(exclude.numel() + m + 1, dtype=torch.float64) if facts else None
+            out = torch.empty(m + 1, dtype=torch.int64, device="cpu")  # (whatever the default device)
+            got = torch.empty(exclude.numel() + m + 1, dtype=torch.float64, device="cpu") if facts else None
             torch.ops.hardmix.policy_draw(self.tree, self.slots, self.pos, self.counters, self.config_vector,
                                           self._seed, exclude, out, got)
             members = out[: out[m].item()]
