@@ -26,12 +26,27 @@ a batch). The other rows, each divided by the anchor:
 - ``engine``: the bare ``hardmix.Engine`` on a similar stream: ``draw`` of m
   replay members excluding the B - m fresh ones, then ``update`` of the B.
 
+Family "sampler beside a waiting step", one group per N: the same calls in
+a loop whose model step leaves the host waiting for WAIT (as a GPU-bound
+step does; here ``time.sleep``, the GIL released), so that the sampler's
+background thread can work meanwhile. One round = the training thread's
+calls between two such waits (setup, untimed: the wait): for the sampler,
+``weights`` + ``update`` of the batch trained on, then the next batch +
+``torch.tensor``; for the anchor ``BatchSampler`` the next batch +
+``torch.tensor``. ``sampler lag 1``: ``replay_lag=1`` (the engine's work
+for a batch can run during the previous batch's step, where the sampler's
+timing of its steps finds that faster: hardmix.handover); ``sampler lag 1
+inline``: the same with ``background=False``; ``sampler lag 0``: the draw
+needs the update just made. Warmed up past the sampler's first timing of
+its steps with and without hand-overs.
+
 Family "stats" (N = 10^6, B = 1024, one group per R = 8192, 65536): anchor
 ``stats(full=False)`` (O(1)), against ``stats(full=True)`` (class histogram
 and mean age: passes over R).
 """
 
 import itertools
+import time
 
 import pytest
 import torch
@@ -46,6 +61,9 @@ REPS = 5
 ROUNDS = 250  # per rep
 WARM = 60
 IMPLS = ["BatchSampler", "engine", "sampler", "sampler+state_dict", "state_dict"]
+WAIT = 1e-3  # seconds: the model's step beside the sampler, during which the host waits
+WAIT_IMPLS = ["BatchSampler", "sampler lag 1", "sampler lag 1 inline", "sampler lag 0"]
+WAIT_WARM = 320  # steps: past the first timing of steps with and without hand-overs (handover.FIRST + a probe)
 
 
 def _sampler(N, batch_size=B, capacity=R):
@@ -117,18 +135,68 @@ def _prepare(impl, N, warm):
     return one
 
 
+def _state(prepared: dict, key: tuple, make):
+    """``prepared[key]`` (key: (family, impl, N)), made by ``make()`` the first
+    time, after freeing the states of other families and other N."""
+    if key not in prepared:
+        for k in [k for k in prepared if k[0] != key[0] or k[2] != key[2]]:
+            del prepared[k]
+        prepared[key] = make()
+    return prepared[key]
+
+
+def _wait():
+    time.sleep(WAIT)
+
+
+def _prepare_waiting(impl, N, warm):
+    """The warmed-up round of `impl` beside a waiting step (see the module
+    docstring): the training thread's calls between two waits."""
+    if impl == "BatchSampler":
+        bs = BatchSampler(RandomSampler(range(N), generator=torch.Generator().manual_seed(0)), B, drop_last=False)
+        it = batches_forever(bs)
+
+        def calls():
+            torch.tensor(next(it))
+
+    else:
+        s = hardmix.ReplaySampler(N, batch_size=B, capacity=R, replay_fraction=RHO, seed=0,
+                                  replay_lag=0 if impl == "sampler lag 0" else 1,
+                                  background=not impl.endswith("inline"))
+        it, pool = batches_forever(s), _loss_pool(B)
+        held = [torch.tensor(next(it))]  # the batch the waiting step trains on
+
+        def calls():
+            idx = held[0]
+            s.weights(idx)
+            s.update(idx, next(pool)[: len(idx)])
+            held[0] = torch.tensor(next(it))
+
+    for _ in range(warm):
+        _wait()
+        calls()
+    return calls
+
+
+# order of the tests: for each N, rep 0 of every impl, then rep 1, ...
+@pytest.mark.parametrize("impl", WAIT_IMPLS)
+@pytest.mark.parametrize("rep", range(REPS))
+@pytest.mark.parametrize("N", [10**5, 10**6], ids=_fmt_n)
+def test_sampler_beside_a_waiting_step(benchmark, tag, smoke, prepared, impl, rep, N):
+    calls = _state(prepared, ("waiting", impl, N), lambda: _prepare_waiting(impl, N, 2 if smoke else WAIT_WARM))
+    tag("sampler beside a waiting step", f"B={B} R={R} {_fmt_n(N)} wait={WAIT * 1e3:g}ms", impl, "BatchSampler",
+        rep=rep, B=B, R=R, N=N)
+    benchmark.pedantic(calls, setup=_wait, rounds=ROUNDS, iterations=1)
+
+
 # order of the tests: for each N, rep 0 of every impl, then rep 1, ...
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("rep", range(REPS))
 @pytest.mark.parametrize("N", [10**5, 10**6], ids=_fmt_n)
 def test_sampler_step(benchmark, tag, smoke, prepared, impl, rep, N):
-    key = ("sampler step", impl, N)
-    if key not in prepared:
-        for k in [k for k in prepared if k[0] == "sampler step" and k[2] != N]:
-            del prepared[k]  # the previous N's state: free its memory
-        prepared[key] = _prepare(impl, N, 2 if smoke else WARM)
+    one = _state(prepared, ("sampler step", impl, N), lambda: _prepare(impl, N, 2 if smoke else WARM))
     tag("sampler step", f"B={B} R={R} {_fmt_n(N)}", impl, "BatchSampler", rep=rep, B=B, R=R, N=N)
-    benchmark.pedantic(prepared[key], rounds=2 * ROUNDS if impl == "state_dict" else ROUNDS, iterations=1)
+    benchmark.pedantic(one, rounds=2 * ROUNDS if impl == "state_dict" else ROUNDS, iterations=1)
 
 
 @pytest.mark.parametrize("R_", [8192, 65536])
