@@ -626,9 +626,10 @@ def test_no_background_thread_runs_when_iter_returns(always_hand_over):
     it = iter(s)
     for _ in range(4):
         feed(s, next(it))
-    assert s._worker._thread.is_alive()
+    thread = s._worker._thread
+    assert thread.is_alive()
     it = iter(s)
-    assert not s._worker._thread.is_alive()
+    assert not thread.is_alive()
     feed(s, next(it))
     feed(s, next(it))
     assert s._worker._thread.is_alive()

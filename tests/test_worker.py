@@ -46,3 +46,25 @@ def test_close_ends_the_thread_and_a_later_job_starts_a_new_one():
     w.wait()
     assert w._thread is not first
     w.close()
+
+
+def test_close_while_a_job_runs_lets_it_finish_and_wait_returns_it():
+    w, gate, out = Worker(), threading.Event(), []
+
+    def job():
+        gate.wait(timeout=10)
+        out.append(1)
+
+    w.submit(job)
+    first = w._thread
+    w.close()  # (the job is in flight)
+    gate.set()
+    w.wait()
+    assert out == [1] and not w.busy
+    first.join(timeout=10)
+    assert not first.is_alive()
+    assert w.submit(lambda: out.append(2))  # a new thread, which the close did not end
+    w.wait()
+    assert out == [1, 2]
+    w.close(join=True)
+    assert w._thread is None

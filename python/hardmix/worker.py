@@ -17,6 +17,7 @@ owner is collected). A copy (pickle, deepcopy) is a new, idle worker.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from typing import Callable
@@ -26,11 +27,9 @@ class Worker:
     """A single background thread running one job at a time (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._job: Callable[[], None] | None = None
+        self._jobs: queue.SimpleQueue | None = None  # the running thread's jobs (None: no thread)
+        self._done: queue.SimpleQueue = queue.SimpleQueue()  # each finished job's exception, or None
         self._busy = False
-        self._error: BaseException | None = None
-        self._closed = False
         self._thread: threading.Thread | None = None
         self.job_seconds = 0.0  # the CPU time of the last job (this thread's: not its waits for the GIL)
         self.waited_seconds = 0.0  # how long the last wait() blocked for it
@@ -46,14 +45,14 @@ class Worker:
         been waited for."""
         if self._busy:  # pragma: no cover - an invariant of the owner, not user input
             raise RuntimeError("Worker.submit: the previous job was not waited for")
-        with self._cv:
-            started = self._thread is None or not self._thread.is_alive()
-            if started:
-                self._closed = False
-                self._thread = threading.Thread(target=self._run, name="hardmix-worker", daemon=True)
-                self._thread.start()
-            self._job, self._busy = job, True
-            self._cv.notify()
+        started = self._thread is None or not self._thread.is_alive()
+        if started:
+            self._jobs = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, args=(self._jobs,), name="hardmix-worker",
+                                            daemon=True)
+            self._thread.start()
+        self._busy = True
+        self._jobs.put(job)  # (C-level queues: handing a job over costs one wake-up, little Python)
         return started
 
     def wait(self) -> None:
@@ -62,22 +61,19 @@ class Worker:
         if not self._busy:
             return
         start = time.perf_counter()
-        with self._cv:
-            while self._job is not None:
-                self._cv.wait()
-            self._busy = False
-            error, self._error = self._error, None
+        error = self._done.get()
+        self._busy = False
         self.waited_seconds = time.perf_counter() - start
         if error is not None:
             raise error
 
     def close(self, join: bool = False) -> None:
         """Ends the thread once its job is done (a later submit starts a new
-        one); with ``join``, returns when it has ended."""
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-            thread = self._thread
+        one); with ``join``, returns when it has ended. Safe from a finalizer."""
+        thread, jobs = self._thread, self._jobs
+        self._thread = self._jobs = None
+        if jobs is not None:
+            jobs.put(None)  # (behind a job in flight: that one still runs, and wait() gets it)
         if join and thread is not None and thread is not threading.current_thread():
             thread.join()
 
@@ -87,14 +83,11 @@ class Worker:
     def __setstate__(self, state: dict) -> None:
         self.__init__()
 
-    def _run(self) -> None:
+    def _run(self, jobs: queue.SimpleQueue) -> None:
         while True:
-            with self._cv:
-                while self._job is None and not self._closed:
-                    self._cv.wait()
-                if self._job is None:
-                    return
-                job = self._job
+            job = jobs.get()
+            if job is None:
+                return
             start = time.thread_time()
             try:
                 job()
@@ -104,6 +97,4 @@ class Worker:
                 error = None
             job = None  # (holds the owner: let it be collected while idle)
             self.job_seconds = time.thread_time() - start
-            with self._cv:
-                self._error, self._job = error, None
-                self._cv.notify_all()
+            self._done.put(error)
