@@ -39,8 +39,22 @@ def smoke(benchmark) -> bool:
 @pytest.fixture(scope="module")
 def prepared():
     """A dict kept for the whole module: the warmed-up state of each
-    implementation, reused by its later reps."""
-    return {}
+    implementation, reused by its later reps (see :class:`Prepared`)."""
+    return Prepared()
+
+
+class Prepared(dict):
+    """Warmed-up states by key; :meth:`of` keeps one group's in memory at a time."""
+
+    def of(self, group, name, make):
+        """``self[group, name]``, made by ``make()`` the first time, after
+        freeing the states of every other group (an earlier test's, a
+        previous size's)."""
+        if (group, name) not in self:
+            for k in [k for k in self if not (isinstance(k, tuple) and len(k) == 2 and k[0] == group)]:
+                del self[k]
+            self[group, name] = make()
+        return self[group, name]
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ import json
 import statistics
 from collections import defaultdict
 
-FAMILY_ORDER = ["sampler step", "sampler beside a waiting step", "loop", "step", "step against R", "step with classes", "stats", "margin"]
+FAMILY_ORDER = ["sampler step", "sampler beside a waiting step", "loop", "step", "step against R",
+                "step with classes", "stats", "margin"]
 DTYPE_ORDER = {"float32": 0, "bfloat16": 1, "float16": 2}
 
 

@@ -135,16 +135,6 @@ def _prepare(impl, N, warm):
     return one
 
 
-def _state(prepared: dict, key: tuple, make):
-    """``prepared[key]`` (key: (family, impl, N)), made by ``make()`` the first
-    time, after freeing the states of other families and other N."""
-    if key not in prepared:
-        for k in [k for k in prepared if k[0] != key[0] or k[2] != key[2]]:
-            del prepared[k]
-        prepared[key] = make()
-    return prepared[key]
-
-
 def _wait():
     time.sleep(WAIT)
 
@@ -183,7 +173,7 @@ def _prepare_waiting(impl, N, warm):
 @pytest.mark.parametrize("rep", range(REPS))
 @pytest.mark.parametrize("N", [10**5, 10**6], ids=_fmt_n)
 def test_sampler_beside_a_waiting_step(benchmark, tag, smoke, prepared, impl, rep, N):
-    calls = _state(prepared, ("waiting", impl, N), lambda: _prepare_waiting(impl, N, 2 if smoke else WAIT_WARM))
+    calls = prepared.of(("waiting", N), impl, lambda: _prepare_waiting(impl, N, 2 if smoke else WAIT_WARM))
     tag("sampler beside a waiting step", f"B={B} R={R} {_fmt_n(N)} wait={WAIT * 1e3:g}ms", impl, "BatchSampler",
         rep=rep, B=B, R=R, N=N)
     benchmark.pedantic(calls, setup=_wait, rounds=ROUNDS, iterations=1)
@@ -194,7 +184,7 @@ def test_sampler_beside_a_waiting_step(benchmark, tag, smoke, prepared, impl, re
 @pytest.mark.parametrize("rep", range(REPS))
 @pytest.mark.parametrize("N", [10**5, 10**6], ids=_fmt_n)
 def test_sampler_step(benchmark, tag, smoke, prepared, impl, rep, N):
-    one = _state(prepared, ("sampler step", impl, N), lambda: _prepare(impl, N, 2 if smoke else WARM))
+    one = prepared.of(("sampler step", N), impl, lambda: _prepare(impl, N, 2 if smoke else WARM))
     tag("sampler step", f"B={B} R={R} {_fmt_n(N)}", impl, "BatchSampler", rep=rep, B=B, R=R, N=N)
     benchmark.pedantic(one, rounds=2 * ROUNDS if impl == "state_dict" else ROUNDS, iterations=1)
 

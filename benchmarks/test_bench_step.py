@@ -98,17 +98,16 @@ def test_step_against_R(benchmark, tag, smoke, prepared, rep, R):
 @pytest.mark.parametrize("rep", range(CLASS_REPS))
 @pytest.mark.parametrize("R", CLASS_RS, ids=lambda R: f"R={R}")
 def test_step_with_classes(benchmark, tag, smoke, prepared, R, rep, knobs):
-    key = ("classes", R, knobs)
-    if key not in prepared:
-        for k in [k for k in prepared if not (isinstance(k, tuple) and k[:2] == ("classes", R))]:
-            del prepared[k]  # the earlier tests' and the previous R's states: free their memory
+    def make():
         config = {**SAMPLER_DEFAULTS, "seed": 0, "num_classes": C, "reweight_every": max(1, R // (4 * B)),
                   **CLASS_KNOBS[knobs]}
         if smoke:  # the code path at toy sizes
             policy, stream = prepare_step("native", 64, R // 1024, 2000, C, 16, CLASS_REPS, warm=1, config=config)
         else:
             policy, stream = prepare_step("native", B, R, N, C, M, CLASS_REPS * CLASS_ROUNDS, config=config)
-        prepared[key] = _stepper("native", policy, stream, 16 if smoke else M)
+        return _stepper("native", policy, stream, 16 if smoke else M)
+
+    one_step = prepared.of(("classes", R), knobs, make)
     tag("step with classes", f"native B={B} m={M} N=10^6 C={C} R={R}", knobs, "classes", rep=rep, B=B, R=R, N=N,
         C=C, m=M)
-    benchmark.pedantic(prepared[key], rounds=1 if smoke else CLASS_ROUNDS, iterations=1)
+    benchmark.pedantic(one_step, rounds=1 if smoke else CLASS_ROUNDS, iterations=1)

@@ -14,10 +14,10 @@ and returns (:class:`GatheredEntry`); the sampler waits for it when the
 update is applied (the update of batch t when batch t + replay_lag + 1 is
 drawn). A rank with bad input then takes part all the same, so nobody waits
 in a collective: the update runs as one with no examples on every rank, and
-every rank raises a ValueError with the batch that applies it. Before that (the first update) and with
-``shard_table=True`` the exchange is waited for in ``update()``
-(:func:`gather_entries`), and bad input on any rank raises on every rank
-there, with nothing changed.
+every rank raises a ValueError with the batch that applies it. Before that
+(the first update) and with ``shard_table=True`` the exchange is waited for
+in ``update()`` (:func:`gather_entries`), and bad input on any rank raises
+on every rank there, with nothing changed.
 
 With ``shard_table=True`` a second collective, :func:`sum_rows`, brings every
 rank the rows of the batch's examples from the ranks that own them, and every

@@ -128,7 +128,7 @@ def slot_classes(slots: torch.Tensor, quotas: bool) -> torch.Tensor:
     empty slot."""
     member = slots[:, SLOT_INDEX] >= 0
     cls = slots[:, SLOT_CLASS].to(torch.int32) if quotas else torch.zeros_like(member, dtype=torch.int32)
-    return torch.where(member, cls, -1).to(torch.int32)
+    return torch.where(member, cls, -1)  # (int32: a Python number does not widen it)
 
 
 class Engine:
@@ -503,23 +503,22 @@ class Engine:
             got = torch.empty(exclude.numel() + m + 1, dtype=torch.float64, device="cpu") if facts else None
             torch.ops.hardmix.policy_draw(self.tree, self.slots, self.pos, self.counters, self.config_vector,
                                           self._seed, exclude, out, got)
-            members = out[: out[m].item()]
-            return (members, got) if facts else members
-        if exclude.is_cuda:  # made on the caller's stream
-            self._stream.wait_stream(torch.cuda.current_stream(self.device))
-            exclude.record_stream(self._stream)
-        with self.on_stream():
-            out = torch.empty(m + 1, dtype=torch.int64, device=self.device)
-            got = torch.empty(exclude.numel() + m + 1, dtype=torch.float64, device=self.device) if facts else None
-            torch.ops.hardmix.policy_draw(
-                self.tree, self.slots, self.pos, self.counters, self.config_vector, self._seed,
-                to_device(exclude, self.device), out, got
-            )
-            # The one wait, for the engine's stream only (its steps waited for
-            # inputs of batches the replay lag put well in the past).
-            out = out.cpu()
-            got = None if got is None else got.cpu()
-            self.check()
+        else:
+            if exclude.is_cuda:  # made on the caller's stream
+                self._stream.wait_stream(torch.cuda.current_stream(self.device))
+                exclude.record_stream(self._stream)
+            with self.on_stream():
+                out = torch.empty(m + 1, dtype=torch.int64, device=self.device)
+                got = torch.empty(exclude.numel() + m + 1, dtype=torch.float64, device=self.device) if facts else None
+                torch.ops.hardmix.policy_draw(
+                    self.tree, self.slots, self.pos, self.counters, self.config_vector, self._seed,
+                    to_device(exclude, self.device), out, got
+                )
+                # The one wait, for the engine's stream only (its steps waited for
+                # inputs of batches the replay lag put well in the past).
+                out = out.cpu()
+                got = None if got is None else got.cpu()
+                self.check()
         members = out[: out[m].item()]
         return (members, got) if facts else members
 
