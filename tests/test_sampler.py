@@ -14,6 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 
 import hardmix
 from hardmix import schedules
+from hardmix.batch_record import BatchRecord
 from hardmix.schedules import replay_count
 
 from doc_blocks import named
@@ -438,12 +439,22 @@ def test_background_work_gives_the_same_run(lag, workers, resume_at, hand_over, 
         made.append(threading.current_thread().name)
         return make(self)
 
+    weighed = []
+    weigh = BatchRecord.importance_weights
+
+    def weighed_on(self, *args, **kwargs):
+        weighed.append(threading.current_thread().name)
+        return weigh(self, *args, **kwargs)
+
     coin = random.Random(5)
     monkeypatch.setattr(hardmix.ReplaySampler, "_handover_pays",
                         (lambda self: True) if hand_over == "always" else (lambda self: coin.random() < 0.5))
     monkeypatch.setattr(hardmix.ReplaySampler, "_make_batch", counted)
+    monkeypatch.setattr(BatchRecord, "importance_weights", weighed_on)
     piped = _trace(True, lag, workers, resume_at)
     on_worker = made.count("hardmix-worker")
+    # (weights() is called for every batch: the worker computes them with the batches it draws)
+    assert weighed.count("hardmix-worker") > (len(made) // 2 if hand_over == "always" else 0)
     if hand_over == "always":
         assert on_worker > len(made) // 2  # (most batches were made on the worker)
     else:

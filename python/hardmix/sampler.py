@@ -363,6 +363,7 @@ class ReplaySampler(BatchSampler):
         self._clock = StepClock()  # times the training steps with and without hand-overs
         self._finalizer: weakref.finalize | None = None  # closes the worker's thread with the sampler
         self._prepared: tuple | None = None  # (position, record): the next batch, drawn by the worker
+        self._weighing = False  # weights() was called: the worker computes them with the batch it draws
         self.state_device = state_dev
         self.schedule = schedule
         self.num_examples = num_examples
@@ -796,6 +797,7 @@ class ReplaySampler(BatchSampler):
         self._worker.wait()
         idx = _intake.index_tensor("weights", indices)
         rec = self._expected("weights", idx)
+        self._weighing = True
         if rec.weights is None:
             # (training on a GPU: host weights in pinned memory, so that
             # .to(device, non_blocking=True) does not wait for the GPU)
@@ -1006,7 +1008,9 @@ class ReplaySampler(BatchSampler):
     def _advance(self) -> None:
         """The worker's job: apply the updates the next draw needs, then make
         the next new batch if it can be made now: what the next call would
-        do on the training thread, in the same order."""
+        do on the training thread, in the same order (and the batch's
+        importance weights, once weights() has been called: they depend on
+        the batch's record alone)."""
         self._apply(self._due())
         if not self._to_prepare():
             return
@@ -1014,6 +1018,8 @@ class ReplaySampler(BatchSampler):
             rec = self._make_batch()
         except Exception:  # noqa: BLE001 - the training thread makes it again and raises there
             return
+        if self._weighing and not self._pin:  # (what weights() would compute on the training thread)
+            rec.weights = rec.importance_weights(self.num_replicas)
         self._prepared = (self._position(), rec)
 
     @staticmethod
