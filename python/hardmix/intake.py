@@ -79,8 +79,8 @@ def update_entry(indices, losses, logits, targets, priorities, *, expected: Call
             _inputs.logits(logits, B, op="update")
             C = logits.shape[1]
             where = logits.device if deferred else engine.device
-            if host_checks and logits.is_cpu and config.num_classes == 0:
-                # (the CPU margin op refuses targets outside [0, C), the one range to check here:
+            if host_checks and logits.is_cpu and (config.num_classes == 0 or config.num_classes >= C):
+                # (the CPU margin op refuses targets outside [0, C), the narrowest range to check here:
                 # the shared words come from value_error once it has)
                 try:
                     margins = _margins(logits.detach(), targets.detach(), tgt, where)
