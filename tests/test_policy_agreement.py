@@ -171,6 +171,25 @@ def test_long_stream_every_score(score):
     assert len(set(e.balance[:5, 2].tolist())) > 1  # the classes' replay factors differ
 
 
+def test_many_classes_agree():
+    """Class quotas over K = 37 classes (not a power of two) and R = 48: most
+    classes hold one or two members, so the largest class (ties: the lowest)
+    changes within a step, and half of each batch comes from 5 classes that
+    change every 30 steps. 150 steps, the two agreeing after each."""
+    g = torch.Generator().manual_seed(37)
+    cfg = PolicyConfig(num_examples=370, capacity=48, seed=9, alpha=1.0, lam=0.01, gamma=0.0,
+                       class_quotas=True, num_classes=37)
+    stream = []
+    for step in range(150):
+        hot = torch.tensor([(5 * (step // 30) + k) % 37 for k in range(5)])
+        idx = torch.cat([torch.randint(0, 370, (12,), generator=g),
+                         hot[torch.randint(0, 5, (12,), generator=g)] + 37 * torch.randint(0, 10, (12,), generator=g)])
+        losses = (torch.rand(24, generator=g) * 3).tolist()
+        stream.append((idx.tolist(), losses, None, [i % 37 for i in idx.tolist()], None, 6, idx[:6].tolist()))
+    e, _ = run_both(cfg, stream)
+    assert e.totals()["evicted"] > 150 and len(set(e.members()["cls"].tolist())) > 20
+
+
 def test_regression_same_key_in_another_class():
     """Found by hypothesis: an example that graduates and comes back, in the
     same step, under another class has the same key (alpha = 0: the key is its

@@ -39,11 +39,12 @@
 //   policy_layout.h the columns, counters and config fields (layout.py)
 // This header holds the step (update) and the replay draw over them.
 //
-// Cost of update(): O(B log R) plus O(B * W) for the loss_rank score and O(K)
-// per cross-class eviction with class quotas; an O(R) rebase of replay weights
-// every REBASE_EXPONENT / (gamma * lam) steps (amortised); with balanced
-// replay O(K) per step and an O(R + K) reweighting every reweight_every
-// steps. No allocation beyond B-sized scratch. draw(): O(E + (m + X) log R)
+// Cost of update(): O(B log R) plus O(B * W) for the loss_rank score; with
+// class quotas O(K) once in a step that evicts and O(log K) per change of a
+// class's count (the largest class's tournament tree); an O(R) rebase of
+// replay weights every REBASE_EXPONENT / (gamma * lam) steps (amortised); with
+// balanced replay O(K) per step and an O(R + K) reweighting every
+// reweight_every steps. No allocation beyond O(B + K) scratch. draw(): O(E + (m + X) log R)
 // for E excluded indices and X rejected picks (each member is rejected at
 // most once).
 #pragma once
@@ -163,6 +164,7 @@ struct UpdateScratch {
   int64_t* order;
   int64_t* pick;
   int64_t* dirty;
+  int32_t* largest;  // [2 * largest_leaves(K)], K: heap classes with class quotas, else 0
   uint8_t* allowed;
 };
 
@@ -170,12 +172,17 @@ struct UpdateScratch {
 // entries, so at most half full.
 HM_FN inline int64_t tally_cap(int64_t B) { return pow2_at_least(2 * B, 2); }
 
-HM_FN inline int64_t update_scratch_bytes(int64_t B) {
+// The leaves of the largest class's tournament tree over K heap classes (0: none).
+HM_FN inline int64_t largest_leaves(int64_t K) { return K > 0 ? pow2_at_least(K, 1) : 0; }
+
+// K: the heap classes with class quotas (their tournament tree), else 0.
+HM_FN inline int64_t update_scratch_bytes(int64_t B, int64_t K = 0) {
   return B * static_cast<int64_t>(sizeof(Entry) + 4 * sizeof(int64_t)) +
-         tally_cap(B) * static_cast<int64_t>(sizeof(ClassTally)) + B + 8;
+         tally_cap(B) * static_cast<int64_t>(sizeof(ClassTally)) +
+         2 * largest_leaves(K) * static_cast<int64_t>(sizeof(int32_t)) + B + 8;
 }
 
-HM_FN inline UpdateScratch carve_update(void* buf, int64_t B) {
+HM_FN inline UpdateScratch carve_update(void* buf, int64_t B, int64_t K = 0) {
   char* p = static_cast<char*>(buf);
   UpdateScratch s;
   s.entries = reinterpret_cast<Entry*>(p);
@@ -186,7 +193,8 @@ HM_FN inline UpdateScratch carve_update(void* buf, int64_t B) {
   s.order = s.last_at + B;
   s.pick = s.order + B;
   s.dirty = s.pick + B;
-  s.allowed = reinterpret_cast<uint8_t*>(s.dirty + B);
+  s.largest = reinterpret_cast<int32_t*>(s.dirty + B);
+  s.allowed = reinterpret_cast<uint8_t*>(s.largest + 2 * largest_leaves(K));
   return s;
 }
 
@@ -218,7 +226,7 @@ struct PolicyView {
   // had it after the entry's pass 1 (read in pass 1, the step's working copy
   // of the columns pass 2 uses).
   double* xrows = nullptr;
-  void* scratch = nullptr;  // update_scratch_bytes(B) / draw_scratch_bytes(E, m)
+  void* scratch = nullptr;  // update_scratch_bytes(B, quotas ? K : 0) / draw_scratch_bytes(E, m)
 
   // ---- accessors ----------------------------------------------------------
   HM_FN double* row(int64_t i) const { return table + i * kTableCols; }
@@ -313,7 +321,7 @@ struct PolicyView {
     s[kTicket] = e.g;
     index().put(e.index, j);
     heaps().insert(j);
-    count(heap_class(s[kClass])) += 1;
+    count_add(heap_class(s[kClass]), 1);
     if (slot_class != nullptr) slot_class[j] = static_cast<int32_t>(heap_class(s[kClass]));
     leaf_set(j, leaf(j));
   }
@@ -322,7 +330,7 @@ struct PolicyView {
     double* s = slot(j);
     const int64_t i = static_cast<int64_t>(s[kIndex]);
     heaps().remove(j);
-    count(heap_class(s[kClass])) -= 1;
+    count_add(heap_class(s[kClass]), -1);
     index().erase(i);
     s[kIndex] = -1.0;
     if (slot_class != nullptr) slot_class[j] = -1;
@@ -330,6 +338,37 @@ struct PolicyView {
   }
 
   HM_FN void push_free(int32_t j) { free[counters[kFreeTop]++] = j; }
+
+  // ---- the largest class (class quotas) ------------------------------------
+  // The heap class with the most members (ties: the lowest) is what an
+  // eviction under class quotas needs. A tournament tree over the counts in
+  // scratch answers it in O(1): leaf Kl + k is class k (-1 past K), each inner
+  // node the winner of its two children. Built at a step's first eviction
+  // (O(K)), kept through every count change after that (O(log K)).
+  int32_t* largest = nullptr;  // [2 * Kl] scratch (class quotas), or null
+  int64_t Kl = 0;
+  bool largest_built = false;
+
+  // The winner of two subtrees' winners, a's classes all below b's.
+  HM_FN int32_t larger(int32_t a, int32_t b) const {
+    if (a < 0 || b < 0) return a < 0 ? b : a;
+    return count(b) > count(a) ? b : a;
+  }
+
+  HM_FN int64_t largest_class() {
+    if (!largest_built) {
+      for (int64_t k = 0; k < Kl; ++k) largest[Kl + k] = k < K ? static_cast<int32_t>(k) : -1;
+      for (int64_t n = Kl - 1; n >= 1; --n) largest[n] = larger(largest[2 * n], largest[2 * n + 1]);
+      largest_built = true;
+    }
+    return largest[1];
+  }
+
+  HM_FN void count_add(int64_t hc, int64_t d) {
+    count(hc) += d;
+    if (!largest_built) return;
+    for (int64_t n = (Kl + hc) / 2; n >= 1; n /= 2) largest[n] = larger(largest[2 * n], largest[2 * n + 1]);
+  }
 
   HM_FN void rebase_if_due() {
     const int64_t t = counters[kT];
@@ -425,7 +464,10 @@ struct PolicyView {
     const uint64_t admit_key = rng::stream_key(cfg.seed, static_cast<uint64_t>(t), kStreamAdmit);
     const int64_t win_n = counters[kWindowCount];
 
-    const UpdateScratch sc = carve_update(scratch, in.B);
+    const UpdateScratch sc = carve_update(scratch, in.B, cfg.quotas ? K : 0);
+    largest = sc.largest;
+    Kl = cfg.quotas ? largest_leaves(K) : 0;
+    largest_built = false;
     // (sharded, the owners ran the dynamics, which alone read the tally)
     if (sharded()) {
       tally = ClassCounts{};
@@ -653,15 +695,12 @@ struct PolicyView {
     }
     int32_t victim;
     if (cfg.quotas) {
-      int64_t largest = 0;
-      for (int64_t k = 1; k < K; ++k) {
-        if (count(k) > count(largest)) largest = k;
-      }
-      if (count(e.cls) + 1 < count(largest)) {
-        replace(static_cast<int32_t>(heaps().root(largest)), e, t);
+      const int64_t big = largest_class();
+      if (count(e.cls) + 1 < count(big)) {
+        replace(static_cast<int32_t>(heaps().root(big)), e, t);
         return;
       }
-      victim = static_cast<int32_t>(heaps().root(count(e.cls) == 0 ? largest : e.cls));
+      victim = static_cast<int32_t>(heaps().root(count(e.cls) == 0 ? big : e.cls));
     } else {
       victim = static_cast<int32_t>(heaps().root(0));
     }

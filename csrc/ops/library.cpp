@@ -128,10 +128,11 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
   //   short), never a read or write out of bounds.
   //   Deterministic: a pure function of state, config, seed and inputs (the
   //   same bits on CPU and CUDA: csrc/kernels/policy.h).
-  //   Cost: O(B log R + B log B) (+ O(B * W) for score 'loss_rank', + O(K)
-  //   per cross-class eviction with quotas, + an O(R) rebase of replay
-  //   weights every 64 / (gamma * lam) steps; with balance_replay + O(K) per
-  //   step and O(R + K) every reweight_every steps); B-sized scratch only.
+  //   Cost: O(B log R + B log B) (+ O(B * W) for score 'loss_rank'; with
+  //   quotas + O(K) in a step that evicts and O(B log K); + an O(R) rebase
+  //   of replay weights every 64 / (gamma * lam) steps; with balance_replay
+  //   + O(K) per step and O(R + K) every reweight_every steps); O(B + K)
+  //   scratch only.
   m.def(
       "policy_update(Tensor(a!) table, Tensor(b!) pos, Tensor(c!) slots, "
       "Tensor(d!) links, Tensor(e!) heap, Tensor(f!) free, "
