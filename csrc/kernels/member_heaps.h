@@ -203,6 +203,10 @@ struct MemberHeaps {
       root(0) = bh_slot(0);
       return;
     }
+    // Still weaker than its children and not weaker than its parent: the
+    // heap order holds where it is (null-path lengths do not depend on keys).
+    const int32_t p = link(j, kParent), l = link(j, kLeft), r = link(j, kRight);
+    if ((p < 0 || weaker(p, j)) && (l < 0 || weaker(j, l)) && (r < 0 || weaker(j, r))) return;
     remove(j);
     insert(j);
   }
