@@ -23,8 +23,10 @@ against R = 65536 (the anchor), interleaved (conftest.py: SCALE_REPS reps of
 SCALE_ROUNDS steps, each R continuing its own stream), so that
 how the step grows with R is read within one run.
 
-Family "step with classes", one group per R (2^13, 2^16, 2^18): the native
-step with C = 10 classes (logits and targets, so margins and classes) under
+Family "step with classes", one group per (R, C): R = 2^13, 2^16, 2^18 with
+C = 10, and R = 2^16 with C = 1000 (where each eviction under class quotas
+needs the largest of many classes): the native step with C classes (logits
+and targets, so margins and classes) under
 the sampler's policy (``SAMPLER_DEFAULTS``), at the cost of its class knobs,
 interleaved as above (CLASS_REPS reps of CLASS_ROUNDS steps). Anchor:
 ``classes`` (class quotas and balanced replay off). Against it: ``quotas``
@@ -46,8 +48,7 @@ B, M, N = 1024, 256, 10**6
 RS = [4096, 16384, 65536, 262144, 1048576]
 SCALE_RS = [65536, 262144, 1048576]  # the first is the anchor
 SCALE_REPS, SCALE_ROUNDS = 5, 20
-C = 10
-CLASS_RS = [8192, 65536, 262144]
+CLASS_CASES = [(8192, 10), (65536, 10), (262144, 10), (65536, 1000)]  # (R, C)
 CLASS_KNOBS = {"classes": {}, "quotas": {"class_quotas": True},  # (the first is the anchor)
                "quotas+balance": {"class_quotas": True, "balance_replay": True},  # (+ the sampler's reweight_every)
                "reweight every step": {"class_quotas": True, "balance_replay": True, "reweight_every": 1}}
@@ -96,8 +97,8 @@ def test_step_against_R(benchmark, tag, smoke, prepared, rep, R):
 # order of the tests: for each R, rep 0 of every knob set, then rep 1, ...
 @pytest.mark.parametrize("knobs", list(CLASS_KNOBS))
 @pytest.mark.parametrize("rep", range(CLASS_REPS))
-@pytest.mark.parametrize("R", CLASS_RS, ids=lambda R: f"R={R}")
-def test_step_with_classes(benchmark, tag, smoke, prepared, R, rep, knobs):
+@pytest.mark.parametrize("R,C", CLASS_CASES, ids=[f"R={R}-C={C}" for R, C in CLASS_CASES])
+def test_step_with_classes(benchmark, tag, smoke, prepared, R, C, rep, knobs):
     def make():
         config = {**SAMPLER_DEFAULTS, "seed": 0, "num_classes": C, "reweight_every": max(1, R // (4 * B)),
                   **CLASS_KNOBS[knobs]}
@@ -107,7 +108,7 @@ def test_step_with_classes(benchmark, tag, smoke, prepared, R, rep, knobs):
             policy, stream = prepare_step("native", B, R, N, C, M, CLASS_REPS * CLASS_ROUNDS, config=config)
         return _stepper("native", policy, stream, 16 if smoke else M)
 
-    one_step = prepared.of(("classes", R), knobs, make)
+    one_step = prepared.of(("classes", R, C), knobs, make)
     tag("step with classes", f"native B={B} m={M} N=10^6 C={C} R={R}", knobs, "classes", rep=rep, B=B, R=R, N=N,
         C=C, m=M)
     benchmark.pedantic(one_step, rounds=1 if smoke else CLASS_ROUNDS, iterations=1)
