@@ -266,34 +266,6 @@ def test_weights_of_indices_not_from_the_batch():
     assert freeze(s) == before
 
 
-def test_update_compares_the_indices_weights_checked_only_if_changed_in_place(monkeypatch):
-    """weights() then update() with one tensor: update() does not compare its
-    indices again, unless the tensor was changed in place since; an
-    inference tensor (no version counter) is compared each time."""
-    s, it, b = started()
-    s.weights(b)
-    compared = []
-    equal = torch.equal
-    monkeypatch.setattr(torch, "equal", lambda x, y: compared.append(1) or equal(x, y))
-    s.update(b, loss(b))
-    assert not compared
-    b = torch.tensor(next(it))
-    s.weights(b)
-    first = int(b[0])
-    b[0] = next(i for i in range(40) if i not in b.tolist())  # (in place: its version counter moves)
-    before = freeze(s)
-    with pytest.raises(ValueError, match="not those of batch 4"):
-        s.update(b, loss(b))
-    assert freeze(s) == before and compared
-    b[0] = first
-    with torch.inference_mode():
-        inf = b.clone()
-    s.weights(inf)
-    compared.clear()
-    s.update(inf, loss(b))
-    assert compared
-
-
 CONSTRUCTOR_CASES = {
     "capacity 0": (dict(capacity=0), ValueError, r"capacity must be an int in \[1, num_examples=40\], got 0"),
     "capacity > N": (dict(capacity=41), ValueError, r"capacity must be an int in \[1, num_examples=40\], got 41"),

@@ -107,12 +107,6 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _version(t: torch.Tensor) -> int | None:
-    """``t``'s version counter (it counts in-place changes), or None for an
-    inference tensor (which has none)."""
-    return None if t.is_inference() else t._version
-
-
 def _eager(method):
     """``method`` run eagerly under ``torch.compile``, as with
     ``torch.compiler.disable`` (host-side work: one graph break per call),
@@ -735,9 +729,6 @@ class ReplaySampler(BatchSampler):
         """The record of the batch these indices must belong to, or a clear error
         (the checks after the fast path only explain the mismatch)."""
         self._check_thread(name)
-        got = self._outstanding[0].checked if self._outstanding else None
-        if got is not None and got[0] is indices and got[1] == _version(indices):
-            return self._outstanding[0]  # (the tensor weights() found equal, not changed in place since)
         host = indices if indices.is_cpu else indices.cpu()
         if self._outstanding and torch.equal(host, self._outstanding[0].indices):
             return self._outstanding[0]  # the usual case; the diagnostics below explain the others
@@ -807,8 +798,6 @@ class ReplaySampler(BatchSampler):
         idx = _intake.index_tensor("weights", indices)
         rec = self._expected("weights", idx)
         self._weighing = True
-        if (version := _version(idx)) is not None:  # (update() with this tensor then compares no indices)
-            rec.checked = (idx, version)
         if rec.weights is None:
             # (training on a GPU: host weights in pinned memory, so that
             # .to(device, non_blocking=True) does not wait for the GPU)
