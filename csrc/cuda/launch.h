@@ -39,7 +39,7 @@ int launch_margin(const void* logits, int logits_type, int64_t B, int64_t C,
                   float* out, void* stream);
 
 // The policy on the device (csrc/cuda/policy.cu): the arrays of `v` and `in`
-// (and v.scratch: update_scratch_bytes(B, quotas ? K : 0) / draw_scratch_bytes(E, m) bytes)
+// (and v.scratch: update_scratch_bytes(B, v.quota_classes()) / draw_scratch_bytes(E, m) bytes)
 // are device memory; v and in are copied into the launch. One thread runs a
 // step or a draw; value errors are left in v.counters (see policy.cu).
 int launch_policy_update(const policy::PolicyView& v, const policy::Batch& in, void* stream);

@@ -154,9 +154,9 @@ struct ClassCounts {
   }
 };
 
-// Scratch memory, from the caller: update() needs update_scratch_bytes(B),
-// draw() draw_scratch_bytes(E, m), 8-byte aligned (a CPU thread keeps a
-// buffer; the CUDA op allocates one on the device per call).
+// Scratch memory, from the caller, 8-byte aligned: update() needs
+// update_scratch_bytes(B, view.quota_classes()), draw() draw_scratch_bytes(E, m)
+// (a CPU thread keeps a buffer; the CUDA op allocates one on the device per call).
 struct UpdateScratch {
   Entry* entries;
   ClassTally* tally;
@@ -176,13 +176,13 @@ HM_FN inline int64_t tally_cap(int64_t B) { return pow2_at_least(2 * B, 2); }
 HM_FN inline int64_t largest_leaves(int64_t K) { return K > 0 ? pow2_at_least(K, 1) : 0; }
 
 // K: the heap classes with class quotas (their tournament tree), else 0.
-HM_FN inline int64_t update_scratch_bytes(int64_t B, int64_t K = 0) {
+HM_FN inline int64_t update_scratch_bytes(int64_t B, int64_t K) {
   return B * static_cast<int64_t>(sizeof(Entry) + 4 * sizeof(int64_t)) +
          tally_cap(B) * static_cast<int64_t>(sizeof(ClassTally)) +
          2 * largest_leaves(K) * static_cast<int64_t>(sizeof(int32_t)) + B + 8;
 }
 
-HM_FN inline UpdateScratch carve_update(void* buf, int64_t B, int64_t K = 0) {
+HM_FN inline UpdateScratch carve_update(void* buf, int64_t B, int64_t K) {
   char* p = static_cast<char*>(buf);
   UpdateScratch s;
   s.entries = reinterpret_cast<Entry*>(p);
@@ -226,11 +226,13 @@ struct PolicyView {
   // had it after the entry's pass 1 (read in pass 1, the step's working copy
   // of the columns pass 2 uses).
   double* xrows = nullptr;
-  void* scratch = nullptr;  // update_scratch_bytes(B, quotas ? K : 0) / draw_scratch_bytes(E, m)
+  void* scratch = nullptr;  // update_scratch_bytes(B, quota_classes()) / draw_scratch_bytes(E, m)
 
   // ---- accessors ----------------------------------------------------------
   HM_FN double* row(int64_t i) const { return table + i * kTableCols; }
   HM_FN bool sharded() const { return cfg.world > 0; }
+  // The classes the largest class's tree in update()'s scratch is over: K with quotas, else 0.
+  HM_FN int64_t quota_classes() const { return cfg.quotas ? K : 0; }
   // Sharded: the table row of example i if this shard owns it, else null.
   HM_FN double* owned_row(int64_t i) const {
     return i % cfg.world == cfg.rank ? table + (i / cfg.world) * kTableCols : nullptr;
@@ -448,7 +450,7 @@ struct PolicyView {
   // rows of all shards, summed (each entry has one owner), are the input of
   // update() on every shard. O(B).
   HM_FN void owned_dynamics(const Batch& in, int64_t t, double* rows) {
-    build_tally(in, carve_update(scratch, in.B).tally);
+    build_tally(in, carve_update(scratch, in.B, 0).tally);  // (the tally alone)
     for (int64_t b = 0; b < in.B; ++b) {
       double* r = owned_row(in.indices[b]);
       if (r == nullptr) continue;
@@ -464,9 +466,9 @@ struct PolicyView {
     const uint64_t admit_key = rng::stream_key(cfg.seed, static_cast<uint64_t>(t), kStreamAdmit);
     const int64_t win_n = counters[kWindowCount];
 
-    const UpdateScratch sc = carve_update(scratch, in.B, cfg.quotas ? K : 0);
+    const UpdateScratch sc = carve_update(scratch, in.B, quota_classes());
     largest = sc.largest;
-    Kl = cfg.quotas ? largest_leaves(K) : 0;
+    Kl = largest_leaves(quota_classes());
     largest_built = false;
     // (sharded, the owners ran the dynamics, which alone read the tally)
     if (sharded()) {

@@ -143,7 +143,7 @@ void policy_update_cuda(Tensor table, Tensor pos, Tensor slots, Tensor links, Te
   if (replayed) device_input(op, dev, "replayed", *replayed, ScalarType::Bool, B);
   policy_ops::check_batch_kinds(op, v.cfg, margins.has_value(), classes.has_value(), priorities.has_value());
   v.slot_class = policy_ops::slot_class_of(op, dev, slot_class, v.R);
-  Tensor scratch = device_scratch(pk::update_scratch_bytes(B, v.cfg.quotas ? v.K : 0), table);
+  Tensor scratch = device_scratch(pk::update_scratch_bytes(B, v.quota_classes()), table);
   v.scratch = scratch.mutable_data_ptr();
   const pk::Batch in{B, indices.const_data_ptr<int64_t>(), losses.const_data_ptr<double>(),
                      margins ? margins->const_data_ptr<double>() : nullptr,

@@ -170,7 +170,7 @@ void policy_update(Tensor table, Tensor pos, Tensor slots, Tensor links, Tensor 
            ": rows must be given exactly when the table is sharded (world ", v.cfg.world, ")");
   if (rows) v.xrows = rows_arg(kUpdate, *rows, in.batch.B);
   v.slot_class = policy_ops::slot_class_of(kUpdate, checks::on_cpu, slot_class, v.R);
-  v.scratch = host_scratch(pk::update_scratch_bytes(in.batch.B, v.cfg.quotas ? v.K : 0));
+  v.scratch = host_scratch(pk::update_scratch_bytes(in.batch.B, v.quota_classes()));
   // All checks passed: from here on, state changes.
   v.update(in.batch);
 }
@@ -186,7 +186,7 @@ void policy_dynamics(Tensor table, Tensor config, int64_t t, Tensor indices, Ten
   const CheckedBatch in = checked_batch(kDynamics, v.cfg, v.cfg.num_examples, indices, losses, margins,
                                         classes, priorities);
   double* out = rows_arg(kDynamics, rows, in.batch.B);
-  v.scratch = host_scratch(pk::update_scratch_bytes(in.batch.B));
+  v.scratch = host_scratch(pk::update_scratch_bytes(in.batch.B, 0));  // (owned_dynamics: the tally alone)
   v.owned_dynamics(in.batch, t, out);
 }
 

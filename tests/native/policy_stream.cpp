@@ -263,7 +263,7 @@ void run_config(int64_t ci, int64_t steps, uint64_t seed) {
                        with_classes ? cls.data() : nullptr,
                        score == pk::kScoreGiven ? prio.data() : nullptr,
                        r.coin(0.5) ? rep.data() : nullptr};
-    scratch.assign(pk::update_scratch_bytes(B) / 8 + 1, 0);
+    scratch.assign(pk::update_scratch_bytes(B, shards[0].v.quota_classes()) / 8 + 1, 0);
     if (world != 0) {
       rows.assign(B * pk::kTableCols, 0.0);
       std::vector<double> part(B * pk::kTableCols);
