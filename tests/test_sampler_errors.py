@@ -266,6 +266,19 @@ def test_weights_of_indices_not_from_the_batch():
     assert freeze(s) == before
 
 
+def test_update_compares_indices_weights_saw_changed_through_numpy():
+    """weights() then update() with one tensor whose contents changed in
+    between through a numpy view (which no version counter sees): update()
+    still compares them with the batch and refuses, changing nothing."""
+    s, it, b = started()
+    s.weights(b)
+    b.numpy()[0] = next(i for i in range(40) if i not in b.tolist())
+    before = freeze(s)
+    with pytest.raises(ValueError, match="not those of batch 3"):
+        s.update(b, loss(b))
+    assert freeze(s) == before
+
+
 CONSTRUCTOR_CASES = {
     "capacity 0": (dict(capacity=0), ValueError, r"capacity must be an int in \[1, num_examples=40\], got 0"),
     "capacity > N": (dict(capacity=41), ValueError, r"capacity must be an int in \[1, num_examples=40\], got 41"),

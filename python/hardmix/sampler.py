@@ -798,10 +798,11 @@ class ReplaySampler(BatchSampler):
         idx = _intake.index_tensor("weights", indices)
         rec = self._expected("weights", idx)
         self._weighing = True
-        if rec.weights is None:
+        pin = self._pin and indices.device.type == "cpu"
+        if rec.weights is None or (pin and not rec.weights.is_pinned()):  # (the worker's, before a GPU update)
             # (training on a GPU: host weights in pinned memory, so that
             # .to(device, non_blocking=True) does not wait for the GPU)
-            rec.weights = rec.importance_weights(self.num_replicas, pin=self._pin and indices.device.type == "cpu")
+            rec.weights = rec.importance_weights(self.num_replicas, pin=pin)
         return to_device(rec.weights, indices.device)
 
     @_eager
@@ -1016,10 +1017,10 @@ class ReplaySampler(BatchSampler):
             return
         try:
             rec = self._make_batch()
+            if self._weighing and not self._pin:  # (what weights() would compute on the training thread)
+                rec.weights = rec.importance_weights(self.num_replicas)
         except Exception:  # noqa: BLE001 - the training thread makes it again and raises there
             return
-        if self._weighing and not self._pin:  # (what weights() would compute on the training thread)
-            rec.weights = rec.importance_weights(self.num_replicas)
         self._prepared = (self._position(), rec)
 
     @staticmethod
