@@ -44,9 +44,9 @@
 // class's count (the largest class's tournament tree); an O(R) rebase of
 // replay weights every REBASE_EXPONENT / (gamma * lam) steps (amortised); with
 // balanced replay O(K) per step and an O(R + K) reweighting every
-// reweight_every steps. No allocation beyond O(B + K) scratch. draw(): O(E + (m + X) log R)
-// for E excluded indices and X rejected picks (each member is rejected at
-// most once).
+// reweight_every steps. No allocation beyond O(B + K) scratch. draw():
+// O(E + (m + X) log R) for E excluded indices and X rejected picks (each
+// member is rejected at most once).
 #pragma once
 
 #include <cstdint>
