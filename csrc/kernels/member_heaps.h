@@ -94,6 +94,29 @@ struct MemberHeaps {
     hpos(bh_slot(to)) = static_cast<int32_t>(to);
   }
 
+  // The weakest of entries [first, last): the lowest key by selects, not
+  // branches (which child wins is data, a misprediction per branch); the
+  // full comparison only where the lowest key may be shared.
+  HM_FN int64_t weakest_child(int64_t first, int64_t last) const {
+    int64_t c = first;
+    double kc = heap[2 * first];
+    bool tie = false;
+    for (int64_t k = first + 1; k < last; ++k) {
+      const double kk = heap[2 * k];
+      tie = tie || kk == kc;
+      const bool lower = kk < kc;
+      c = lower ? k : c;
+      kc = lower ? kk : kc;
+    }
+    if (tie) {
+      c = first;
+      for (int64_t k = first + 1; k < last; ++k) {
+        if (bh_weaker(k, c)) c = k;
+      }
+    }
+    return c;
+  }
+
   // Restores heap order around entry h of a heap of n entries (the entry is
   // moved along a hole; each displaced entry is written once).
   HM_FN void bh_sift(int64_t h, int64_t n) {
@@ -123,11 +146,7 @@ struct MemberHeaps {
             HM_PREFETCH(heap + 2 * min_of(gc + kArity - 1, n - 1), 0);
           }
         }
-        int64_t c = first;
-        const int64_t last = min_of(first + kArity, n);
-        for (int64_t k = first + 1; k < last; ++k) {
-          if (bh_weaker(k, c)) c = k;
-        }
+        const int64_t c = weakest_child(first, min_of(first + kArity, n));
         if (!weaker_than_me(c)) break;
         bh_move(hole, c);
         hole = c;
