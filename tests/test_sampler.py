@@ -630,6 +630,32 @@ def test_copies_go_on_alike_and_background_threads_end_with_their_samplers(alway
         assert not t.is_alive()
 
 
+def test_a_script_may_end_while_the_background_thread_is_in_an_op():
+    """A script that ends right after a batch, while the next batch's work
+    still runs in an op on the sampler's thread, exits normally: the thread
+    is joined at exit (a daemon thread leaving an op as the interpreter ends
+    would abort the process)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import torch, hardmix
+        hardmix.ReplaySampler._handover_pays = lambda self: True  # (hand every job over)
+        s = hardmix.ReplaySampler(200_000, batch_size=4096, capacity=65536, replay_fraction=0.5, seed=0,
+                                  replay_lag=1)
+        it = iter(s)
+        held = torch.tensor(next(it))
+        for _ in range(5):
+            s.update(held, torch.rand(len(held)))
+            held = torch.tensor(next(it))
+        print("in flight", s._worker.busy, flush=True)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "terminate" not in p.stderr, p.stderr
+    assert "in flight True" in p.stdout  # (the job was still running as the script ended)
+
+
 def test_no_background_thread_runs_when_iter_returns(always_hand_over):
     """A DataLoader forks its workers right after iter() of the sampler: the
     sampler's thread has ended by then (the next batch starts it again)."""
