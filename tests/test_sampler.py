@@ -630,30 +630,74 @@ def test_copies_go_on_alike_and_background_threads_end_with_their_samplers(alway
         assert not t.is_alive()
 
 
-def test_a_script_may_end_while_the_background_thread_is_in_an_op():
-    """A script that ends right after a batch, while the next batch's work
-    still runs in an op on the sampler's thread, exits normally: the thread
-    is joined at exit (a daemon thread leaving an op as the interpreter ends
-    would abort the process)."""
+_BUSY_SAMPLER = """
+import gc, sys, threading, torch, hardmix
+hardmix.ReplaySampler._handover_pays = lambda self: True  # (hand every job over)
+
+
+def busy(N, B, R):
+    \"\"\"A sampler after 5 steps, the next batch's work handed to its thread.\"\"\"
+    s = hardmix.ReplaySampler(N, batch_size=B, capacity=R, replay_fraction=0.5, seed=0, replay_lag=1)
+    it = iter(s)
+    held = torch.tensor(next(it))
+    for _ in range(5):
+        s.update(held, torch.rand(len(held)))
+        held = torch.tensor(next(it))
+    return s
+"""
+
+
+def _run_script(code: str, *args: str):
     import subprocess
     import sys
-    import textwrap
 
-    code = textwrap.dedent("""
-        import torch, hardmix
-        hardmix.ReplaySampler._handover_pays = lambda self: True  # (hand every job over)
-        s = hardmix.ReplaySampler(200_000, batch_size=4096, capacity=65536, replay_fraction=0.5, seed=0,
-                                  replay_lag=1)
-        it = iter(s)
-        held = torch.tensor(next(it))
-        for _ in range(5):
-            s.update(held, torch.rand(len(held)))
-            held = torch.tensor(next(it))
-        print("in flight", s._worker.busy, flush=True)
-    """)
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0 and "terminate" not in p.stderr, p.stderr
+    return subprocess.run([sys.executable, "-c", _BUSY_SAMPLER + code, *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("end", ["returns", "raises", "closed first"])
+def test_a_script_may_end_while_the_background_thread_is_in_an_op(end):
+    """A script that ends right after a batch, while the next batch's work
+    still runs in an op on the sampler's thread, exits as it would without
+    the sampler: the thread is joined at exit (a daemon thread leaving an op
+    as the interpreter ends would abort the process). Also when the script
+    ends by an exception, or when the sampler's own finalizer closed the
+    thread first (it does not wait for the job)."""
+    p = _run_script("""
+s = busy(200_000, 4096, 65536)
+print("in flight", s._worker.busy, flush=True)
+if sys.argv[1] == "raises":
+    raise SystemExit(3)
+if sys.argv[1] == "closed first":
+    s._finalizer()
+""", end)
+    assert p.returncode == (3 if end == "raises" else 0) and "terminate" not in p.stderr, p.stderr
     assert "in flight True" in p.stdout  # (the job was still running as the script ended)
+
+
+def test_a_sampler_collected_under_the_threads_lock_does_not_wait_for_its_thread():
+    """The cyclic garbage collector may free a sampler on any thread, also
+    one that holds the threading module's lock of running threads (as
+    threading.enumerate() does): the sampler's thread is then closed without
+    waiting for it to end, since ending needs that lock."""
+    import threading
+
+    if not hasattr(threading, "_active_limbo_lock"):  # pragma: no cover - another Python
+        pytest.skip("this Python's threading has no _active_limbo_lock")
+    p = _run_script("""
+def thread():
+    s = busy(1000, 10, 50)
+    s._worker.wait()
+    return s._worker._thread  # (the sampler, in a reference cycle, waits for the collector)
+
+
+t = thread()
+with threading._active_limbo_lock:
+    gc.collect()
+t.join(timeout=60)
+print("ended", not t.is_alive(), flush=True)
+""")
+    assert p.returncode == 0 and "ended True" in p.stdout, p.stderr
 
 
 def test_no_background_thread_runs_when_iter_returns(always_hand_over):

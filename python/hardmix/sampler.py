@@ -973,9 +973,7 @@ class ReplaySampler(BatchSampler):
         if not (self._to_prepare() or (self._pending and eng.step < self._due())):
             return False
         if self._worker.submit(self._advance) and (self._finalizer is None or not self._finalizer.alive):
-            # (the thread ends with the sampler, and at exit once its job is done: a daemon thread still in
-            # an op when the interpreter ends makes the process abort)
-            self._finalizer = weakref.finalize(self, self._worker.close, True)
+            self._finalizer = weakref.finalize(self, self._worker.close)  # (the thread ends with the sampler)
         return True
 
     def _handover_pays(self) -> bool:

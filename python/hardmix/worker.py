@@ -12,15 +12,35 @@ order the calling thread would run it, so results are the same bit for bit.
 
 The thread starts at the first job and ends when the worker is closed (the
 owner arranges that with ``weakref.finalize``, so the thread ends when the
-owner is collected). A copy (pickle, deepcopy) is a new, idle worker.
+owner is collected). At interpreter exit every worker's thread is joined
+after its job: a (daemon) thread still in an op as the interpreter ends
+would abort the process. A copy (pickle, deepcopy) is a new, idle worker.
 """
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from typing import Callable
+
+_WORKERS: weakref.WeakSet = weakref.WeakSet()  # the workers that started a thread
+_THREADS: weakref.WeakSet = weakref.WeakSet()  # those threads (a closed one may still finish its job)
+
+
+@atexit.register
+def _join_all() -> None:
+    """Ends every worker's thread and waits for each to finish its job (at
+    exit only: a join from a garbage collection could wait on a lock the
+    collecting thread holds; the thread is idle then anyway, since a job
+    holds its owner)."""
+    for w in list(_WORKERS):
+        w.close()
+    for t in list(_THREADS):
+        if t is not threading.current_thread():
+            t.join()
 
 
 class Worker:
@@ -51,6 +71,8 @@ class Worker:
             self._thread = threading.Thread(target=self._run, args=(self._jobs,), name="hardmix-worker",
                                             daemon=True)
             self._thread.start()
+            _WORKERS.add(self)
+            _THREADS.add(self._thread)
         self._busy = True
         self._jobs.put(job)  # (C-level queues: handing a job over costs one wake-up, little Python)
         return started
