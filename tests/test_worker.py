@@ -2,6 +2,7 @@
 a thread that ends when closed."""
 
 import threading
+import time
 
 import pytest
 
@@ -68,3 +69,25 @@ def test_close_while_a_job_runs_lets_it_finish_and_wait_returns_it():
     assert out == [1, 2]
     w.close(join=True)
     assert w._thread is None
+
+
+@pytest.mark.parametrize("closed_first", [False, True])
+def test_at_exit_every_thread_ends_after_its_job(closed_first):
+    """The exit hook closes every worker and joins its thread once the job in
+    flight is done, also a thread that was closed (not joined) before."""
+    from hardmix.worker import _join_all
+
+    w, out = Worker(), []
+
+    def job():
+        time.sleep(0.2)
+        out.append(1)
+
+    w.submit(job)
+    thread = w._thread
+    if closed_first:
+        w.close()
+    _join_all()
+    assert out == [1] and not thread.is_alive()
+    w.wait()  # (the job's outcome is still handed to wait())
+    assert not w.busy and w._thread is None
