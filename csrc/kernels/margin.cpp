@@ -8,8 +8,7 @@
 
 #include "margin.h"
 
-#include <cstdlib>
-#include <string>
+#include "cpu_isa.h"
 
 namespace hardmix {
 namespace margin {
@@ -25,8 +24,7 @@ HM_MARGIN_ENTRY(f32_base, , 16, LoadF32)
 HM_MARGIN_ENTRY(f16_base, , 16, LoadF16)
 HM_MARGIN_ENTRY(bf16_base, , 16, LoadBF16)
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HM_X86_DISPATCH 1
+#if defined(HM_X86_DISPATCH)
 HM_MARGIN_ENTRY(f32_avx2, __attribute__((target("avx2"))), 32, LoadF32)
 HM_MARGIN_ENTRY(f16_avx2, __attribute__((target("avx2,f16c"))), 32, LoadF16C)
 HM_MARGIN_ENTRY(bf16_avx2, __attribute__((target("avx2"))), 32, LoadBF16)
@@ -37,42 +35,11 @@ HM_MARGIN_ENTRY(bf16_avx512, __attribute__((target("avx512f"))), 64, LoadBF16)
 
 #undef HM_MARGIN_ENTRY
 
-enum class Isa { kBase, kAvx2, kAvx512 };
-
-// The best instruction set the CPU supports, capped by the environment
-// variable HARDMIX_CPU_ISA = baseline | avx2 | avx512 when it is set (for
-// tests and for debugging; a level the CPU lacks is never chosen).
-Isa detect_isa() {
-  Isa best = Isa::kBase;
-#if defined(HM_X86_DISPATCH)
-  __builtin_cpu_init();
-  // (the float16 builds also use F16C, which every AVX2 and AVX-512 CPU has;
-  // checked all the same)
-  const bool f16c = __builtin_cpu_supports("f16c");
-  if (__builtin_cpu_supports("avx2") && f16c) best = Isa::kAvx2;
-  if (__builtin_cpu_supports("avx512f") && f16c) best = Isa::kAvx512;
-#endif
-  const char* cap = std::getenv("HARDMIX_CPU_ISA");
-  if (cap != nullptr) {
-    const std::string c(cap);
-    const Isa want = c == "baseline" ? Isa::kBase
-                     : c == "avx2"   ? Isa::kAvx2
-                                     : Isa::kAvx512;
-    if (static_cast<int>(want) < static_cast<int>(best)) best = want;
-  }
-  return best;
-}
-
-Isa isa() {
-  static const Isa chosen = detect_isa();  // thread-safe, once
-  return chosen;
-}
-
 }  // namespace
 
 #if defined(HM_X86_DISPATCH)
 #define HM_DISPATCH(NAME, ...)                                        \
-  switch (isa()) {                                                    \
+  switch (cpu_isa()) {                                                \
     case Isa::kAvx512: return NAME##_avx512(__VA_ARGS__);             \
     case Isa::kAvx2: return NAME##_avx2(__VA_ARGS__);                 \
     default: return NAME##_base(__VA_ARGS__);                         \
