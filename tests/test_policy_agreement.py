@@ -301,3 +301,22 @@ def test_replay_weights_stay_finite_for_huge_priorities():
         e.update(idx, loss)
         picks.append(int(e.draw(1, exclude=torch.tensor([0, 1]))[0]))
     assert 5 not in picks and len(set(picks)) >= 3 and max(set(picks), key=picks.count) == 7, picks
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_every_instruction_set_build_of_the_tickets_agrees(isa):
+    """The host computes a batch's admission tickets in vectors of the CPU's
+    widest instruction set (csrc/kernels/tickets.h); HARDMIX_CPU_ISA caps it,
+    so each build runs this module's reference agreement tests (batches of
+    0-12 entries: every lane count and tail; and one of 700) in a subprocess
+    (where the CPU has that build)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HARDMIX_CPU_ISA=isa)
+    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           "-k", "engine_matches_reference or larger_stream_agrees"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    assert proc.returncode == 0 and last.startswith("2 passed"), proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -37,7 +37,8 @@
 //                   per change (slots' keys, links, heap, classes)
 //   sum_tree.h      the replay weights; each pick is a descent, O(log R)
 //   policy_layout.h the columns, counters and config fields (layout.py)
-// This header holds the step (update) and the replay draw over them.
+// and tickets.h, a step's admission tickets a batch at a time (vectorised on
+// the host). This header holds the step (update) and the replay draw.
 //
 // Cost of update(): O(B log R) plus O(B * W) for the loss_rank score; with
 // class quotas O(K) once in a step that evicts and O(log K) per change of a
@@ -56,6 +57,7 @@
 #include "rng.h"
 #include "slot_index.h"
 #include "sum_tree.h"
+#include "tickets.h"
 #include "util.h"
 
 namespace hardmix {
@@ -164,6 +166,7 @@ struct UpdateScratch {
   int64_t* order;
   int64_t* pick;
   int64_t* dirty;
+  double* tickets;   // [B]: each entry's ticket (read for the fresh ones)
   int32_t* largest;  // [2 * largest_leaves(K)], K: heap classes with class quotas, else 0
   uint8_t* allowed;
 };
@@ -177,7 +180,7 @@ HM_FN inline int64_t largest_leaves(int64_t K) { return K > 0 ? pow2_at_least(K,
 
 // K: the heap classes with class quotas (their tournament tree), else 0.
 HM_FN inline int64_t update_scratch_bytes(int64_t B, int64_t K) {
-  return B * static_cast<int64_t>(sizeof(Entry) + 4 * sizeof(int64_t)) +
+  return B * static_cast<int64_t>(sizeof(Entry) + 4 * sizeof(int64_t) + sizeof(double)) +
          tally_cap(B) * static_cast<int64_t>(sizeof(ClassTally)) +
          2 * largest_leaves(K) * static_cast<int64_t>(sizeof(int32_t)) + B + 8;
 }
@@ -193,7 +196,8 @@ HM_FN inline UpdateScratch carve_update(void* buf, int64_t B, int64_t K) {
   s.order = s.last_at + B;
   s.pick = s.order + B;
   s.dirty = s.pick + B;
-  s.largest = reinterpret_cast<int32_t*>(s.dirty + B);
+  s.tickets = reinterpret_cast<double*>(s.dirty + B);
+  s.largest = reinterpret_cast<int32_t*>(s.tickets + B);
   s.allowed = reinterpret_cast<uint8_t*>(s.largest + 2 * largest_leaves(K));
   return s;
 }
@@ -492,6 +496,9 @@ struct PolicyView {
       }
       last = last_at;
     }
+    // Each entry's ticket under this step's key (read for the fresh entries).
+    const double* tickets = sc.tickets;
+    rng::tickets(admit_key, in.indices, in.B, sc.tickets);
     // Pass 1: dynamics and scores.
     const bool shard = sharded();
     for (int64_t b = 0; b < in.B; ++b) {
@@ -541,8 +548,7 @@ struct PolicyView {
       const double head = base + cfg.lam * static_cast<double>(t);
       const bool fresh = !(in.replayed && in.replayed[b]);
       // (a replayed entry is no candidate and renews no ticket: its ticket is never read)
-      const double g =
-          fresh ? rng::to_gumbel(rng::to_uniform(rng::draw_bits(admit_key, static_cast<uint64_t>(i)))) : 0.0;
+      const double g = fresh ? tickets[b] : 0.0;
       e = Entry{true, i, loss, p, logp, fresh ? head + g : -kInf,
                 in.classes ? in.classes[b] : 0, r[kQuarantine], shard ? last[b] : b, fresh, head, g};
     }

@@ -28,7 +28,8 @@
 // comparisons they use only frexp (frexp_pos below), ldexp of 1.0 (an exact
 // power of two) and int <-> double conversions, all exact, so every step
 // rounds the same way everywhere. Each function is mirrored, operation for operation, in
-// hardmix/rng.py (log, exp, log1p); tests/rng_probe.cpp checks the bits.
+// hardmix/rng.py (log, exp, log1p); tests/rng_probe.cpp checks the bits. tickets.h
+// repeats draw_bits, to_uniform and log_det in vector lanes for a batch of tickets.
 #pragma once
 
 #include <cmath>
