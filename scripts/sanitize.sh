@@ -2,7 +2,8 @@
 # The native core under AddressSanitizer + UndefinedBehaviorSanitizer; fails
 # on the first report (every check is fatal):
 #   1. tests/native/policy_stream.cpp, a driver of csrc/kernels/policy.h on
-#      random policies and streams, with its invariants checked as it runs;
+#      random policies and streams, with its invariants checked as it runs
+#      (then again, shorter, with each other build of the per-ISA kernels);
 #   2. the extension built with both sanitizers (into build/sanitize-site, the
 #      installed hardmix is untouched) and the tests of its ops: errors,
 #      agreement with the reference, properties, sharded tables, corrupted
@@ -34,6 +35,9 @@ echo "[sanitize] the policy driver: ${SANITIZE_CONFIGS:-300} policies x ${SANITI
 g++ -std=c++17 -O1 -g -ffp-contract=off -Wall -Wextra -Werror $SAN -Icsrc/kernels \
   tests/native/policy_stream.cpp -o "$OUT/policy_stream"
 "$OUT/policy_stream" --configs "${SANITIZE_CONFIGS:-300}" --steps "${SANITIZE_STEPS:-1000}" --seed 0
+for isa in avx2 baseline; do  # (csrc/kernels/cpu_isa.h)
+  HARDMIX_CPU_ISA=$isa "$OUT/policy_stream" --configs 100 --steps 300 --seed 1
+done
 
 echo "[sanitize] the extension built with the sanitizers, and its ops' tests" >&2
 rm -rf "$SITE"
@@ -51,12 +55,14 @@ export PYTHONPATH="$ROOT/$SITE"
 "$PY" -c 'import hardmix, sys; assert hardmix.__file__.startswith(sys.argv[1]), hardmix.__file__' "$ROOT/$SITE"
 # -s: a sanitizer's report goes to stderr, which pytest would otherwise hold
 # back when the process aborts. Left out: the watchdog's test (it sends itself
-# SIGSEGV on purpose, which ASan reports) and the genuine states' (its time
-# goes to the Python state checker, not to native code).
+# SIGSEGV on purpose, which ASan reports), the genuine states' (its time
+# goes to the Python state checker, not to native code) and the per-ISA runs
+# of the agreement tests (the driver above runs each build).
 TESTS=(tests/test_engine_errors.py tests/test_policy_agreement.py tests/test_engine_state.py)
 case "${SANITIZE_TESTS:-all}" in
   all) TESTS+=(tests/test_policy_properties.py tests/test_sharded.py) ;;
   quick) ;;
   *) echo "[sanitize] SANITIZE_TESTS must be all or quick, got '$SANITIZE_TESTS'" >&2; exit 2 ;;
 esac
-exec "$PY" -m pytest -q -s -p no:cacheprovider "${TESTS[@]}" -k "not watchdog and not genuine_states" "$@"
+exec "$PY" -m pytest -q -s -p no:cacheprovider "${TESTS[@]}" \
+  -k "not watchdog and not genuine_states and not every_instruction_set" "$@"
