@@ -6,8 +6,9 @@
 // instruction set the CPU has (cpu_isa.h: AVX-512F, AVX2, else SSE2): per
 // lane the same integer, + - * / and bit operations in the same order, so
 // the same bits (every argument of the two logarithms is a positive normal
-// double, so rng::log_det's special cases never arise). Elsewhere, and on
-// the device, one ticket at a time.
+// double, so rng::log_det's special cases never arise). Like rng.h, this
+// needs -ffp-contract=off: target("avx512f") brings FMA instructions, which
+// contraction would use. Elsewhere, and on the device, one ticket at a time.
 #pragma once
 
 #include <cstdint>
