@@ -29,7 +29,8 @@
 // power of two) and int <-> double conversions, all exact, so every step
 // rounds the same way everywhere. Each function is mirrored, operation for operation, in
 // hardmix/rng.py (log, exp, log1p); tests/rng_probe.cpp checks the bits. tickets.h
-// repeats draw_bits, to_uniform and log_det in vector lanes for a batch of tickets.
+// repeats draw_bits, to_uniform and log_det's reduction in vector lanes for a batch
+// of tickets (sharing log_det's polynomial, log_reduced).
 #pragma once
 
 #include <cmath>
@@ -109,6 +110,21 @@ HM_HD double frexp_pos(double x, int* e) {
 #endif
 }
 
+// log_det's polynomial: *out = log((1 + f) * 2^dk), f = m - 1 for m in
+// [sqrt(2)/2, sqrt(2)). T: a double, or a vector of them (tickets.h; taken
+// and given through references, so no vector crosses a call by value).
+template <class T>
+HM_HD void log_reduced(const T& f, const T& dk, T* out) {
+  const T s = f / (2.0 + f);
+  const T z = s * s;
+  const T w = z * z;
+  const T t1 = w * (lg2 + w * (lg4 + w * lg6));
+  const T t2 = z * (lg1 + w * (lg3 + w * (lg5 + w * lg7)));
+  const T r = t2 + t1;
+  const T hfsq = 0.5 * f * f;
+  *out = dk * ln2_hi - ((hfsq - (s * (hfsq + r) + dk * ln2_lo)) - f);
+}
+
 // Natural logarithm to within 1 ulp, by the classic argument reduction
 // x = 2^e * m, m in [sqrt(2)/2, sqrt(2)), and a degree-14 odd polynomial in
 // s = (m - 1) / (m + 1) (the fdlibm coefficients). frexp normalises subnormal
@@ -131,15 +147,10 @@ HM_HD double log_det(double x) {
     e = e - 1;
   }
   const double f = m - 1.0;  // exact (Sterbenz)
-  const double s = f / (2.0 + f);
   const double dk = static_cast<double>(e);
-  const double z = s * s;
-  const double w = z * z;
-  const double t1 = w * (lg2 + w * (lg4 + w * lg6));
-  const double t2 = z * (lg1 + w * (lg3 + w * (lg5 + w * lg7)));
-  const double r = t2 + t1;
-  const double hfsq = 0.5 * f * f;
-  return dk * ln2_hi - ((hfsq - (s * (hfsq + r) + dk * ln2_lo)) - f);
+  double out;
+  log_reduced(f, dk, &out);
+  return out;
 }
 
 // e^x to within 1 ulp: fdlibm's e_exp.c with its bit tests written as

@@ -65,15 +65,10 @@ inline __attribute__((always_inline)) void tickets_lanes(uint64_t key, const int
       m = low ? m * 2.0 : m;
       e = e + low;
       const vd f = m - 1.0;
-      const vd s = f / (2.0 + f);
       const vd dk = __builtin_convertvector(e, vd);
-      const vd z2 = s * s;
-      const vd w = z2 * z2;
-      const vd t1 = w * (lg2 + w * (lg4 + w * lg6));
-      const vd t2 = z2 * (lg1 + w * (lg3 + w * (lg5 + w * lg7)));
-      const vd r = t2 + t1;
-      const vd hfsq = 0.5 * f * f;
-      x = -(dk * ln2_hi - ((hfsq - (s * (hfsq + r) + dk * ln2_lo)) - f));
+      vd y;
+      log_reduced(f, dk, &y);
+      x = -y;
     }
     for (int l = 0; l < W; ++l) g[b + l] = x[l];
   }
