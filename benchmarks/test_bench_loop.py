@@ -30,6 +30,12 @@ that faster: docs/lag.md); ``hardmix update first``: the quickstart loop with
 step). ``hardmix lag 1 inline``: ``replay_lag=1`` with ``background=False``
 (the engine's work in the sampler's calls), so that the lag-1 row shows what
 the background thread gives where the sampler chooses to use it.
+
+Two rows separate what carrying the indices costs from what the sampler
+costs: ``plain WithIndex``, the plain loop over ``hardmix.WithIndex(ds)`` (each
+item a tuple with its index, the indices collated into a tensor; no
+sampler), and ``hardmix batch_to_update``, the quickstart loop over the
+unwrapped dataset with ``sampler.batch_to_update()`` as the indices.
 """
 
 import pytest
@@ -64,12 +70,13 @@ def _prepare(variant, warm):
     ds = _data()
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    if variant == "plain":
-        loader = DataLoader(ds, batch_size=B, shuffle=True, generator=torch.Generator().manual_seed(0))
+    if variant.startswith("plain"):
+        data = hardmix.WithIndex(ds) if variant == "plain WithIndex" else ds
+        loader = DataLoader(data, batch_size=B, shuffle=True, generator=torch.Generator().manual_seed(0))
         batches = batches_forever(loader)
 
         def step():
-            x, y = next(batches)
+            *_, x, y = next(batches)  # (with WithIndex: the indices first, unused)
             logits = model(x)
             losses = F.cross_entropy(logits, y, reduction="none")
             losses.mean().backward()
@@ -80,13 +87,15 @@ def _prepare(variant, warm):
         lag = 1 if variant.startswith("hardmix lag 1") else None
         sampler = hardmix.ReplaySampler(N, batch_size=B, capacity=8192, replay_fraction=0.25, seed=0, replay_lag=lag,
                                         background=not variant.endswith("inline"))
-        loader = DataLoader(hardmix.WithIndex(ds), batch_sampler=sampler)
+        held = variant == "hardmix batch_to_update"  # (the indices from the sampler, not the items)
+        loader = DataLoader(ds if held else hardmix.WithIndex(ds), batch_sampler=sampler)
         batches = batches_forever(loader)
 
         first = variant == "hardmix update first"
 
         def step():
-            idx, x, y = next(batches)
+            *idx, x, y = next(batches)
+            idx = sampler.batch_to_update() if held else idx[0]
             logits = model(x)
             losses = F.cross_entropy(logits, y, reduction="none")
             if first:
@@ -103,8 +112,8 @@ def _prepare(variant, warm):
 
 
 # order of the tests: rep 0 of both variants, then rep 1, ...
-@pytest.mark.parametrize("variant", ["plain", "hardmix", "hardmix lag 1", "hardmix lag 1 inline",
-                                     "hardmix update first"])
+@pytest.mark.parametrize("variant", ["plain", "plain WithIndex", "hardmix", "hardmix batch_to_update",
+                                     "hardmix lag 1", "hardmix lag 1 inline", "hardmix update first"])
 @pytest.mark.parametrize("rep", range(REPS))
 def test_loop(benchmark, tag, smoke, prepared, variant, rep):
     if variant not in prepared:
