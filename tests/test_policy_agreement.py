@@ -334,3 +334,33 @@ def test_every_instruction_set_build_of_the_tickets_agrees(isa):
                           env=env, capture_output=True, text=True, timeout=600)
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0 and last.startswith("2 passed"), proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("compiler", ["g++", "clang++"])
+def test_the_instruction_set_chosen_is_the_best_the_cpu_has(compiler, tmp_path):
+    """cpu_isa.h (with the host kernels' headers) compiles without warnings
+    under each C++ compiler here, and chooses the widest build this CPU runs
+    (its /proc/cpuinfo flags), or less under HARDMIX_CPU_ISA."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    cxx = shutil.which(compiler)
+    if cxx is None:
+        pytest.skip(f"no {compiler} here")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the CPU's flags are read from /proc/cpuinfo")
+    kernels = os.path.join(os.path.dirname(__file__), "..", "csrc", "kernels")
+    exe = tmp_path / "isa_probe"
+    subprocess.run([cxx, "-std=c++17", "-O1", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", f"-I{kernels}",
+                    os.path.join(os.path.dirname(__file__), "native", "isa_probe.cpp"), "-o", str(exe)],
+                   check=True, capture_output=True, text=True)
+    levels = ["baseline", "avx2", "avx512"]
+    best = max(k for k, isa in enumerate(levels) if _cpu_has(isa))
+    env = {k: v for k, v in os.environ.items() if k != "HARDMIX_CPU_ISA"}
+    assert int(subprocess.run([str(exe)], env=env, capture_output=True, text=True, check=True).stdout) == best
+    for k, cap in enumerate(levels):
+        got = subprocess.run([str(exe)], env=env | {"HARDMIX_CPU_ISA": cap}, capture_output=True, text=True,
+                             check=True).stdout
+        assert int(got) == min(k, best), cap

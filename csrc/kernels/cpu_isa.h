@@ -11,6 +11,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
 #define HM_X86_DISPATCH 1
+#include <cpuid.h>
 #endif
 
 namespace hardmix {
@@ -22,8 +23,10 @@ inline Isa detect_isa() {
 #if defined(HM_X86_DISPATCH)
   __builtin_cpu_init();
   // (the float16 margin builds also use F16C, which every AVX2 and AVX-512
-  // CPU has; checked all the same)
-  const bool f16c = __builtin_cpu_supports("f16c");
+  // CPU has; checked all the same, by CPUID: not every compiler's
+  // __builtin_cpu_supports knows "f16c")
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
   if (__builtin_cpu_supports("avx2") && f16c) best = Isa::kAvx2;
   if (__builtin_cpu_supports("avx512f") && f16c) best = Isa::kAvx512;
 #endif
