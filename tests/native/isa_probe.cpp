@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "cpu_isa.h"
+#include "margin.h"
 #include "policy.h"
 #include "tickets.h"
 
