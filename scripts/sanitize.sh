@@ -7,7 +7,8 @@
 #   2. the extension built with both sanitizers (into build/sanitize-site, the
 #      installed hardmix is untouched) and the tests of its ops: errors,
 #      agreement with the reference, properties, sharded tables, corrupted
-#      states (their subprocesses run under the sanitizers too).
+#      states (their subprocesses run under the sanitizers too), the pass's
+#      shuffle order.
 #
 # Settings (environment variables):
 #   HARDMIX_VENV      a venv made by scripts/setup.sh (default: .venv; made
@@ -15,8 +16,8 @@
 #   SANITIZE_CONFIGS  policies the driver runs (default 300)
 #   SANITIZE_STEPS    updates and draws per policy (default 1000)
 #   SANITIZE_TESTS    all (default): the op tests below; quick: those of the
-#                     ops' errors, the agreement with the reference and the
-#                     corrupted states
+#                     ops' errors, the agreement with the reference, the
+#                     corrupted states and the shuffle order
 # Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,7 +59,7 @@ export PYTHONPATH="$ROOT/$SITE"
 # SIGSEGV on purpose, which ASan reports), the genuine states' (its time
 # goes to the Python state checker, not to native code) and the per-ISA runs
 # of the agreement tests (the driver above runs each build).
-TESTS=(tests/test_engine_errors.py tests/test_policy_agreement.py tests/test_engine_state.py)
+TESTS=(tests/test_engine_errors.py tests/test_policy_agreement.py tests/test_engine_state.py tests/test_order.py)
 case "${SANITIZE_TESTS:-all}" in
   all) TESTS+=(tests/test_policy_properties.py tests/test_sharded.py) ;;
   quick) ;;

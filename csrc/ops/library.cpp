@@ -53,6 +53,16 @@ STABLE_TORCH_LIBRARY(hardmix, m) {
       "gumbel_fill(Tensor(a!) out, int seed, int step, int stream, "
       "int offset) -> ()");
 
+  // stable_order(keys, out)
+  //   out[j] = the position of the j-th smallest key, equal keys in position
+  //   order: torch.sort(keys, stable=True).indices (hardmix.plan's shuffle
+  //   of a pass). keys: float64 [n], CPU, each in [0, 1) (else an error naming
+  //   the first one outside; nothing is written). out: int64 [n], CPU,
+  //   contiguous, the only write. Deterministic. Cost: expected O(n) for keys
+  //   spread over [0, 1) (bucketed by value), O(n log n) at worst; O(n)
+  //   scratch. CPU only (the epoch plan is made on the host).
+  m.def("stable_order(Tensor keys, Tensor(a!) out) -> ()");
+
   // margin(logits, targets) -> margins
   //   margins[b] = logits[b, t] - max_{j != t} logits[b, j], t = targets[b]:
   //   the true-class logit minus the largest other logit; negative means

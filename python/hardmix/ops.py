@@ -85,6 +85,24 @@ torch.library.register_fake("hardmix::uniform_fill")(_fake_fill)
 torch.library.register_fake("hardmix::gumbel_fill")(_fake_fill)
 
 
+# --- order -------------------------------------------------------------------
+
+
+def stable_order(keys: torch.Tensor) -> torch.Tensor:
+    """The stable sorting permutation of ``keys`` (float64 [n], CPU, each in
+    [0, 1)): ``torch.sort(keys, stable=True).indices``, int64 [n], in
+    expected O(n) for keys spread over [0, 1) (``hardmix::stable_order``)."""
+    out = torch.empty(keys.shape, dtype=torch.int64, device=keys.device)
+    torch.ops.hardmix.stable_order(keys, out)
+    return out
+
+
+@torch.library.register_fake("hardmix::stable_order")
+def _fake_stable_order(keys: torch.Tensor, out: torch.Tensor) -> None:
+    torch._check(keys.dim() == 1, lambda: f"keys must be 1-D, got {keys.dim()}-D")
+    torch._check(out.shape == keys.shape, lambda: "out must have one entry per key")
+
+
 # --- margin ------------------------------------------------------------------
 
 
@@ -165,11 +183,12 @@ def _fake_replay_weights(w, drawn_w, in_fresh, eligible, m_all, keep, n, f_all, 
     torch._check(out.shape == w.shape, lambda: "out must have one entry per weight")
 
 
-OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw", "policy_dynamics", "policy_find",
-       "replay_weights")
+OPS = ("uniform_fill", "gumbel_fill", "stable_order", "margin", "policy_update", "policy_draw", "policy_dynamics",
+       "policy_find", "replay_weights")
 """Every op of the library, by name in ``torch.ops.hardmix``."""
 
 CUDA_OPS = ("uniform_fill", "gumbel_fill", "margin", "policy_update", "policy_draw")
 """The ops with a CUDA kernel. policy_dynamics and policy_find serve the
 sharded table, which lives on the CPU (an unsharded engine finds members by
-indexing its pos array, wherever it is)."""
+indexing its pos array, wherever it is); stable_order the epoch plan,
+made on the host."""

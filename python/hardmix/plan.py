@@ -87,10 +87,11 @@ def pass_grid(spec: PlanSpec, p: int, fresh: torch.Tensor | None, per: int) -> t
     r's part (positions r, r + W, ... of the permutation, as
     DistributedSampler; padded with repeats or cut to per * W)."""
     N, W = spec.num_examples, spec.num_replicas
-    order = torch.arange(N, dtype=torch.int64) if fresh is None else fresh
-    if spec.shuffle:
-        u = _ops.uniform(N, spec.seed, p, STREAM_EPOCH)[order]
-        order = order[torch.sort(u, stable=True).indices]
+    if spec.shuffle:  # (the order of the pass's uniforms, stable: ops.stable_order)
+        u = _ops.uniform(N, spec.seed, p, STREAM_EPOCH)
+        order = _ops.stable_order(u) if fresh is None else fresh[_ops.stable_order(u[fresh])]
+    else:
+        order = torch.arange(N, dtype=torch.int64) if fresh is None else fresh
     if W > 1:
         reps = -(-per * W // order.numel())
         order = order.repeat(reps)[: per * W]
@@ -136,7 +137,13 @@ def make_plan(spec: PlanSpec, fresh: torch.Tensor | None, start: int, cursor: tu
     per = per_rank(spec, fresh)
     f, m, where, end = counts(spec, per, start, cursor, epoch_batches(spec, per))
     grids = {p: pass_grid(spec, p, fresh, per) for p in sorted({p for p, _ in where})}
-    rows = [grids[p][pos : pos + k] for (p, pos), k in zip(where, f)]
+    runs: list[list[int]] = []  # [pass, first row, end row] of consecutive batches
+    for (p, pos), k in zip(where, f):
+        if runs and runs[-1][0] == p and runs[-1][2] == pos:
+            runs[-1][2] = pos + k
+        else:
+            runs.append([p, pos, pos + k])
+    rows = [grids[p][a:b] for p, a, b in runs]
     mask = None
     if fresh is not None:
         mask = torch.zeros(spec.num_examples, dtype=torch.bool)

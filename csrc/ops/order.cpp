@@ -1,0 +1,44 @@
+// CPU implementation of hardmix::stable_order. Contract: csrc/ops/library.cpp.
+// Kernel: csrc/kernels/order.h.
+
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include <cstdint>
+
+#include "../kernels/order.h"
+#include "checks.h"
+
+namespace hardmix {
+namespace {
+
+using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
+
+constexpr const char* kOp = "hardmix::stable_order";
+
+void stable_order(Tensor keys, Tensor out) {
+  checks::on_cpu(kOp, "keys", keys);
+  checks::dim(kOp, "keys [n]", keys, 1);
+  checks::dtype(kOp, "keys", keys, ScalarType::Double);
+  checks::on_cpu(kOp, "out", out);
+  checks::dtype(kOp, "out", out, ScalarType::Long);
+  checks::contiguous(kOp, "out", out);
+  const int64_t n = keys.size(0);
+  HM_CHECK(out.dim() == 1 && out.size(0) == n, kOp, ": out must have shape [", n, "], got ",
+           detail::shape_str(out));
+  const Tensor k = torch::stable::contiguous(keys);
+  const double* key = k.const_data_ptr<double>();
+  for (int64_t i = 0; i < n; ++i) {
+    HM_CHECK(key[i] >= 0.0 && key[i] < 1.0, kOp, ": keys[", i, "] = ", key[i], " is outside [0, 1)");
+  }
+  order::stable_order(key, n, out.mutable_data_ptr<int64_t>());
+}
+
+}  // namespace
+}  // namespace hardmix
+
+STABLE_TORCH_LIBRARY_IMPL(hardmix, CPU, m) {
+  m.impl("stable_order", TORCH_BOX(&hardmix::stable_order));
+}
