@@ -40,6 +40,14 @@ inline``: the same with ``background=False``; ``sampler lag 0``: the draw
 needs the update just made. Warmed up past the sampler's first timing of
 its steps with and without hand-overs.
 
+Family "epoch start", one group per N (10^5, 10^6): what starting an epoch
+costs on the training thread (the sampler plans the whole epoch then: each
+batch's fresh examples, the pass's shuffle, the replay counts). Anchor:
+``BatchSampler``, the first batch of a new epoch of
+``BatchSampler(RandomSampler(range(N)), 256)`` (its permutation is drawn
+then); ``sampler``: ``set_epoch(e)`` on a ReplaySampler (B = 256, R = 8192,
+replay fraction 0.25) with no batch in flight, a new e each round.
+
 Family "stats" (N = 10^6, B = 1024, one group per R = 8192, 65536): anchor
 ``stats(full=False)`` (O(1)), against ``stats(full=True)`` (class histogram
 and mean age: passes over R).
@@ -187,6 +195,26 @@ def test_sampler_step(benchmark, tag, smoke, prepared, impl, rep, N):
     one = prepared.of(("sampler step", N), impl, lambda: _prepare(impl, N, 2 if smoke else WARM))
     tag("sampler step", f"B={B} R={R} {_fmt_n(N)}", impl, "BatchSampler", rep=rep, B=B, R=R, N=N)
     benchmark.pedantic(one, rounds=2 * ROUNDS if impl == "state_dict" else ROUNDS, iterations=1)
+
+
+def _prepare_epoch_start(impl, N):
+    """One round of `impl`'s epoch start (see the module docstring)."""
+    if impl == "BatchSampler":
+        bs = BatchSampler(RandomSampler(range(N), generator=torch.Generator().manual_seed(0)), B, drop_last=False)
+        return lambda: next(iter(bs))
+    s = _sampler(N)
+    epochs = itertools.count(1)
+    return lambda: s.set_epoch(next(epochs))
+
+
+# order of the tests: for each N, rep 0 of both impls, then rep 1, ...
+@pytest.mark.parametrize("impl", ["BatchSampler", "sampler"])
+@pytest.mark.parametrize("rep", range(3))
+@pytest.mark.parametrize("N", [10**5, 10**6], ids=_fmt_n)
+def test_epoch_start(benchmark, tag, smoke, prepared, impl, rep, N):
+    one = prepared.of(("epoch start", N), impl, lambda: _prepare_epoch_start(impl, 1000 if smoke else N))
+    tag("epoch start", _fmt_n(N), impl, "BatchSampler", rep=rep, B=B, R=R, N=N)
+    benchmark.pedantic(one, rounds=1 if smoke else 10, iterations=1)
 
 
 @pytest.mark.parametrize("R_", [8192, 65536])
