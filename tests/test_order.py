@@ -36,7 +36,10 @@ def test_the_order_of_a_pass_is_torch_stable_sort(n):
     torch.randint(0, 3, (5000,), generator=torch.Generator().manual_seed(1)).double() / 3,  # 3 values
     torch.linspace(0.999, 0.9999999999999999, 4000, dtype=torch.float64),  # near 1 (the last bucket)
     torch.rand(777, dtype=torch.float64, generator=torch.Generator().manual_seed(2))[:700:3],  # strided
-], ids=["ties", "clustered", "three-values", "near-one", "strided"])
+    torch.cat([torch.nextafter(torch.arange(1, 8, dtype=torch.float64) / 8, torch.tensor(d, dtype=torch.float64))
+               for d in (0.0, 1.0)] + [torch.arange(1, 8, dtype=torch.float64) / 8] * 3
+              + [torch.rand(4075, dtype=torch.float64, generator=torch.Generator().manual_seed(4))]),
+], ids=["ties", "clustered", "three-values", "near-one", "strided", "bucket-edges"])
 def test_hard_key_sets(keys):
     assert torch.equal(ops.stable_order(keys), _sorted(keys))
 
@@ -45,6 +48,7 @@ def test_hard_key_sets(keys):
     (torch.tensor([0.5, 1.0], dtype=torch.float64), "keys[1] = 1 is outside [0, 1)"),
     (torch.tensor([0.5, float("nan")], dtype=torch.float64), "keys[1] = nan is outside [0, 1)"),
     (torch.tensor([-1e-300], dtype=torch.float64), "keys[0] = -1e-300 is outside [0, 1)"),
+    (torch.tensor([0.5, 1.0000000000000002], dtype=torch.float64), "keys[1] = 1.0000000000000002 is outside"),
     (torch.zeros(3), "keys must have dtype Double"),
     (torch.zeros(2, 2, dtype=torch.float64), "keys [n] must be a 1-D"),
 ])
@@ -68,7 +72,7 @@ def test_a_pass_is_the_stable_sort_of_its_uniforms(fresh):
     """plan.pass_grid shuffles by the pass's uniforms: the examples in the
     stable order of their uniforms (of the fresh subset's, with set_fresh)."""
     N = 5000
-    subset = torch.randperm(N, generator=torch.Generator().manual_seed(3))[:1234].sort().values
+    subset = torch.randperm(N, generator=torch.Generator().manual_seed(3))[:1234]  # (unsorted)
     f = None if fresh is None else subset
     spec = hardmix.ReplaySampler(N, batch_size=32, capacity=64, seed=11)._plan_spec()
     per = plan.per_rank(spec, f)
