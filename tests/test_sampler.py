@@ -965,6 +965,46 @@ def test_update_under_no_grad_and_compile():
     assert b1 == b2 and torch.equal(r1, r2)
 
 
+def _tensors(obj):
+    """Every tensor in nested dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def test_inputs_that_require_grad_give_what_detached_ones_give():
+    """update() with the losses and logits straight from the model (not
+    detached) runs as with detached copies, keeps no graph, and leaves their
+    gradients to the caller."""
+
+    def run(detach: bool):
+        torch.manual_seed(0)
+        s = hardmix.ReplaySampler(64, batch_size=8, capacity=16, replay_lag=0, replay_fraction=0.25,
+                                  store_logits=True)
+        model = torch.nn.Linear(3, 4)
+        x, y = torch.randn(64, 3), torch.arange(64) % 4
+        for b in (b for e in range(2) for b in s):
+            idx = torch.tensor(b)
+            logits = model(x[idx])
+            losses = torch.nn.functional.cross_entropy(logits, y[idx], reduction="none")
+            if detach:
+                s.update(idx, losses.detach(), logits=logits.detach(), targets=y[idx])
+            else:
+                s.update(idx, losses, logits=logits, targets=y[idx])
+            losses.mean().backward()  # (the graph is the caller's, whole)
+            if not detach:  # what the sampler holds (its checkpoint: queued updates, logits) has no graph
+                assert not any(t.requires_grad for t in _tensors(s.state_dict()))
+        return s.reservoir(), model.weight.grad
+
+    (r1, g1), (r2, g2) = run(True), run(False)
+    assert all(torch.equal(r1[k], r2[k]) for k in r1) and torch.equal(g1, g2)
+
+
 def test_compiled_steps_compile_no_more_frames_than_with_compiler_disable(monkeypatch):
     """The sampler's methods run eagerly in a torch.compile'd step, each
     call a graph break, and Dynamo compiles no frame of theirs: as many

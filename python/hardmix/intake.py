@@ -78,12 +78,13 @@ def update_entry(indices, losses, logits, targets, priorities, *, expected: Call
         if logits is not None:
             _inputs.logits(logits, B, op="update")
             C = logits.shape[1]
+            lg = logits.detach() if logits.requires_grad else logits  # (targets, integers, never need it)
             where = logits.device if deferred else engine.device
             if host_checks and logits.is_cpu and (config.num_classes == 0 or config.num_classes >= C):
                 # (the CPU margin op refuses targets outside [0, C), the narrowest range to check here:
                 # the shared words come from value_error once it has)
                 try:
-                    margins = _margins(logits.detach(), targets.detach(), tgt, where)
+                    margins = _margins(lg, targets, tgt, where)
                 except RuntimeError:
                     if what := _inputs.value_error(config, C, classes=tgt):
                         raise ValueError("update: " + what) from None
@@ -91,7 +92,7 @@ def update_entry(indices, losses, logits, targets, priorities, *, expected: Call
             else:
                 if host_checks and (what := _inputs.value_error(config, C, classes=tgt)):  # (before the margin op)
                     raise ValueError("update: " + what)
-                margins = _margins(logits.detach(), targets.detach(), tgt, where)
+                margins = _margins(lg, targets, tgt, where)
         elif host_checks and (what := _inputs.value_error(config, None, classes=tgt)):
             raise ValueError("update: " + what)
         # (a copy, as of the losses: applied replay_lag batches later, the caller may reuse its buffers)
