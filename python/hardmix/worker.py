@@ -26,19 +26,17 @@ import time
 import weakref
 from typing import Callable
 
-_WORKERS: weakref.WeakSet = weakref.WeakSet()  # the workers that started a thread
-_THREADS: weakref.WeakSet = weakref.WeakSet()  # those threads (a closed one may still finish its job)
+_THREADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # each thread started -> its job queue
 
 
 @atexit.register
 def _join_all() -> None:
-    """Ends every worker's thread and waits for each to finish its job (at
-    exit only: a join from a garbage collection could wait on a lock the
-    collecting thread holds; the thread is idle then anyway, since a job
-    holds its owner)."""
-    for w in list(_WORKERS):
-        w.close()
-    for t in list(_THREADS):
+    """Ends every worker's thread (also one closed whose job still runs) and
+    waits for each to finish its job (at exit only: a join from a garbage
+    collection could wait on a lock the collecting thread holds; the thread
+    is idle then anyway, since a job holds its owner)."""
+    for t, jobs in list(_THREADS.items()):
+        jobs.put(None)  # (a thread ends at its first None: one put by close() before is as good)
         if t is not threading.current_thread():
             t.join()
 
@@ -71,8 +69,7 @@ class Worker:
             self._thread = threading.Thread(target=self._run, args=(self._jobs,), name="hardmix-worker",
                                             daemon=True)
             self._thread.start()
-            _WORKERS.add(self)
-            _THREADS.add(self._thread)
+            _THREADS[self._thread] = self._jobs
         self._busy = True
         self._jobs.put(job)  # (C-level queues: handing a job over costs one wake-up, little Python)
         return started
