@@ -64,6 +64,7 @@ namespace hardmix {
 namespace policy {
 
 constexpr int64_t kPrefetch = 32;  // entries ahead whose rows and slots are prefetched
+constexpr int64_t kDrawAhead = 32;  // replay picks found at once after the tree changed
 
 struct Config {
   double alpha, lam, gamma, ema_beta, graduation, forget_boost;
@@ -797,21 +798,28 @@ struct PolicyView {
     auto pick_x = [&](uint64_t r, double total) {
       return rng::to_uniform(rng::draw_bits(key, r)) * total;
     };
-    // Until the first rejection the tree does not change, so the picks of
-    // r = 0 .. m-1 can be found up front, kGroup descents at a time: their
-    // loads are independent, so their cache misses overlap. From the first
-    // rejection on, picks are made one by one on the changed tree. Either
-    // way each pick is the descent of the same x in the same tree.
+    // Picks are found ahead, up to kDrawAhead at a time and kGroup descents
+    // at once: their loads are independent, so their cache misses overlap.
+    // They stay valid while the tree does not change, that is until a
+    // rejection; after one the rest are found again on the changed tree.
+    // Either way each pick is the descent of the same x in the same tree.
     const double total0 = sums().total();
-    if (total0 > 0) sums().find_many(m, [&](int64_t r) { return pick_x(static_cast<uint64_t>(r), total0); }, ahead);
+    uint64_t ahead_end = 0;  // ahead[q] is pick r = ahead_end - ahead_n + q, for q < ahead_n
+    int64_t ahead_n = 0;
     bool changed = false;
     int64_t n = 0;
     for (uint64_t r = 0; n < m; ++r) {
       const double total = sums().total();
       if (!(total > 0)) break;
+      if (r >= ahead_end) {
+        ahead_n = min_of<int64_t>(changed ? kDrawAhead : m, m - n);
+        sums().find_many(ahead_n, [&](int64_t q) { return pick_x(r + static_cast<uint64_t>(q), total); }, ahead);
+        ahead_end = r + static_cast<uint64_t>(ahead_n);
+      }
+      const int64_t q = ahead_n - static_cast<int64_t>(ahead_end - r);
       // The slot of a pick ahead (its dataset index is read below).
-      if (!changed && r + kPrefetch < static_cast<uint64_t>(m)) HM_PREFETCH(slot(ahead[r + kPrefetch]), 0);
-      const int32_t j = changed || r >= static_cast<uint64_t>(m) ? sums().find(pick_x(r, total)) : ahead[r];
+      if (q + kPrefetch < ahead_n) HM_PREFETCH(slot(ahead[q + kPrefetch]), 0);
+      const int32_t j = ahead[q];
       const int64_t index = static_cast<int64_t>(slot(j)[kIndex]);
       const int64_t h = slot_of(index);
       if (set[h] == index) {  // excluded or drawn already
@@ -823,6 +831,7 @@ struct PolicyView {
         sums().set(j, 0.0);
         zeroed[n_zeroed++] = j;
         changed = true;
+        ahead_end = r + 1;  // the picks found ahead were on the tree before this change
         continue;
       }
       set[h] = index;
