@@ -815,9 +815,10 @@ struct PolicyView {
         ahead_n = min_of<int64_t>(changed ? kDrawAhead : m, m - n);
         sums().find_many(ahead_n, [&](int64_t q) { return pick_x(r + static_cast<uint64_t>(q), total); }, ahead);
         ahead_end = r + static_cast<uint64_t>(ahead_n);
+        for (int64_t q = 0; q < min_of(kPrefetch, ahead_n); ++q) HM_PREFETCH(slot(ahead[q]), 0);
       }
       const int64_t q = ahead_n - static_cast<int64_t>(ahead_end - r);
-      // The slot of a pick ahead (its dataset index is read below).
+      // The slots of the picks ahead (their dataset indices are read below).
       if (q + kPrefetch < ahead_n) HM_PREFETCH(slot(ahead[q + kPrefetch]), 0);
       const int32_t j = ahead[q];
       const int64_t index = static_cast<int64_t>(slot(j)[kIndex]);
