@@ -64,7 +64,7 @@ namespace hardmix {
 namespace policy {
 
 constexpr int64_t kPrefetch = 32;  // entries ahead whose rows and slots are prefetched
-constexpr int64_t kDrawAhead = 32;  // replay picks found at once after the tree changed
+constexpr int64_t kDrawAhead = 32;  // replay picks found at once, at most, after the tree changed
 
 struct Config {
   double alpha, lam, gamma, ema_beta, graduation, forget_boost;
@@ -798,23 +798,26 @@ struct PolicyView {
     auto pick_x = [&](uint64_t r, double total) {
       return rng::to_uniform(rng::draw_bits(key, r)) * total;
     };
-    // Picks are found ahead, up to kDrawAhead at a time and kGroup descents
-    // at once: their loads are independent, so their cache misses overlap.
-    // They stay valid while the tree does not change, that is until a
-    // rejection; after one the rest are found again on the changed tree.
-    // Either way each pick is the descent of the same x in the same tree.
+    // Picks are found ahead, kGroup descents at once: their loads are
+    // independent, so their cache misses overlap. They stay valid while the
+    // tree does not change, that is until a rejection; after one the rest
+    // are found again on the changed tree, 1 at first, twice as many each
+    // time all were taken, up to kDrawAhead: the descents found and not
+    // used are at most 2m however many rejections there are. Either way each
+    // pick is the descent of the same x in the same tree.
     const double total0 = sums().total();
     uint64_t ahead_end = 0;  // ahead[q] is pick r = ahead_end - ahead_n + q, for q < ahead_n
     int64_t ahead_n = 0;
-    bool changed = false;
+    int64_t chunk = m;  // picks to find at the next refill (all until a rejection)
     int64_t n = 0;
     for (uint64_t r = 0; n < m; ++r) {
       const double total = sums().total();
       if (!(total > 0)) break;
       if (r >= ahead_end) {
-        ahead_n = min_of<int64_t>(changed ? kDrawAhead : m, m - n);
+        ahead_n = min_of<int64_t>(chunk, m - n);
         sums().find_many(ahead_n, [&](int64_t q) { return pick_x(r + static_cast<uint64_t>(q), total); }, ahead);
         ahead_end = r + static_cast<uint64_t>(ahead_n);
+        chunk = min_of<int64_t>(2 * chunk, kDrawAhead);
         for (int64_t q = 0; q < min_of(kPrefetch, ahead_n); ++q) HM_PREFETCH(slot(ahead[q]), 0);
       }
       const int64_t q = ahead_n - static_cast<int64_t>(ahead_end - r);
@@ -831,8 +834,8 @@ struct PolicyView {
         saved[n_zeroed] = sums().leaf(j);
         sums().set(j, 0.0);
         zeroed[n_zeroed++] = j;
-        changed = true;
         ahead_end = r + 1;  // the picks found ahead were on the tree before this change
+        chunk = 1;
         continue;
       }
       set[h] = index;
