@@ -53,11 +53,11 @@ struct SumTree {
     for (int64_t k = P - 1; k >= 1; --k) tree[k] = tree[2 * k] + tree[2 * k + 1];
   }
 
-  // The leaf where the running sum passes x (0 <= x <= total, total > 0): go
-  // left when the left sum is positive and x is below it (or the right sum is
-  // 0), else subtract the left sum and go right. Never a leaf of weight 0.
-  // find_many does it for x(0) .. x(n-1) into out, kGroup descents
-  // interleaved level by level (independent loads: their cache misses overlap).
+  // For x = x_of(0) .. x_of(n-1) (0 <= x <= total, total > 0), into out: the
+  // leaf where the running sum passes x. A descent goes left when the left
+  // sum is positive and x is below it (or the right sum is 0), else subtracts
+  // the left sum and goes right; never to a leaf of weight 0. kGroup descents
+  // are interleaved level by level (independent loads: their misses overlap).
   template <class X>
   HM_FN void find_many(int64_t n, X x_of, int32_t* out) const {
     constexpr int kGroup = 8;
@@ -88,12 +88,6 @@ struct SumTree {
       }
       for (int q = 0; q < gn; ++q) out[g + q] = static_cast<int32_t>(k[q] - P);
     }
-  }
-
-  HM_FN int32_t find(double x) const {
-    int32_t leaf;
-    find_many(1, [x](int64_t) { return x; }, &leaf);
-    return leaf;
   }
 };
 
