@@ -36,12 +36,12 @@ struct SumTree {
   HM_FN void fix(int64_t* list, int64_t n) {
     while (n > 0 && list[0] > 1) {
       int64_t up = 0;
-      for (int64_t k = 0; k < n; ++k) {
+      for (int64_t k = 0; k < n; ++k) {  // (no branch on a load: up <= k, so list[up] is read already)
         const int64_t parent = list[k] / 2;
-        if (tree[parent] != -1.0) {
-          tree[parent] = -1.0;
-          list[up++] = parent;
-        }
+        const int64_t first = tree[parent] != -1.0;
+        tree[parent] = -1.0;
+        list[up] = parent;
+        up += first;
       }
       for (int64_t k = 0; k < up; ++k) tree[list[k]] = tree[2 * list[k]] + tree[2 * list[k] + 1];
       n = up;
