@@ -85,6 +85,24 @@ inline void contiguous(const char* op, const char* what, const Tensor& t) {
            detail::shape_str(t), " with non-contiguous strides");
 }
 
+// A vector read on the host: a 1-D CPU tensor of dtype `want`; `what` names
+// it and its length, e.g. "indices [B]".
+inline void host_vector(const char* op, const char* name, const char* what, const Tensor& t, ScalarType want) {
+  on_cpu(op, name, t);
+  dim(op, what, t, 1);
+  dtype(op, name, t, want);
+}
+
+// A vector written in place on the host: a contiguous CPU tensor of dtype
+// `want` and shape [n].
+inline void host_out(const char* op, const char* name, const Tensor& t, ScalarType want, int64_t n) {
+  on_cpu(op, name, t);
+  dtype(op, name, t, want);
+  contiguous(op, name, t);
+  HM_CHECK(t.dim() == 1 && t.size(0) == n, op, ": ", name, " must have shape [", n, "], got ",
+           detail::shape_str(t));
+}
+
 // The checks of hardmix::margin that need no access to tensor data; shared by
 // the CPU and CUDA implementations.
 inline void margin_args(const Tensor& logits, const Tensor& targets) {

@@ -31,15 +31,9 @@ std::string exact(double v) {
 }
 
 void stable_order(Tensor keys, Tensor out) {
-  checks::on_cpu(kOp, "keys", keys);
-  checks::dim(kOp, "keys [n]", keys, 1);
-  checks::dtype(kOp, "keys", keys, ScalarType::Double);
-  checks::on_cpu(kOp, "out", out);
-  checks::dtype(kOp, "out", out, ScalarType::Long);
-  checks::contiguous(kOp, "out", out);
+  checks::host_vector(kOp, "keys", "keys [n]", keys, ScalarType::Double);
   const int64_t n = keys.size(0);
-  HM_CHECK(out.dim() == 1 && out.size(0) == n, kOp, ": out must have shape [", n, "], got ",
-           detail::shape_str(out));
+  checks::host_out(kOp, "out", out, ScalarType::Long, n);
   const Tensor k = torch::stable::contiguous(keys);
   const double* key = k.const_data_ptr<double>();
   for (int64_t i = 0; i < n; ++i) {

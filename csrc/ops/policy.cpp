@@ -90,9 +90,7 @@ CheckedBatch checked_batch(const char* op, const pk::Config& cfg, int64_t N, con
                            const std::optional<Tensor>& classes,
                            const std::optional<Tensor>& priorities,
                            const std::optional<Tensor>& replayed = std::nullopt) {
-  checks::on_cpu(op, "indices", indices);
-  checks::dim(op, "indices [B]", indices, 1);
-  checks::dtype(op, "indices", indices, ScalarType::Long);
+  checks::host_vector(op, "indices", "indices [B]", indices, ScalarType::Long);
   const int64_t B = indices.size(0);
   batch_input(op, "losses", losses, B);
   if (margins) batch_input(op, "margins", *margins, B);
@@ -192,14 +190,8 @@ void policy_dynamics(Tensor table, Tensor config, int64_t t, Tensor indices, Ten
 
 void policy_find(Tensor pos, Tensor slots, Tensor config, Tensor indices, Tensor out) {
   pk::PolicyView v = policy_ops::find_view(kFind, checks::on_cpu, pos, slots, config);
-  checks::on_cpu(kFind, "indices", indices);
-  checks::dim(kFind, "indices [B]", indices, 1);
-  checks::dtype(kFind, "indices", indices, ScalarType::Long);
-  checks::on_cpu(kFind, "out", out);
-  checks::dtype(kFind, "out", out, ScalarType::Long);
-  checks::contiguous(kFind, "out", out);
-  HM_CHECK(out.dim() == 1 && out.size(0) == indices.size(0), kFind, ": out must have shape [",
-           indices.size(0), "], got ", detail::shape_str(out));
+  checks::host_vector(kFind, "indices", "indices [B]", indices, ScalarType::Long);
+  checks::host_out(kFind, "out", out, ScalarType::Long, indices.size(0));
   const Tensor ic = torch::stable::contiguous(indices);
   const int64_t* idx = ic.const_data_ptr<int64_t>();
   check_indices(kFind, "indices", idx, ic.numel(), v.N);
@@ -210,9 +202,7 @@ void policy_find(Tensor pos, Tensor slots, Tensor config, Tensor indices, Tensor
 void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor config,
                  int64_t seed, Tensor exclude, Tensor out, std::optional<Tensor> facts) {
   pk::PolicyView v = policy_ops::draw_view(kDraw, checks::on_cpu, tree, slots, pos, counters, config, seed);
-  checks::on_cpu(kDraw, "exclude", exclude);
-  checks::dim(kDraw, "exclude [E]", exclude, 1);
-  checks::dtype(kDraw, "exclude", exclude, ScalarType::Long);
+  checks::host_vector(kDraw, "exclude", "exclude [E]", exclude, ScalarType::Long);
   checks::on_cpu(kDraw, "out", out);
   checks::dim(kDraw, "out [m]", out, 1);
   checks::dtype(kDraw, "out", out, ScalarType::Long);
