@@ -84,11 +84,18 @@ def _loss_pool(size, k=64):
     return itertools.cycle([3 * torch.rand(size, generator=g) for _ in range(k)])
 
 
+def _losses(pool, n):
+    """The pool's next losses for a batch of ``n`` (a model's output: no slice
+    unless the batch is short, an epoch's last)."""
+    losses = next(pool)
+    return losses if len(losses) == n else losses[:n]
+
+
 def _warm(s, steps, batch_size=B):
     it, pool = batches_forever(s), _loss_pool(batch_size)
     for _ in range(steps):
         idx = torch.tensor(next(it))
-        s.update(idx, next(pool)[: len(idx)])
+        s.update(idx, _losses(pool, len(idx)))
     return it, pool
 
 
@@ -120,7 +127,7 @@ def _prepare(impl, N, warm):
             fresh = order[k : k + B - m]
             replay = eng.draw(m, exclude=fresh)
             b = torch.cat([fresh, replay])
-            eng.update(b, next(pool)[: len(b)])
+            eng.update(b, _losses(pool, len(b)))
             pos[0] += B - m
 
         for _ in range(warm):
@@ -136,7 +143,7 @@ def _prepare(impl, N, warm):
     def one():
         idx = torch.tensor(next(it))
         s.weights(idx)
-        s.update(idx, next(pool)[: len(idx)])
+        s.update(idx, _losses(pool, len(idx)))
         if with_sd:
             s.state_dict()
 
@@ -167,7 +174,7 @@ def _prepare_waiting(impl, N, warm):
         def calls():
             idx = held[0]
             s.weights(idx)
-            s.update(idx, next(pool)[: len(idx)])
+            s.update(idx, _losses(pool, len(idx)))
             held[0] = torch.tensor(next(it))
 
     for _ in range(warm):
