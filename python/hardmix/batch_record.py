@@ -36,6 +36,7 @@ class BatchRecord:
     stored: torch.Tensor | None = None  # float32 [replay, C]: the replayed members' logits at admission
     stored_ok: torch.Tensor | None = None  # bool [replay]: whether each has stored logits
     weights: torch.Tensor | None = None  # float32 [B]: the importance weights, once weights() asked
+    listed: list[int] | None = None  # ``indices`` as the list to yield, when made ahead (given away once)
 
     def state(self) -> dict:
         """The record as a checkpoint holds it (its tensors shared; the
@@ -66,6 +67,6 @@ class BatchRecord:
                    stored_ok=state.get("stored_ok"))
 
 
-_OPTIONAL = ("stored", "stored_ok", "weights")
+_OPTIONAL = ("stored", "stored_ok", "weights", "listed")
 STATE_KEYS = tuple(f.name for f in fields(BatchRecord) if f.name not in _OPTIONAL)
 """The keys every record's checkpoint dict has."""

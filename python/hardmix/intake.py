@@ -39,25 +39,8 @@ def update_entry(indices, losses, logits, targets, priorities, *, expected: Call
     none yet); ``defer``: GPU inputs may have their values checked when the
     update is applied."""
     idx = index_tensor("update", indices)
-    # (indices may stay on the host: they are only compared with the batch yielded)
-    given = (("losses", losses), ("logits", logits), ("targets", targets), ("priorities", priorities))
-    on_host = idx.is_cpu and all(t.is_cpu for _, t in given if isinstance(t, torch.Tensor))
-    # (off the host: every tensor's device, to check they agree)
-    devices = {} if on_host else {name: t.device for name, t in given if isinstance(t, torch.Tensor)}
-    if not idx.is_cpu:
-        devices["indices"] = idx.device
-    state = engine.device
-    for name, d in devices.items():
-        if d.type not in ("cpu", "cuda"):
-            raise ValueError(f"update: {name} must be on the CPU or a CUDA device, got {d}")
-        if d.type == "cuda" and state.type == "cuda" and d != state:
-            raise ValueError(f"update: the sampler's state is on {state}, got {name} on {d}")
-        want = state_device
-        if d.type == "cuda" and want.type == "cuda" and want.index is not None and d.index != want.index:
-            raise ValueError(f"update: state_device is {want}, got {name} on {d}")
-    if len(set(devices.values())) > 1:
-        raise ValueError("update: all tensors must be on one device (indices may be on the CPU), got "
-                         + ", ".join(f"{k} on {v}" for k, v in devices.items()))
+    given = (losses, logits, targets, priorities)
+    devices = {} if _on_host(idx, given) else _devices(idx, given, engine.device, state_device)
     rec = expected("update", idx)
     B = idx.numel()
     # Inputs on a GPU stay there (one process): their values are checked
@@ -131,6 +114,39 @@ def update_entry(indices, losses, logits, targets, priorities, *, expected: Call
         entry["deferred"] = True
         entry["C"] = logits.shape[1] if logits is not None else None  # (for the check of the targets)
     return entry
+
+
+def _on_host(idx: torch.Tensor, given: tuple) -> bool:
+    """Whether the indices and every tensor given are on the host."""
+    if not idx.is_cpu:
+        return False
+    for t in given:
+        if isinstance(t, torch.Tensor) and not t.is_cpu:
+            return False
+    return True
+
+
+def _devices(idx: torch.Tensor, given: tuple, state: torch.device, state_device: torch.device) -> dict:
+    """Each tensor's device by argument name (the indices' only off the
+    host: they are only compared with the batch yielded), checked: on the
+    CPU or a CUDA device, on the state's GPU (or ``state_device``'s), all on
+    one device; else a ValueError naming them."""
+    names = ("losses", "logits", "targets", "priorities")
+    devices = {name: t.device for name, t in zip(names, given) if isinstance(t, torch.Tensor)}
+    if not idx.is_cpu:
+        devices["indices"] = idx.device
+    for name, d in devices.items():
+        if d.type not in ("cpu", "cuda"):
+            raise ValueError(f"update: {name} must be on the CPU or a CUDA device, got {d}")
+        if d.type == "cuda" and state.type == "cuda" and d != state:
+            raise ValueError(f"update: the sampler's state is on {state}, got {name} on {d}")
+        want = state_device
+        if d.type == "cuda" and want.type == "cuda" and want.index is not None and d.index != want.index:
+            raise ValueError(f"update: state_device is {want}, got {name} on {d}")
+    if len(set(devices.values())) > 1:
+        raise ValueError("update: all tensors must be on one device (indices may be on the CPU), got "
+                         + ", ".join(f"{k} on {v}" for k, v in devices.items()))
+    return devices
 
 
 def defers(devices: dict, allowed: bool) -> bool:

@@ -620,7 +620,8 @@ class ReplaySampler(BatchSampler):
         self._yielded += 1
         self._batch += 1
         self._kick()  # (with a lag, the next batch's work can run while this one trains)
-        return rec.indices.tolist()
+        listed, rec.listed = rec.listed, None
+        return listed if listed is not None else rec.indices.tolist()
 
     def _make_batch(self) -> BatchRecord:
         g, L = self._yielded, self.replay_lag
@@ -798,12 +799,12 @@ class ReplaySampler(BatchSampler):
         idx = _intake.index_tensor("weights", indices)
         rec = self._expected("weights", idx)
         self._weighing = True
-        pin = self._pin and indices.device.type == "cpu"
+        pin = self._pin and idx.is_cpu
         if rec.weights is None or (pin and not rec.weights.is_pinned()):  # (the worker's, before a GPU update)
             # (training on a GPU: host weights in pinned memory, so that
             # .to(device, non_blocking=True) does not wait for the GPU)
             rec.weights = rec.importance_weights(self.num_replicas, pin=pin)
-        return to_device(rec.weights, indices.device)
+        return rec.weights if idx.is_cpu else to_device(rec.weights, idx.device)
 
     @_eager
     def replayed(self, indices: torch.Tensor) -> torch.Tensor:
@@ -966,11 +967,9 @@ class ReplaySampler(BatchSampler):
         if not (self.background and self.num_replicas == 1 and not self.shard_table and not self.store_logits
                 and eng.device.type == "cpu" and self.replay_lag is not None):
             return False
-        if not self._handover_pays():
-            return False
-        if self._pending.deferred():
-            return False
         if not (self._to_prepare() or (self._pending and eng.step < self._due())):
+            return False
+        if not self._handover_pays() or self._pending.deferred():
             return False
         if self._worker.submit(self._advance) and (self._finalizer is None or not self._finalizer.alive):
             self._finalizer = weakref.finalize(self, self._worker.close)  # (the thread ends with the sampler)
@@ -1019,6 +1018,7 @@ class ReplaySampler(BatchSampler):
             rec = self._make_batch()
             if self._weighing and not self._pin:  # (what weights() would compute on the training thread)
                 rec.weights = rec.importance_weights(self.num_replicas)
+            rec.listed = rec.indices.tolist()  # (what the training thread yields)
         except Exception:  # noqa: BLE001 - the training thread makes it again and raises there
             return
         self._prepared = (self._position(), rec)
