@@ -466,6 +466,27 @@ def test_background_work_gives_the_same_run(lag, workers, resume_at, hand_over, 
     assert any(float(w.max()) != 1.0 for w in piped["weights"])  # (replay weights were in play)
 
 
+def test_a_batch_made_ahead_is_yielded_as_the_callers_own_list(always_hand_over):
+    """The worker makes the list of the batch it prepares; next() gives it
+    away once: changing it changes nothing in the sampler, and the batch
+    yielded again after a rewind is an equal, new list."""
+    s = hardmix.ReplaySampler(200, batch_size=10, capacity=30, replay_fraction=0.3, replay_lag=1, seed=2)
+    it = iter(s)
+    for _ in range(6):
+        feed(s, next(it))
+    s._worker.wait()
+    assert s._prepared is not None and s._prepared[1].listed is not None  # (made on the worker)
+    b = next(it)
+    s._worker.wait()
+    orig = list(b)
+    assert s._outstanding[-1].listed is None and b == s._outstanding[-1].indices.tolist()
+    b[0] = -1
+    b.append(0)
+    assert s.batch_to_update().tolist() == orig
+    again = next(iter(s))  # (a new iterator rewinds to the batch not updated)
+    assert again == orig and again is not b
+
+
 def test_hand_over_stops_while_it_only_makes_the_next_call_wait():
     """The worker gets the engine's work only while the last hand-over did not
     make the training thread wait more than half the job's CPU time; it is

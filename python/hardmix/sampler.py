@@ -619,8 +619,8 @@ class ReplaySampler(BatchSampler):
         self._outstanding.append(rec)
         self._yielded += 1
         self._batch += 1
+        listed, rec.listed = rec.listed, None  # (given away once: a batch yielded again is listed again)
         self._kick()  # (with a lag, the next batch's work can run while this one trains)
-        listed, rec.listed = rec.listed, None
         return listed if listed is not None else rec.indices.tolist()
 
     def _make_batch(self) -> BatchRecord:
@@ -1010,7 +1010,7 @@ class ReplaySampler(BatchSampler):
         the next new batch if it can be made now: what the next call would
         do on the training thread, in the same order (and the batch's
         importance weights, once weights() has been called: they depend on
-        the batch's record alone)."""
+        the batch's record alone; and the list next() yields)."""
         self._apply(self._due())
         if not self._to_prepare():
             return
