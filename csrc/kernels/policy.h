@@ -737,8 +737,15 @@ struct PolicyView {
       index().put(e.index, victim);
       heaps().rekey(victim);
       leaf_set(victim, leaf(victim));
-      // The next eviction will touch the new weakest member's slot: fetch it now.
-      HM_PREFETCH(slot(static_cast<int32_t>(heaps().root(0))), 1);
+#if !defined(__CUDA_ARCH__)
+      // The next eviction takes the new weakest member: fetch its index entry
+      // (its slot came with the last eviction's children), and the slots of its
+      // children (the weakest after it, unless a newcomer is).
+      const MemberHeaps hp = heaps();
+      const double* next = slot(static_cast<int32_t>(hp.root(0)));
+      for (int64_t c = 1; c <= MemberHeaps::kArity && c < count(0); ++c) HM_PREFETCH(slot(hp.bh_slot(c)), 1);
+      if (!sharded()) HM_PREFETCH(pos + static_cast<int64_t>(next[kIndex]), 1);
+#endif
     }
     counters[kEvictedTotal] += 1;
     counters[kAdmittedTotal] += 1;
