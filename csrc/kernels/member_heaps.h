@@ -49,6 +49,13 @@ struct MemberHeaps {
     int32_t cur = a;
     for (;;) {  // cur's right subtree := meld(its right subtree, b)
       int32_t r = link(cur, kRight);
+#if !defined(__CUDA_ARCH__)
+      // The next step reads the key of the right child of r or of b (whichever
+      // becomes cur): fetch both now.
+      if (r >= 0 && link(r, kRight) >= 0) HM_PREFETCH(slot(link(r, kRight)), 0);
+      if (link(b, kRight) >= 0) HM_PREFETCH(slot(link(b, kRight)), 0);
+      if (link(cur, kLeft) >= 0) HM_PREFETCH(&link(link(cur, kLeft), kNpl), 0);  // (read on the way back up)
+#endif
       if (r >= 0 && weaker(b, r)) swap_of(r, b);
       if (r < 0) r = swap_b_out(b);
       link(cur, kRight) = r;
