@@ -48,9 +48,10 @@ batch's fresh examples, the pass's shuffle, the replay counts). Anchor:
 then); ``sampler``: ``set_epoch(e)`` on a ReplaySampler (B = 256, R = 8192,
 replay fraction 0.25) with no batch in flight, a new e each round.
 
-Family "stats" (N = 10^6, B = 1024, one group per R = 8192, 65536): anchor
-``stats(full=False)`` (O(1)), against ``stats(full=True)`` (class histogram
-and mean age: passes over R).
+Family "stats" (N = 10^6, B = 1024, one group per R = 8192, 65536, without
+classes and with C = 10, given by logits and targets, so class quotas):
+anchor ``stats(full=False)`` (O(1)), against ``stats(full=True)`` (the mean
+age passes over R; the class histogram too, without class quotas).
 """
 
 import itertools
@@ -91,11 +92,18 @@ def _losses(pool, n):
     return losses if len(losses) == n else losses[:n]
 
 
-def _warm(s, steps, batch_size=B):
+def _warm(s, steps, batch_size=B, classes=0):
+    """``steps`` batches of ``s`` updated; with ``classes``, with logits and
+    targets of that many classes (the sampler then runs class quotas)."""
     it, pool = batches_forever(s), _loss_pool(batch_size)
+    g = torch.Generator().manual_seed(1)
     for _ in range(steps):
         idx = torch.tensor(next(it))
-        s.update(idx, _losses(pool, len(idx)))
+        if classes:
+            s.update(idx, _losses(pool, len(idx)), logits=torch.randn(len(idx), classes, generator=g),
+                     targets=idx % classes)
+        else:
+            s.update(idx, _losses(pool, len(idx)))
     return it, pool
 
 
@@ -224,11 +232,12 @@ def test_epoch_start(benchmark, tag, smoke, prepared, impl, rep, N):
     benchmark.pedantic(one, rounds=1 if smoke else 10, iterations=1)
 
 
+@pytest.mark.parametrize("C", [0, 10], ids=["no classes", "C=10"])
 @pytest.mark.parametrize("R_", [8192, 65536])
 @pytest.mark.parametrize("full", [False, True], ids=["brief", "full"])
-def test_stats(benchmark, tag, smoke, R_, full):
+def test_stats(benchmark, tag, smoke, R_, full, C):
     N = 10**6
     s = _sampler(N, batch_size=1024, capacity=R_)
-    _warm(s, 2 if smoke else 80, batch_size=1024)  # 80 batches of 1024 fill R = 65536
-    tag("stats", f"N=10^6 R={R_}", f"stats(full={full})", "stats(full=False)", R=R_, N=N)
+    _warm(s, 2 if smoke else 80, batch_size=1024, classes=C)  # 80 batches of 1024 fill R = 65536
+    tag("stats", f"N=10^6 R={R_}" + (f" C={C}" if C else ""), f"stats(full={full})", "stats(full=False)", R=R_, N=N)
     benchmark.pedantic(lambda: s.stats(full=full), rounds=200, iterations=1)

@@ -902,6 +902,31 @@ def test_stats_and_reservoir_describe_the_engine():
     assert "class_histogram" not in light and {k: v for k, v in st_.items() if k in light} == light
 
 
+@pytest.mark.parametrize("quotas", [True, False])
+def test_full_stats_count_the_members_alone(quotas):
+    """stats()'s class histogram and mean age are those of the members
+    reservoir() lists, also while slots are free (learned examples leave by
+    graduation; free slots keep stale columns)."""
+    N = 300
+    classes = torch.arange(N) % 3
+    s = hardmix.ReplaySampler(N, batch_size=20, capacity=60, replay_fraction=0.25, replay_lag=1, class_quotas=quotas,
+                              num_classes=3, graduation=0.5, seed=4)
+    loss_of = torch.rand(N, generator=torch.Generator().manual_seed(1)) * 0.6
+    partial = 0
+    for e in range(3):
+        s.set_epoch(e)
+        for b in s:
+            feed(s, b, loss_of, classes)
+            st_, res = s.stats(), s.reservoir()
+            size = res["index"].numel()
+            partial += 0 < size < 60
+            assert st_["size"] == size
+            assert torch.equal(st_["class_histogram"], torch.bincount(res["cls"], minlength=3))
+            want = st_["updates_applied"] - float(res["admitted"].double().mean()) if size else 0.0
+            assert st_["mean_age"] == pytest.approx(want, rel=1e-12, abs=1e-9)
+    assert partial > 10  # (free slots with stale columns were in play)
+
+
 def test_set_fresh_streams_tasks_and_the_reservoir_keeps_old_ones():
     N = 400
     classes = torch.arange(N) % 4

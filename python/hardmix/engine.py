@@ -430,6 +430,14 @@ class Engine:
         view [R]. Empty slots have index -1 and stale other fields."""
         return self.slots[:, SLOT_FIELDS.index(name)]
 
+    def occupancy(self) -> torch.Tensor:
+        """float64 [R]: 1 where a slot holds a member, 0 where it is free (from
+        the free stack, without reading the slots' rows)."""
+        with self.on_stream():
+            occ = torch.ones(self.free.numel(), dtype=torch.float64, device=self.free.device)
+            occ[self.free[: int(self.counters[CTR_FREE_TOP])].long()] = 0
+        return occ
+
     def leaf_weights(self, slots: torch.Tensor) -> torch.Tensor:
         """The replay weight of each slot in ``slots`` (0 where it is -1)."""
         return self.tree[self.tree.numel() // 2 + slots.clamp(min=0)] * (slots >= 0)

@@ -1147,8 +1147,9 @@ class ReplaySampler(BatchSampler):
         (rho for the next batch); ``nonfinite`` (entries skipped so far);
         ``step`` (next batch); ``updates_applied`` and ``updates_pending``
         (the replay lag at work): O(1). With ``full`` (default) also
-        ``class_histogram`` (members per class, int64 tensor) and
-        ``mean_age`` (steps since admission): O(R). It first applies the
+        ``class_histogram`` (members per class, int64 tensor; O(R) without
+        class quotas, O(C) with them) and ``mean_age`` (steps since
+        admission): O(R). It first applies the
         queued updates the next batch would apply (with GPU inputs it may
         wait for their copies to the host).
         """
@@ -1167,11 +1168,14 @@ class ReplaySampler(BatchSampler):
             out["total_" + name] = c[k]
         if full:
             step = eng.step
+            occ = eng.occupancy()  # (free slots keep stale columns: they weigh 0)
             with eng.on_stream():
-                occ = (eng.slot_field("index") >= 0).double()
-                # Free slots keep stale columns: weigh them 0 (passes over R, no copies of rows).
-                out["class_histogram"] = torch.bincount(eng.slot_field("class").long().clamp_(min=0), weights=occ,
-                                                        minlength=max(self.config.num_classes, 1)).long().cpu()
+                if self.config.class_quotas:  # a heap per class, which counts its members
+                    hist = eng.classes[:, 1].contiguous()
+                else:  # (a pass over R)
+                    hist = torch.bincount(eng.slot_field("class").long().clamp_(min=0), weights=occ,
+                                          minlength=max(self.config.num_classes, 1)).long()
+                out["class_histogram"] = hist.cpu()
                 out["mean_age"] = step - float(torch.dot(eng.slot_field("admitted"), occ)) / size if size else 0.0
         return out
 
