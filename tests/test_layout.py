@@ -26,6 +26,7 @@ ENUMS = {
                 "kWindowHead": "CTR_WIN_HEAD", "kFreeTop": "CTR_FREE_TOP", "kErrorCode": "CTR_ERR_CODE",
                 "kErrorAt": "CTR_ERR_AT", "kErrorValue": "CTR_ERR_VALUE"},
     "BalanceField": {"kBalFresh": "COL_FRESH", "kBalSeen": "COL_SEEN_CLASS", "kBalFactor": "COL_FACTOR"},
+    "HeapClassField": {"kClassRoot": "CLASS_ROOT", "kClassCount": "CLASS_COUNT"},
 }
 # Enums whose Python side is a tuple of names: the tuple, and each C++
 # enumerator's name in it.
@@ -49,6 +50,7 @@ CONSTANTS = {
     "kTableCols": len(layout.TABLE_COLUMNS),
     "kSlotFields": len(layout.SLOT_FIELDS),
     "kLinkFields": len(layout.LINK_FIELDS),
+    "kHeapClassFields": len(layout.HEAP_CLASS_FIELDS),
     "kBalanceFields": len(layout.BALANCE_COLUMNS),
     "kCounters": layout.N_COUNTERS,
     "kConfigFields": layout.N_CONFIG,
@@ -124,5 +126,5 @@ def test_sizes_and_constants_match():
 
 def test_every_position_constant_is_checked():
     covered = {name for names in ENUMS.values() for name in names.values()}
-    positions = {k for k in vars(layout) if re.fullmatch(r"(COL|SLOT|CTR)_[A-Z_]+", k) and isinstance(getattr(layout, k), int)}
+    positions = {k for k in vars(layout) if re.fullmatch(r"(COL|SLOT|CTR|CLASS)_[A-Z_]+", k) and isinstance(getattr(layout, k), int)}
     assert positions == covered

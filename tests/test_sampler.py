@@ -927,6 +927,20 @@ def test_full_stats_count_the_members_alone(quotas):
     assert partial > 10  # (free slots with stale columns were in play)
 
 
+def test_full_stats_hand_out_copies():
+    """The class histogram is the caller's (with class quotas and one class
+    too, where the heap's count is a single number): later steps leave it as it was."""
+    s = hardmix.ReplaySampler(100, batch_size=10, capacity=50, replay_fraction=0.2, class_quotas=True, num_classes=1,
+                              seed=0)
+    it = iter(s)
+    feed(s, next(it), classes=torch.zeros(100, dtype=torch.int64))
+    hist = s.stats()["class_histogram"]
+    first = hist.tolist()
+    for _ in range(3):
+        feed(s, next(it), classes=torch.zeros(100, dtype=torch.int64))
+    assert s.stats()["class_histogram"].tolist() != first and hist.tolist() == first
+
+
 def test_set_fresh_streams_tasks_and_the_reservoir_keeps_old_ones():
     N = 400
     classes = torch.arange(N) % 4

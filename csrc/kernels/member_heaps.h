@@ -19,14 +19,14 @@ struct MemberHeaps {
   double* slots;     // [R][kSlotFields]: the keys, dataset indices and classes heaps order by
   int32_t* links;    // [R][kLinkFields]
   double* heap;      // [R][2]
-  int64_t* classes;  // [K][2]: root slot (-1: none), count
+  int64_t* classes;  // [K][kHeapClassFields]: root slot (-1: none), count
   bool quotas;       // a heap per class (class quotas), or one heap
 
   HM_FN double* slot(int32_t j) const { return slots + static_cast<int64_t>(j) * kSlotFields; }
   HM_FN int32_t& link(int32_t j, Link f) const { return links[static_cast<int64_t>(j) * kLinkFields + f]; }
   HM_FN int32_t npl(int32_t j) const { return j < 0 ? 0 : link(j, kNpl); }
-  HM_FN int64_t& root(int64_t hc) const { return classes[hc * 2]; }
-  HM_FN int64_t& count(int64_t hc) const { return classes[hc * 2 + 1]; }
+  HM_FN int64_t& root(int64_t hc) const { return classes[hc * kHeapClassFields + kClassRoot]; }
+  HM_FN int64_t& count(int64_t hc) const { return classes[hc * kHeapClassFields + kClassCount]; }
   HM_FN int64_t heap_class(double cls) const { return quotas ? static_cast<int64_t>(cls) : 0; }
 
   // a is weaker than b: lower key; ties: higher dataset index.

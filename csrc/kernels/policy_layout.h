@@ -21,6 +21,8 @@ enum SlotField { kIndex, kKey, kLogp, kStep, kClass, kAdmitted, kBestLoss, kTick
 constexpr int kSlotFields = 8;
 enum Link { kLeft, kRight, kParent, kNpl };
 constexpr int kLinkFields = 4;
+enum HeapClassField { kClassRoot, kClassCount };  // classes [K, 2]: per heap class
+constexpr int kHeapClassFields = 2;
 enum Counter {
   kT,
   kTRef,

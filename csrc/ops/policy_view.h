@@ -79,7 +79,7 @@ pk::PolicyView view(const char* op, Place place, const Tensor& table, const Tens
   v.cfg = config_of(op, place, table, config, seed);
   v.N = v.cfg.world ? v.cfg.num_examples : table.size(0);
   v.R = rows_of(op, "slots", slots, pk::kSlotFields);
-  v.K = rows_of(op, "classes", classes, 2);
+  v.K = rows_of(op, "classes", classes, pk::kHeapClassFields);
   const int64_t pos_n = v.cfg.world ? 2 * pk::pow2_at_least(v.R) : v.N;
   HM_CHECK(pos.dim() == 1 && pos.size(0) == pos_n, op, ": state pos must have shape [", pos_n,
            "], got ", detail::shape_str(pos));

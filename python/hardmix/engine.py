@@ -40,6 +40,8 @@ from . import inputs as _inputs
 from .inputs import HALF_DTYPES, INDEX_DTYPES, LOSS_DTYPES, SCORE_DTYPES, TARGET_DTYPES
 from .layout import (
     BALANCE_COLUMNS,
+    CLASS_COUNT,
+    CLASS_ROOT,
     CONFIG_FIELDS,
     COL_CORRECT,
     COL_FACTOR,
@@ -55,6 +57,7 @@ from .layout import (
     CTR_QUARANTINED,
     CTR_T,
     CTR_TOTALS,
+    HEAP_CLASS_FIELDS,
     LINK_FIELDS,
     N_CONFIG,
     N_COUNTERS,
@@ -184,8 +187,8 @@ class Engine:
         self.links = torch.full((R, len(LINK_FIELDS)), -1, dtype=torch.int32)
         self.heap = torch.zeros(R, 2, dtype=torch.float64)
         self.free = torch.arange(R - 1, -1, -1, dtype=torch.int32)
-        self.classes = torch.zeros(K, 2, dtype=torch.int64)
-        self.classes[:, 0] = -1
+        self.classes = torch.zeros(K, len(HEAP_CLASS_FIELDS), dtype=torch.int64)
+        self.classes[:, CLASS_ROOT] = -1
         self.tree = torch.zeros(2 * P, dtype=torch.float64)
         self.window = torch.zeros(config.rank_window, dtype=torch.float64)
         self.counters = torch.zeros(N_COUNTERS, dtype=torch.int64)
@@ -437,6 +440,12 @@ class Engine:
             occ = torch.ones(self.free.numel(), dtype=torch.float64, device=self.free.device)
             occ[self.free[: int(self.counters[CTR_FREE_TOP])].long()] = 0
         return occ
+
+    def class_counts(self) -> torch.Tensor:
+        """Members per heap class, int64 [K] (a copy): per class with class
+        quotas, else one count, all the members."""
+        with self.on_stream():
+            return self.classes[:, CLASS_COUNT].clone()
 
     def leaf_weights(self, slots: torch.Tensor) -> torch.Tensor:
         """The replay weight of each slot in ``slots`` (0 where it is -1)."""

@@ -47,6 +47,11 @@ SLOT_FIELDS = ("index", "key", "logp", "step", "class", "admitted", "best_loss",
 # links [R, 4] (int32), leftist-heap links with class quotas (policy_layout.h: Link)
 LINK_FIELDS = ("left", "right", "parent", "npl")
 
+# classes [K, 2] (int64), per heap class: one heap per class with class quotas, else
+# one heap (policy_layout.h: HeapClassField)
+HEAP_CLASS_FIELDS = ("root", "count")  # the slot of the heap's weakest member (-1: none); its members
+CLASS_ROOT, CLASS_COUNT = range(len(HEAP_CLASS_FIELDS))
+
 # balance [K + 1, 3] (float64): rows 0..K-1 per class, row K the batch-wide
 # figures (policy_layout.h: BalanceField)
 BALANCE_COLUMNS = (

@@ -1171,7 +1171,7 @@ class ReplaySampler(BatchSampler):
             occ = eng.occupancy()  # (free slots keep stale columns: they weigh 0)
             with eng.on_stream():
                 if self.config.class_quotas:  # a heap per class, which counts its members
-                    hist = eng.classes[:, 1].contiguous()
+                    hist = eng.class_counts()
                 else:  # (a pass over R)
                     hist = torch.bincount(eng.slot_field("class").long().clamp_(min=0), weights=occ,
                                           minlength=max(self.config.num_classes, 1)).long()

@@ -24,6 +24,8 @@ import torch
 from .config import MAX_WEIGHT_EXPONENT, REBASE_EXPONENT, PolicyConfig
 from .layout import (
     BALANCE_COLUMNS,
+    CLASS_COUNT,
+    CLASS_ROOT,
     COL_LAST_SEEN,
     COUNTERS,
     CTR_ADMITTED,
@@ -40,6 +42,7 @@ from .layout import (
     CTR_WIN_COUNT,
     CTR_WIN_HEAD,
     ERROR_CODES,
+    HEAP_CLASS_FIELDS,
     LINK_FIELDS,
     N_COUNTERS,
     SLOT_FIELDS,
@@ -77,10 +80,10 @@ def expected_tensors(config: PolicyConfig, shard: tuple[int, int] | None) -> dic
     rows = N if shard is None else (N - shard[0] + shard[1] - 1) // shard[1]
     f64, i32, i64 = torch.float64, torch.int32, torch.int64
     return dict(
-        table=((rows, 8), f64), pos=((N if shard is None else 2 * P,), i32), slots=((R, 8), f64),
-        links=((R, 4), i32), heap=((R, 2), f64), free=((R,), i32), classes=((K, 2), i64),
-        tree=((2 * P,), f64), window=((config.rank_window,), f64), counters=((N_COUNTERS,), i64),
-        balance=((K + 1, 3), f64),
+        table=((rows, len(TABLE_COLUMNS)), f64), pos=((N if shard is None else 2 * P,), i32),
+        slots=((R, len(SLOT_FIELDS)), f64), links=((R, len(LINK_FIELDS)), i32), heap=((R, 2), f64),
+        free=((R,), i32), classes=((K, len(HEAP_CLASS_FIELDS)), i64), tree=((2 * P,), f64),
+        window=((config.rank_window,), f64), counters=((N_COUNTERS,), i64), balance=((K + 1, len(BALANCE_COLUMNS)), f64),
     )
 
 
@@ -468,7 +471,8 @@ class _Check:
     def four_ary(self) -> None:
         R, m, idx, key = self.R, self.member, self.idx, self.key
         heap, links = self.x["heap"], self.x["links"].reshape(-1).long()
-        root, n = self.x["classes"][0].tolist()
+        row = self.x["classes"][0].tolist()
+        root, n = row[CLASS_ROOT], row[CLASS_COUNT]
         if n != self.n_members:
             _fail(f"classes[0] count = {n} but there are {self.n_members} members")
         hkey, hslot = heap[:, 0], heap[:, 1]
@@ -516,7 +520,7 @@ class _Check:
                + [((npl >= -1) & (npl <= _NPL_MAX), lambda j: f"{name(j, 'npl')} = {int(npl[j])} is out of range")])
         hc = self.hc
         cl = self.x["classes"]
-        roots, counts = cl[:, 0], cl[:, 1]
+        roots, counts = cl[:, CLASS_ROOT], cl[:, CLASS_COUNT]
         have = torch.zeros(K, dtype=torch.int64).index_add_(0, hc[m], torch.ones(self.n_members, dtype=torch.int64))
         _rules([(counts == have, lambda c: f"classes[{c}] count = {int(counts[c])} but class {c} has "
                                            f"{int(have[c])} members")])
