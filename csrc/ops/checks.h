@@ -94,13 +94,14 @@ inline void host_vector(const char* op, const char* name, const char* what, cons
 }
 
 // A vector written in place on the host: a contiguous CPU tensor of dtype
-// `want` and shape [n].
-inline void host_out(const char* op, const char* name, const Tensor& t, ScalarType want, int64_t n) {
+// `want` and shape [n]; `n_is` (optional) says what n is, e.g. "E + m + 1".
+inline void host_out(const char* op, const char* name, const Tensor& t, ScalarType want, int64_t n,
+                     const char* n_is = nullptr) {
   on_cpu(op, name, t);
   dtype(op, name, t, want);
   contiguous(op, name, t);
-  HM_CHECK(t.dim() == 1 && t.size(0) == n, op, ": ", name, " must have shape [", n, "], got ",
-           detail::shape_str(t));
+  HM_CHECK(t.dim() == 1 && t.size(0) == n, op, ": ", name, " must have shape [", n_is ? n_is : "",
+           n_is ? " = " : "", n, "], got ", detail::shape_str(t));
 }
 
 // The checks of hardmix::margin that need no access to tensor data; shared by

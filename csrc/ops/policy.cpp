@@ -203,9 +203,7 @@ void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor 
                  int64_t seed, Tensor exclude, Tensor out, std::optional<Tensor> facts) {
   pk::PolicyView v = policy_ops::draw_view(kDraw, checks::on_cpu, tree, slots, pos, counters, config, seed);
   checks::host_vector(kDraw, "exclude", "exclude [E]", exclude, ScalarType::Long);
-  checks::on_cpu(kDraw, "out", out);
-  checks::dim(kDraw, "out [m]", out, 1);
-  checks::dtype(kDraw, "out", out, ScalarType::Long);
+  checks::host_vector(kDraw, "out", "out [m]", out, ScalarType::Long);
   checks::contiguous(kDraw, "out", out);
   const Tensor ex = torch::stable::contiguous(exclude);
   const int64_t E = ex.numel();
@@ -216,11 +214,7 @@ void policy_draw(Tensor tree, Tensor slots, Tensor pos, Tensor counters, Tensor 
   int64_t* o = out.mutable_data_ptr<int64_t>();
   double* f = nullptr;
   if (facts) {
-    checks::on_cpu(kDraw, "facts", *facts);
-    checks::dtype(kDraw, "facts", *facts, ScalarType::Double);
-    checks::contiguous(kDraw, "facts", *facts);
-    HM_CHECK(facts->dim() == 1 && facts->size(0) == E + m + 1, kDraw, ": facts must have shape [E + m + 1 = ",
-             E + m + 1, "], got ", detail::shape_str(*facts));
+    checks::host_out(kDraw, "facts", *facts, ScalarType::Double, E + m + 1, "E + m + 1");
     f = facts->mutable_data_ptr<double>();
   }
   v.scratch = host_scratch(pk::draw_scratch_bytes(E, m));
